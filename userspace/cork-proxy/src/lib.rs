@@ -1,1 +1,30 @@
+//! cork's networking: the explicit proxy, TLS interception, passthrough tunnels and the
+//! HTTP/1.1 relay.
+//!
+//! This crate moves bytes and enforces what it is told. What is allowed comes from
+//! `cork_policy`, what is found comes from `cork_scan`; [`inspect`] is the one place where their
+//! answers become effects (block, redact, record) on a connection.
+//!
+//! - [`explicit`] accepts proxy clients and dispatches `CONNECT` and absolute-URI requests.
+//! - [`bump`] intercepts TLS: ClientHello first, verified upstream handshake second, leaf last.
+//! - [`tunnel`] passes TLS through for pinned clients, checking only names.
+//! - [`exchange`] relays one HTTP/1.1 exchange, with [`body`] streaming bodies through the scanner.
+//! - [`audit`] and [`metrics`] record every decision.
 
+pub mod admin;
+pub mod audit;
+pub mod body;
+pub mod bump;
+pub mod exchange;
+pub mod explicit;
+pub mod inspect;
+pub mod metrics;
+pub mod redact;
+pub mod respond;
+pub mod state;
+pub mod tunnel;
+pub mod upstream;
+pub mod wire;
+
+pub use audit::{AuditLog, AuditRecord, Verdict};
+pub use state::{ProxyState, Snapshot, StateError};

@@ -1,0 +1,173 @@
+//! The configuration file.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::hosts::{HostPattern, HostRules};
+
+/// The policy cork runs on when no `--config` is given. Written by `cork config init`.
+pub const DEFAULT_POLICY_YAML: &str = include_str!("../default-policy.yaml");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub mode: Mode,
+    pub hosts: HostRules,
+    #[serde(default)]
+    pub scan: cork_scan::ScanConfig,
+    #[serde(default)]
+    pub upstream: Upstream,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upstream {
+    pub extra_roots: Vec<PathBuf>,
+    pub resolve: BTreeMap<String, IpAddr>,
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self { extra_roots: Vec::new(), resolve: BTreeMap::new(), connect_timeout_secs: 10 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub handshake_timeout_secs: u64,
+    pub head_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections: usize,
+    pub body_buffer_bytes: usize,
+    pub leaf_cache_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout_secs: 10,
+            head_timeout_secs: 30,
+            idle_timeout_secs: 90,
+            max_head_bytes: 64 * 1024,
+            max_headers: 128,
+            max_connections: 4096,
+            body_buffer_bytes: 1024 * 1024,
+            leaf_cache_entries: 4096,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{origin}:{line}:{column}: {message}")]
+    Syntax { origin: String, line: usize, column: usize, message: String },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+}
+
+impl Policy {
+    /// The embedded default policy.
+    pub fn embedded_default() -> Policy {
+        Policy::from_yaml(DEFAULT_POLICY_YAML, "<embedded default>").expect("the embedded default policy is valid")
+    }
+
+    pub fn from_file(path: &Path) -> Result<Policy, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Policy::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates a policy. `origin` names the source in error messages.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Policy, ConfigError> {
+        let policy: Policy = serde_yaml_ng::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            ConfigError::Syntax { origin: origin.to_string(), line, column, message: e.to_string() }
+        })?;
+        policy.validate().map_err(|message| ConfigError::Invalid { origin: origin.to_string(), message })?;
+        Ok(policy)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for list in [&self.hosts.allow, &self.hosts.block, &self.hosts.passthrough] {
+            for entry in list {
+                HostPattern::parse(entry)?;
+            }
+        }
+        if self.hosts.ports.is_empty() {
+            return Err("hosts.ports is empty: no destination could ever be reached".into());
+        }
+        for name in self.upstream.resolve.keys() {
+            HostPattern::parse(name).map_err(|e| format!("upstream.resolve: {e}"))?;
+        }
+        let l = &self.limits;
+        let positive = [
+            ("handshake_timeout_secs", l.handshake_timeout_secs as usize),
+            ("head_timeout_secs", l.head_timeout_secs as usize),
+            ("idle_timeout_secs", l.idle_timeout_secs as usize),
+            ("max_head_bytes", l.max_head_bytes),
+            ("max_headers", l.max_headers),
+            ("max_connections", l.max_connections),
+            ("leaf_cache_entries", l.leaf_cache_entries),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("limits.{name} must be greater than zero"));
+        }
+        if l.max_head_bytes < 1024 {
+            return Err("limits.max_head_bytes must be at least 1024".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_and_allows_the_documented_hosts() {
+        let p = Policy::embedded_default();
+        assert_eq!(p.mode, Mode::Enforce);
+        for host in ["api.anthropic.com", "statsig.anthropic.com", "sentry.io", "claude.ai", "platform.claude.com", "downloads.claude.ai", "raw.githubusercontent.com"] {
+            assert!(p.hosts.allow.iter().any(|h| h == host), "{host}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_a_location() {
+        let err = Policy::from_yaml("hosts:\n  allow: [a.test]\n  alow: [b.test]\n", "t.yaml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("t.yaml:3:"), "{msg}");
+        assert!(msg.contains("alow"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_host_entries_are_refused() {
+        let err = Policy::from_yaml("hosts:\n  allow: ['bad host']\n", "t.yaml").unwrap_err();
+        assert!(err.to_string().contains("bad host"), "{err}");
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let err = Policy::from_yaml("hosts: {allow: [a.test]}\nlimits: {max_connections: 0}\n", "t").unwrap_err();
+        assert!(err.to_string().contains("max_connections"), "{err}");
+    }
+}

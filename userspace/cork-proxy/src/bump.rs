@@ -1,0 +1,126 @@
+//! TLS interception of a CONNECT tunnel (or, later, a transparently steered connection).
+//!
+//! The ClientHello is read first, without answering it. Its SNI must name the destination that
+//! was checked. Then cork connects to the real destination and completes a fully verified
+//! handshake with it, and only then finishes the client's handshake with a leaf for that
+//! destination signed by this instance's CA. After that the tunnel is a series of HTTP/1.1
+//! exchanges relayed through the scanner.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cork_ca::LeafName;
+use cork_http::RequestHead;
+use cork_policy::normalize_host;
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::LazyConfigAcceptor;
+
+use crate::audit::AuditRecord;
+use crate::exchange::{head_limits, read_head, After, Destination, Exchange};
+use crate::inspect::record_block;
+use crate::state::{crypto_provider, ProxyState, Snapshot};
+use crate::upstream;
+use crate::wire::Wire;
+
+#[derive(Debug)]
+struct FixedLeaf(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedLeaf {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Records a connection-level decision (no HTTP request was read).
+pub(crate) fn connection_record(state: &ProxyState, snap: &Snapshot, client: SocketAddr, dest: &Destination, kind: &'static str, rule: &str, reason: &str) {
+    let mut record = AuditRecord::new(&state.instance, kind, state.next_request_id(), client.to_string());
+    record.host = Some(dest.host.clone());
+    record.port = Some(dest.port);
+    record_block(&mut record, if rule.starts_with("fronting") { snap.policy.mode } else { cork_policy::Mode::Enforce }, rule, reason);
+    state.metrics.error(rule);
+    state.audit.write(&record);
+}
+
+/// Intercepts TLS on `client_io` for `dest`, then relays HTTP/1.1 exchanges until either side
+/// closes. Every failure is audited.
+pub async fn intercept<S>(state: Arc<ProxyState>, snap: Arc<Snapshot>, client: SocketAddr, client_io: S, dest: Destination)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let limits = &snap.policy.limits;
+    let handshake = Duration::from_secs(limits.handshake_timeout_secs);
+    let start = match tokio::time::timeout(handshake, LazyConfigAcceptor::new(Acceptor::default(), client_io)).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => return connection_record(&state, &snap, client, &dest, "connection", "tls.client_hello", &format!("not a TLS ClientHello: {e}")),
+        Err(_) => return connection_record(&state, &snap, client, &dest, "connection", "tls.handshake_timeout", "the client did not send a ClientHello in time"),
+    };
+    let sni = start.client_hello().server_name().map(normalize_host);
+    if let Some(sni) = &sni {
+        if *sni != normalize_host(&dest.host) {
+            let reason = format!("TLS SNI {sni} does not match the CONNECT target {}", dest.host);
+            if snap.policy.mode == cork_policy::Mode::Enforce {
+                return connection_record(&state, &snap, client, &dest, "connection", "fronting.sni_mismatch", &reason);
+            }
+            connection_record(&state, &snap, client, &dest, "connection", "fronting.sni_mismatch", &reason);
+        }
+    }
+
+    // Upstream first: its failure is reported to the client over the intercepted connection.
+    let upstream_result = upstream::connect_tls(&snap.policy, &snap.upstream_tls, &dest.host, dest.port).await;
+
+    let leaf = match LeafName::parse(&dest.host).and_then(|name| state.leaves.get(&name)) {
+        Ok(leaf) => leaf,
+        Err(e) => return connection_record(&state, &snap, client, &dest, "connection", "tls.leaf", &e.to_string()),
+    };
+    let mut server_config = match rustls::ServerConfig::builder_with_provider(crypto_provider()).with_safe_default_protocol_versions() {
+        Ok(b) => b.with_no_client_auth().with_cert_resolver(Arc::new(FixedLeaf(leaf))),
+        Err(e) => return connection_record(&state, &snap, client, &dest, "connection", "tls.config", &e.to_string()),
+    };
+    server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = match tokio::time::timeout(handshake, start.into_stream(Arc::new(server_config))).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return connection_record(&state, &snap, client, &dest, "connection", "tls.client_handshake", &e.to_string()),
+        Err(_) => return connection_record(&state, &snap, client, &dest, "connection", "tls.handshake_timeout", "the client did not finish its handshake in time"),
+    };
+    let mut client_wire = Wire::new(tls);
+    let exchange = Exchange { state: &state, snap: &snap, client, dest: &dest };
+    let head_limits = head_limits(&snap);
+    let idle = Duration::from_secs(limits.idle_timeout_secs);
+    let head_timeout = Duration::from_secs(limits.head_timeout_secs);
+
+    let mut upstream_wire = match upstream_result {
+        Ok(stream) => Wire::new(stream),
+        Err(err) => {
+            // Read the request so the refusal is audited with it, then answer 502.
+            if let Ok(Some(head)) = read_head(&mut client_wire, &head_limits, head_timeout, head_timeout, RequestHead::parse).await {
+                exchange.refuse(&mut client_wire, &head, 502, err.rule(), &err.to_string()).await;
+            } else {
+                connection_record(&state, &snap, client, &dest, "connection", err.rule(), &err.to_string());
+            }
+            state.metrics.error(err.rule());
+            return;
+        }
+    };
+
+    loop {
+        let head = match read_head(&mut client_wire, &head_limits, idle, head_timeout, RequestHead::parse).await {
+            Ok(Some(head)) => head,
+            Ok(None) => break,
+            Err(e) => {
+                connection_record(&state, &snap, client, &dest, "connection", e.rule(), &e.to_string());
+                if matches!(e, crate::exchange::HeadReadError::Malformed(_)) {
+                    let id = state.next_request_id();
+                    let _ = client_wire.send(&crate::respond::bad_request(e.rule(), &e.to_string(), &id)).await;
+                }
+                break;
+            }
+        };
+        if exchange.relay(&mut client_wire, &mut upstream_wire, head).await == After::Close {
+            break;
+        }
+    }
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut client_wire.io).await;
+}

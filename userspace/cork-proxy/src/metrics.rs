@@ -1,0 +1,116 @@
+//! Counters exported in the Prometheus text format on the admin listener.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// A counter family keyed by one label.
+#[derive(Default)]
+struct LabelledCounter {
+    values: Mutex<BTreeMap<String, u64>>,
+}
+
+impl LabelledCounter {
+    fn add(&self, label: &str, n: u64) {
+        let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        *values.entry(label.to_string()).or_default() += n;
+    }
+
+    fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.values.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: LabelledCounter,
+    connections: LabelledCounter,
+    findings: LabelledCounter,
+    errors: LabelledCounter,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+    active_connections: AtomicI64,
+    reloads: AtomicU64,
+}
+
+/// Figures owned elsewhere that the exposition includes.
+pub struct ExternalFigures {
+    pub leaf_issued: u64,
+    pub leaf_cache_hits: u64,
+    pub leaf_cache_entries: usize,
+    pub max_connections: usize,
+}
+
+impl Metrics {
+    pub fn request(&self, verdict: &str) {
+        self.requests.add(verdict, 1);
+    }
+
+    pub fn connection(&self, kind: &str) {
+        self.connections.add(kind, 1);
+    }
+
+    pub fn finding(&self, rule: &str) {
+        self.findings.add(rule, 1);
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.errors.add(kind, 1);
+    }
+
+    pub fn bytes(&self, up: u64, down: u64) {
+        self.bytes_up.fetch_add(up, Ordering::Relaxed);
+        self.bytes_down.fetch_add(down, Ordering::Relaxed);
+    }
+
+    pub fn reloaded(&self) {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection as active until the guard is dropped.
+    pub fn active(&self) -> ActiveGuard<'_> {
+        self.active_connections.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self)
+    }
+
+    pub fn render(&self, ext: &ExternalFigures) -> String {
+        let mut out = String::new();
+        let family = |out: &mut String, name: &str, help: &str, label: &str, values: BTreeMap<String, u64>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (value, n) in values {
+                let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {n}", escape_label(&value));
+            }
+        };
+        family(&mut out, "cork_requests_total", "HTTP requests by verdict.", "verdict", self.requests.snapshot());
+        family(&mut out, "cork_connections_total", "Client connections by how they were handled.", "kind", self.connections.snapshot());
+        family(&mut out, "cork_findings_total", "Scanner findings by rule.", "rule", self.findings.snapshot());
+        family(&mut out, "cork_errors_total", "Connections ended by an error, by kind.", "kind", self.errors.snapshot());
+        let simple = [
+            ("cork_bytes_up_total", "counter", "Bytes sent upstream (plaintext or tunnelled).", self.bytes_up.load(Ordering::Relaxed) as i64),
+            ("cork_bytes_down_total", "counter", "Bytes sent back to clients.", self.bytes_down.load(Ordering::Relaxed) as i64),
+            ("cork_active_connections", "gauge", "Client connections being served.", self.active_connections.load(Ordering::Relaxed)),
+            ("cork_policy_reloads_total", "counter", "Successful policy reloads.", self.reloads.load(Ordering::Relaxed) as i64),
+            ("cork_leaf_certificates_issued_total", "counter", "Leaf certificates signed.", ext.leaf_issued as i64),
+            ("cork_leaf_cache_hits_total", "counter", "Leaf certificates served from the cache.", ext.leaf_cache_hits as i64),
+            ("cork_leaf_cache_entries", "gauge", "Leaf certificates in the cache.", ext.leaf_cache_entries as i64),
+            ("cork_max_connections", "gauge", "Configured connection limit.", ext.max_connections as i64),
+        ];
+        for (name, kind, help, value) in simple {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+        out
+    }
+}
+
+fn escape_label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+pub struct ActiveGuard<'a>(&'a Metrics);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}

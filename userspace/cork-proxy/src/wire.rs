@@ -1,0 +1,141 @@
+//! A connection with a read buffer: heads are parsed from the buffer, bodies drained from it.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// How much is read from the socket at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+pub struct Wire<S> {
+    pub io: S,
+    buf: Vec<u8>,
+    start: usize,
+    /// Bytes read from the socket so far.
+    pub bytes_in: u64,
+    /// Bytes written to the socket so far.
+    pub bytes_out: u64,
+}
+
+impl<S> Wire<S> {
+    pub fn new(io: S) -> Self {
+        Self { io, buf: Vec::with_capacity(8 * 1024), start: 0, bytes_in: 0, bytes_out: 0 }
+    }
+
+    /// Wraps `io` with bytes that were already read from it.
+    pub fn with_buffered(io: S, buffered: Vec<u8>) -> Self {
+        let bytes_in = buffered.len() as u64;
+        Self { io, buf: buffered, start: 0, bytes_in, bytes_out: 0 }
+    }
+
+    /// Bytes read but not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.start += n;
+        debug_assert!(self.start <= self.buf.len());
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+    }
+
+    pub fn into_parts(self) -> (S, Vec<u8>) {
+        let rest = self.buf[self.start..].to_vec();
+        (self.io, rest)
+    }
+}
+
+impl<S: AsyncRead + Unpin> Wire<S> {
+    /// Reads more bytes into the buffer. Returns how many; 0 means end of stream.
+    pub async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.start > 0 && self.start * 2 >= self.buf.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let old = self.buf.len();
+        self.buf.resize(old + READ_CHUNK, 0);
+        let n = match self.io.read(&mut self.buf[old..]).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.buf.truncate(old);
+                return Err(e);
+            }
+        };
+        self.buf.truncate(old + n);
+        self.bytes_in += n as u64;
+        Ok(n)
+    }
+
+    /// Like [`Wire::fill`], failing with `TimedOut` after `limit`.
+    pub async fn fill_within(&mut self, limit: Duration) -> std::io::Result<usize> {
+        match tokio::time::timeout(limit, self.fill()).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out")),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Wire<S> {
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.io.write_all(bytes).await?;
+        self.bytes_out += bytes.len() as u64;
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.io.flush().await
+    }
+}
+
+/// A stream that first yields bytes already read from it, then reads on. Used when cork has peeked
+/// at a connection (a CONNECT head with a pipelined ClientHello, or a transparent connection's
+/// first bytes) and must hand the whole stream to a TLS acceptor.
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Self { prefix, pos: 0, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
