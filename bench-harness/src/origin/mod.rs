@@ -21,7 +21,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
 pub use crate::testca::{ServerCert, TestCa};
-pub use body::{pattern_bytes, PATTERN};
+pub use body::{pattern_bytes, OriginBody, PATTERN};
 pub use routes::{ECHO_BODY_CAP, INJECT_HTML};
 
 use crate::error::HarnessError;
