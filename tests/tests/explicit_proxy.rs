@@ -1,0 +1,351 @@
+//! The explicit proxy end to end: real cork, real origin, real clients.
+
+use std::process::Command;
+
+use cork_tests::*;
+
+fn origin() -> Origin {
+    Origin::start(&TEST_NAMES)
+}
+
+#[test]
+fn curl_through_an_allowed_host_is_bumped_scanned_and_audited() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["origin.test"], "", ""));
+    let url = format!("https://origin.test:{}/bytes/1024", origin.https.port());
+    let out = curl(&cork, &["-D", "-", &url]);
+    assert!(out.status.success(), "{}", text(&out));
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.contains("HTTP/1.1 200"), "{body}");
+    // The certificate curl verified was cork's (curl checked it against cork's CA only).
+    let rec = cork.wait_audit("the allowed request", |r| r["kind"] == "request" && r["path"] == "/bytes/1024");
+    assert_eq!(rec["verdict"], "allow");
+    assert_eq!(rec["enforced"], true);
+    assert_eq!(rec["method"], "GET");
+    assert_eq!(rec["host"], "origin.test");
+    assert_eq!(rec["port"], origin.https.port());
+    assert_eq!(rec["status"], 200);
+    assert!(rec["bytes_down"].as_u64().unwrap() > 1024, "{rec}");
+    assert!(rec["bytes_up"].as_u64().unwrap() > 0, "{rec}");
+    assert!(rec["request_id"].as_str().unwrap().len() > 6);
+    assert!(rec["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(rec["time"].as_str().unwrap().ends_with('Z'));
+    assert!(rec["duration_ms"].as_f64().unwrap() >= 0.0);
+}
+
+#[test]
+fn the_body_arrives_intact_over_keep_alive() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["origin.test"], "", ""));
+    let port = origin.https.port();
+    let a = format!("https://origin.test:{port}/bytes/300000");
+    let b = format!("https://origin.test:{port}/chunked/70000");
+    let out = curl(&cork, &["-w", "\\n%{num_connects}\\n", &a, &b]);
+    assert!(out.status.success(), "{}", text(&out));
+    let expected_a = bench_pattern(300000);
+    let expected_b = bench_pattern(70000);
+    let mut want = expected_a.clone();
+    want.extend_from_slice(b"\n1\n");
+    want.extend_from_slice(&expected_b);
+    want.extend_from_slice(b"\n0\n");
+    assert!(out.stdout == want, "bodies differ (got {} bytes)", out.stdout.len());
+    let recs: Vec<_> = cork.audit().into_iter().filter(|r| r["kind"] == "request").collect();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[0]["client"], recs[1]["client"], "both requests rode one client connection");
+}
+
+/// The origin's body pattern, from the same library the origin uses.
+fn bench_pattern(n: usize) -> Vec<u8> {
+    bench_harness::origin::pattern_bytes(n)
+}
+
+#[test]
+fn a_host_outside_the_allow_list_is_refused_before_bumping() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["origin.test"], "", ""));
+    let out = curl(&cork, &[&format!("https://other.test:{}/", origin.https.port())]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"), "{}", text(&out));
+    let rec = cork.wait_audit("the refused CONNECT", |r| r["kind"] == "connect" && r["host"] == "other.test");
+    assert_eq!(rec["verdict"], "block");
+    assert_eq!(rec["rules"][0], "host.not_allowed");
+    assert_eq!(rec["status"], 403);
+    assert_eq!(cork.metric("cork_leaf_certificates_issued_total"), 0, "no leaf was minted for a refused host");
+}
+
+#[test]
+fn the_block_list_wins_over_a_wildcard_allow() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["'*.test'"], "  block: [blocked.test]\n", ""));
+    let port = origin.https.port();
+    assert!(curl(&cork, &[&format!("https://origin.test:{port}/")]).status.success());
+    let out = curl(&cork, &[&format!("https://blocked.test:{port}/")]);
+    assert!(!out.status.success());
+    let rec = cork.wait_audit("blocked.test", |r| r["host"] == "blocked.test");
+    assert_eq!(rec["rules"][0], "host.blocklist");
+}
+
+#[test]
+fn a_blocked_request_inside_the_tunnel_gets_403_json_naming_rule_and_id() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["origin.test"], "", "scan:\n  canaries: [CANARY-7f3e9a-TRIPWIRE]\n"));
+    let url = format!("https://origin.test:{}/upload", origin.https.port());
+    let out = curl(&cork, &["-d", "{\"note\":\"CANARY-7f3e9a-TRIPWIRE\"}", "-H", "Content-Type: application/json", &url]);
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(body["error"], "blocked");
+    assert_eq!(body["rule"], "canary");
+    let rec = cork.wait_audit("the canary block", |r| r["kind"] == "request" && r["verdict"] == "block");
+    assert_eq!(body["request_id"], rec["request_id"]);
+    assert_eq!(rec["status"], 403);
+    assert_eq!(rec["findings"][0]["rule"], "canary");
+    assert_eq!(rec["bytes_up"], 0, "nothing reached the origin");
+}
+
+#[test]
+fn passthrough_hosts_are_tunnelled_without_interception() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["origin.test"], "  passthrough: [pinned.test]\n", ""));
+    let url = format!("https://pinned.test:{}/bytes/10", origin.https.port());
+    // The client trusts only the origin's own CA: this succeeds only if cork did not intercept.
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "60", "--proxy", &cork.proxy_url(), "--cacert"]).arg(&origin.ca).arg(&url);
+    let out = run(&mut cmd);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.stdout.len(), 10);
+    let rec = cork.wait_audit("the tunnel", |r| r["kind"] == "tunnel");
+    assert_eq!(rec["host"], "pinned.test");
+    assert_eq!(rec["verdict"], "allow");
+    assert!(rec["bytes_down"].as_u64().unwrap() > 10);
+    assert_eq!(cork.metric("cork_leaf_certificates_issued_total"), 0);
+}
+
+#[test]
+fn passthrough_refuses_an_sni_that_disagrees_with_the_connect_target() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["origin.test"], "  passthrough: [pinned.test]\n", ""));
+    let target = format!("pinned.test:{}", origin.https.port());
+    let out = run(Command::new("openssl")
+        .args(["s_client", "-proxy", &cork.listen.to_string(), "-connect", &target, "-servername", "evil.test", "-brief"])
+        .stdin(std::process::Stdio::null()));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("CONNECTION ESTABLISHED"), "{}", text(&out));
+    let rec = cork.wait_audit("the fronting refusal", |r| r["rules"][0] == "fronting.sni_mismatch");
+    assert_eq!(rec["verdict"], "block");
+    assert!(rec["reason"].as_str().unwrap().contains("evil.test"));
+}
+
+#[test]
+fn domain_fronting_by_host_header_is_blocked() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["origin.test", "other.test"], "", ""));
+    let url = format!("https://origin.test:{}/echo", origin.https.port());
+    let out = curl(&cork, &["-H", &format!("Host: other.test:{}", origin.https.port()), &url]);
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(body["rule"], "fronting.host_mismatch");
+    let rec = cork.wait_audit("the fronting block", |r| r["kind"] == "request" && r["verdict"] == "block");
+    assert_eq!(rec["rules"][0], "fronting.host_mismatch");
+}
+
+#[test]
+fn domain_fronting_by_sni_is_blocked() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["origin.test", "other.test"], "", ""));
+    let target = format!("origin.test:{}", origin.https.port());
+    let out = run(Command::new("openssl")
+        .args(["s_client", "-proxy", &cork.listen.to_string(), "-connect", &target, "-servername", "other.test", "-CAfile"])
+        .arg(cork.ca_pem())
+        .stdin(std::process::Stdio::null()));
+    // cork refuses before answering the ClientHello: no certificate reaches the client.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("BEGIN CERTIFICATE"), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Cipher is (NONE)"), "{}", text(&out));
+    let rec = cork.wait_audit("the SNI mismatch", |r| r["rules"][0] == "fronting.sni_mismatch");
+    assert!(rec["reason"].as_str().unwrap().contains("other.test"));
+}
+
+#[test]
+fn openssl_s_client_verifies_cork_leaf_against_cork_ca() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["origin.test"], "", ""));
+    let target = format!("origin.test:{}", origin.https.port());
+    let request = format!("GET /text/hello-openssl HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    let out = run_with_input(
+        Command::new("openssl").args(["s_client", "-proxy", &cork.listen.to_string(), "-connect", &target, "-servername", "origin.test", "-verify_return_error", "-ign_eof", "-CAfile"]).arg(cork.ca_pem()),
+        Some(request.into_bytes()),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Verify return code: 0 (ok)"), "{}", text(&out));
+    assert!(stdout.contains("hello-openssl"), "{}", text(&out));
+    assert!(stdout.contains("cork bottle CA"), "the issuer is cork's CA: {stdout}");
+}
+
+#[test]
+fn python_requests_through_cork_with_requests_ca_bundle() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["origin.test"], "", "scan:\n  canaries: [CANARY-py-5a5a5a]\n"));
+    let base = format!("https://origin.test:{}", origin.https.port());
+    let out = run(python()
+        .arg(clients_dir().join("requests_client.py"))
+        .arg(&base)
+        .env("HTTPS_PROXY", cork.proxy_url())
+        .env("REQUESTS_CA_BUNDLE", cork.ca_bundle())
+        .env_remove("SSL_CERT_FILE"));
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(report["get_status"], 200);
+    assert_eq!(report["echo_method"], "POST");
+    assert_eq!(report["canary_status"], 403);
+    assert_eq!(report["canary_rule"], "canary");
+    cork.wait_audit("the python canary", |r| r["kind"] == "request" && r["findings"][0]["rule"] == "canary");
+}
+
+#[test]
+fn chunked_upload_of_100_mb_streams_through_intact() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["origin.test"], "", ""));
+    let dir = TempDir::new("upload");
+    let file = dir.path().join("payload.bin");
+    // Deterministic, incompressible-looking data so the scanner sees realistic bytes.
+    let mut data = Vec::with_capacity(100 * 1024 * 1024);
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    while data.len() < 100 * 1024 * 1024 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(&file, &data).unwrap();
+    let url = format!("https://origin.test:{}/upload", origin.https.port());
+    // -T with Transfer-Encoding: chunked makes curl send a chunked body (and Expect: 100-continue).
+    let out = curl(&cork, &["-T", file.to_str().unwrap(), "-H", "Transfer-Encoding: chunked", &url]);
+    assert!(out.status.success(), "{}", text(&out));
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(reply["len"], data.len() as u64);
+    assert_eq!(reply["sha256"], sha256_hex(&data));
+    let rec = cork.wait_audit("the upload", |r| r["kind"] == "request" && r["path"] == "/upload");
+    assert_eq!(rec["verdict"], "allow");
+    assert!(rec["bytes_up"].as_u64().unwrap() >= data.len() as u64);
+}
+
+#[test]
+fn concurrent_first_requests_share_one_leaf() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["fresh.test"], "", ""));
+    let url = format!("https://fresh.test:{}/bytes/1", origin.https.port());
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let mut cmd = Command::new("curl");
+            cmd.args(["-sS", "--max-time", "60", "--proxy", &cork.proxy_url(), "--cacert"]).arg(cork.ca_pem()).arg(&url);
+            std::thread::spawn(move || run(&mut cmd))
+        })
+        .collect();
+    for h in handles {
+        let out = h.join().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert_eq!(cork.metric("cork_leaf_certificates_issued_total"), 1);
+    assert_eq!(cork.metric("cork_leaf_cache_hits_total"), 7);
+}
+
+#[test]
+fn the_ca_private_key_is_never_written_or_logged() {
+    let origin = origin();
+    let cork = Cork::start_with_env(&policy_for(&origin, &["origin.test"], "", ""), &[("CORK_LOG", "trace")]);
+    assert!(curl(&cork, &[&format!("https://origin.test:{}/", origin.https.port())]).status.success());
+    let ca = std::fs::read_to_string(cork.ca_pem()).unwrap();
+    assert!(ca.contains("BEGIN CERTIFICATE"));
+    let bundle = std::fs::read_to_string(cork.ca_bundle()).unwrap();
+    assert!(bundle.ends_with(&ca), "the bundle ends with cork's CA");
+    // Every file cork wrote, plus everything it printed, is free of private-key material.
+    let mut texts = vec![cork.proc.stderr(), cork.stdout.join("\n")];
+    for entry in std::fs::read_dir(cork.dir.path().join("state")).unwrap() {
+        texts.push(String::from_utf8_lossy(&std::fs::read(entry.unwrap().path()).unwrap()).into_owned());
+    }
+    assert!(cork.proc.stderr().contains("TRACE") || cork.proc.stderr().contains("DEBUG"), "trace logging was on");
+    for t in &texts {
+        assert!(!t.contains("PRIVATE KEY"), "a PEM private key appeared");
+        // PKCS#8 and SEC1 EC private keys start with these DER prefixes.
+        assert!(!t.contains("MIGHAgEAMBMGByqGSM49"), "a base64 PKCS#8 EC key appeared");
+        assert!(!t.contains("MHcCAQEEI"), "a base64 SEC1 EC key appeared");
+    }
+    let info = run(Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(cork.ca_pem()));
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("CA:TRUE"), "{info}");
+    assert!(info.contains("prime256v1") || info.contains("P-256"), "{info}");
+}
+
+#[test]
+fn query_strings_are_not_logged_raw() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["origin.test"], "", ""));
+    let url = format!("https://origin.test:{}/text/x?session=QUERY-VALUE-8d7c6b", origin.https.port());
+    assert!(curl(&cork, &[&url]).status.success());
+    let rec = cork.wait_audit("the request", |r| r["kind"] == "request");
+    assert_eq!(rec["path"], "/text/x");
+    assert_eq!(rec["query"]["len"], "session=QUERY-VALUE-8d7c6b".len());
+    let raw = std::fs::read_to_string(cork.dir.path().join("state/audit.jsonl")).unwrap();
+    assert!(!raw.contains("QUERY-VALUE-8d7c6b"));
+}
+
+#[test]
+fn audit_mode_logs_what_it_would_block_and_blocks_nothing() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["origin.test", "other.test"], "", "mode: audit\nscan:\n  canaries: [CANARY-audit-0c0c0c]\n"));
+    let url = format!("https://origin.test:{}/upload", origin.https.port());
+    let out = curl(&cork, &["-d", "x=CANARY-audit-0c0c0c", &url]);
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(reply["len"], "x=CANARY-audit-0c0c0c".len(), "the origin received the request");
+    let rec = cork.wait_audit("the audited request", |r| r["kind"] == "request");
+    assert_eq!(rec["verdict"], "block");
+    assert_eq!(rec["enforced"], false);
+    // Host rules too: a fronting mismatch is logged, not enforced.
+    let out = curl(&cork, &["-H", &format!("Host: other.test:{}", origin.https.port()), &format!("https://origin.test:{}/echo", origin.https.port())]);
+    assert!(out.status.success(), "{}", text(&out));
+    let rec = cork.wait_audit("the audited fronting", |r| r["rules"][0] == "fronting.host_mismatch");
+    assert_eq!(rec["enforced"], false);
+}
+
+#[test]
+fn absolute_uri_forward_proxying_of_plain_http() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["origin.test"], "", ""));
+    let ok = curl(&cork, &[&format!("http://origin.test:{}/text/plain-ok", origin.http.port())]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert_eq!(ok.stdout, b"plain-ok");
+    let denied = curl(&cork, &["-w", "%{http_code}", "-o", "/dev/null", &format!("http://other.test:{}/", origin.http.port())]);
+    assert_eq!(String::from_utf8_lossy(&denied.stdout), "403");
+    let rec = cork.wait_audit("the forward block", |r| r["host"] == "other.test");
+    assert_eq!(rec["rules"][0], "host.not_allowed");
+    assert_eq!(rec["kind"], "request");
+}
+
+#[test]
+fn an_upstream_certificate_that_fails_verification_is_a_block() {
+    let origin = origin();
+    // No extra_roots: the origin's test CA is not trusted.
+    let policy = format!(
+        "hosts:\n  allow: [origin.test]\n  ports: [{}]\nupstream:\n  resolve: {{origin.test: 127.0.0.2}}\n",
+        origin.https.port()
+    );
+    let cork = Cork::start(&policy);
+    let out = curl(&cork, &["-w", "\\n%{http_code}", &format!("https://origin.test:{}/", origin.https.port())]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.ends_with("502"), "{}", text(&out));
+    assert!(stdout.contains("upstream.tls"), "{stdout}");
+    let rec = cork.wait_audit("the verification failure", |r| r["rules"][0] == "upstream.tls");
+    assert_eq!(rec["verdict"], "block");
+    assert!(rec["reason"].as_str().unwrap().contains("certificate"), "{rec}");
+}
+
+#[test]
+fn metrics_count_decisions() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["origin.test"], "", ""));
+    assert!(curl(&cork, &[&format!("https://origin.test:{}/", origin.https.port())]).status.success());
+    assert!(!curl(&cork, &[&format!("https://other.test:{}/", origin.https.port())]).status.success());
+    let metrics = cork.admin_get("/metrics");
+    assert!(metrics.contains("# TYPE cork_requests_total counter"), "{metrics}");
+    assert_eq!(cork.metric("cork_requests_total{verdict=\"allow\"}"), 1, "{metrics}");
+    assert_eq!(cork.metric("cork_connections_total{kind=\"connect\"}"), 2, "{metrics}");
+    assert_eq!(cork.metric("cork_leaf_certificates_issued_total"), 1);
+    assert_eq!(cork.admin_get("/healthz"), "ok\n");
+    assert_eq!(cork.admin_get("/ca.pem"), std::fs::read_to_string(cork.ca_pem()).unwrap());
+}
