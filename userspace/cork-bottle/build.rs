@@ -13,9 +13,14 @@ fn main() {
     };
     println!("cargo::rerun-if-changed={}", object.display());
     if object.is_file() {
-        let object = object.canonicalize().expect("an existing file canonicalizes");
+        let object = object
+            .canonicalize()
+            .expect("an existing file canonicalizes");
         println!("cargo::rustc-cfg=cork_bottle_embedded");
-        println!("cargo::rustc-env=CORK_BOTTLE_EBPF_EMBEDDED={}", object.display());
+        println!(
+            "cargo::rustc-env=CORK_BOTTLE_EBPF_EMBEDDED={}",
+            object.display()
+        );
     } else {
         println!(
             "cargo::warning=eBPF object {} not built (run `cargo xtask build-ebpf`); cork-bottle builds without it",

@@ -75,7 +75,10 @@ fn apt_package_installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .map(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+        })
         .unwrap_or(false)
 }
 
@@ -117,14 +120,20 @@ fn install_bpf_linker() -> Result<()> {
         "building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (several minutes on 2 cores)"
     ));
     let mut cmd = Command::new("cargo");
-    cmd.args(["install", "--locked", "bpf-linker", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", "llvm-22"])
-        .arg("--root")
-        .arg(bpf_linker_root())
-        .arg("--target-dir")
-        .arg(tools_dir().join("bpf-linker-build"))
-        .env("PATH", path_with_front(&[PathBuf::from(LLVM_BIN)]))
-        .env_remove("CARGO_TARGET_DIR");
+    cmd.args([
+        "install",
+        "--locked",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+    ])
+    .args(["--no-default-features", "--features", "llvm-22"])
+    .arg("--root")
+    .arg(bpf_linker_root())
+    .arg("--target-dir")
+    .arg(tools_dir().join("bpf-linker-build"))
+    .env("PATH", path_with_front(&[PathBuf::from(LLVM_BIN)]))
+    .env_remove("CARGO_TARGET_DIR");
     run(&mut cmd)?;
     // The intermediate build is large and never reused once the binary exists.
     let _ = std::fs::remove_dir_all(tools_dir().join("bpf-linker-build"));
@@ -165,7 +174,14 @@ pub fn build() -> Result<Option<PathBuf>> {
     let crate_dir = repo_root().join("ebpf-programs");
     let mut cmd = Command::new(DEBIAN_CARGO);
     cmd.current_dir(&crate_dir)
-        .args(["build", "--release", "--package", EBPF_CRATE, "--target", BPF_TARGET])
+        .args([
+            "build",
+            "--release",
+            "--package",
+            EBPF_CRATE,
+            "--target",
+            BPF_TARGET,
+        ])
         .arg("--target-dir")
         .arg(ebpf_target_dir())
         // Debian's tools first, and bpf-linker + LLVM 22's tools.

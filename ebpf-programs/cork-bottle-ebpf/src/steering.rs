@@ -19,11 +19,19 @@ pub struct WireAddr {
 
 impl WireAddr {
     pub fn v4(ip: u32, port: u16) -> Self {
-        Self { family: AF_INET, addr: [ip, 0, 0, 0], port }
+        Self {
+            family: AF_INET,
+            addr: [ip, 0, 0, 0],
+            port,
+        }
     }
 
     pub fn v6(ip: [u32; 4], port: u16) -> Self {
-        Self { family: AF_INET6, addr: ip, port }
+        Self {
+            family: AF_INET6,
+            addr: ip,
+            port,
+        }
     }
 
     pub fn host_port(&self) -> u16 {
@@ -31,11 +39,20 @@ impl WireAddr {
     }
 
     pub fn with_pid(&self, pid: u32) -> OriginalDestination {
-        OriginalDestination { addr: self.addr, port: self.port, family: self.family, pid }
+        OriginalDestination {
+            addr: self.addr,
+            port: self.port,
+            family: self.family,
+            pid,
+        }
     }
 
     pub fn from_original(orig: &OriginalDestination) -> Self {
-        Self { family: orig.family, addr: orig.addr, port: orig.port }
+        Self {
+            family: orig.family,
+            addr: orig.addr,
+            port: orig.port,
+        }
     }
 }
 

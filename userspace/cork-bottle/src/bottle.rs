@@ -1,7 +1,6 @@
 //! A bottle: a cgroup v2 with cork's steering programs loaded, attached and pinned.
 use std::{
-    fs,
-    io,
+    fs, io,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command},
@@ -380,19 +379,28 @@ fn attach(
             let prog: &mut CgroupSockAddr = program.try_into().map_err(err)?;
             prog.load().map_err(err)?;
             let id = prog.attach(cgroup, mode).map_err(err)?;
-            prog.take_link(id).map_err(err)?.try_into().map_err(link_err)?
+            prog.take_link(id)
+                .map_err(err)?
+                .try_into()
+                .map_err(link_err)?
         }
         Kind::SockOps => {
             let prog: &mut SockOps = program.try_into().map_err(err)?;
             prog.load().map_err(err)?;
             let id = prog.attach(cgroup, mode).map_err(err)?;
-            prog.take_link(id).map_err(err)?.try_into().map_err(link_err)?
+            prog.take_link(id)
+                .map_err(err)?
+                .try_into()
+                .map_err(link_err)?
         }
         Kind::SockCreate => {
             let prog: &mut CgroupSock = program.try_into().map_err(err)?;
             prog.load().map_err(err)?;
             let id = prog.attach(cgroup, mode).map_err(err)?;
-            prog.take_link(id).map_err(err)?.try_into().map_err(link_err)?
+            prog.take_link(id)
+                .map_err(err)?
+                .try_into()
+                .map_err(link_err)?
         }
         Kind::Egress => {
             let prog: &mut CgroupSkb = program.try_into().map_err(err)?;
@@ -400,7 +408,10 @@ fn attach(
             let id = prog
                 .attach(cgroup, CgroupSkbAttachType::Egress, mode)
                 .map_err(err)?;
-            prog.take_link(id).map_err(err)?.try_into().map_err(link_err)?
+            prog.take_link(id)
+                .map_err(err)?
+                .try_into()
+                .map_err(link_err)?
         }
     };
     Ok(link)

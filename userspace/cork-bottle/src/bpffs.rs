@@ -37,7 +37,11 @@ pub fn ensure_mounted(root: &Path) -> Result<(), BottleError> {
         )
     };
     if rc != 0 {
-        return Err(BottleError::io("mounting bpffs at", root, io::Error::last_os_error()));
+        return Err(BottleError::io(
+            "mounting bpffs at",
+            root,
+            io::Error::last_os_error(),
+        ));
     }
     tracing::info!(root = %root.display(), "mounted bpffs");
     Ok(())

@@ -117,6 +117,10 @@ pub fn remove(path: &Path) -> Result<(), BottleError> {
 /// Spawns `command` inside the cgroup at `cgroup`: the child moves itself into the cgroup
 /// between fork and exec, so every socket it ever creates belongs to the bottle. If the move
 /// fails the child never execs and spawn returns the error.
+///
+/// The child also loses CAP_NET_RAW (bounding and ambient sets): cgroup/sock_create never sees
+/// AF_PACKET sockets, whose frames would bypass every hook, and without the capability the
+/// kernel refuses them.
 pub fn spawn_in_bottle(cgroup: &Path, command: &mut Command) -> io::Result<Child> {
     let procs = fs::OpenOptions::new()
         .write(true)
@@ -127,17 +131,42 @@ pub fn spawn_in_bottle(cgroup: &Path, command: &mut Command) -> io::Result<Child
     unsafe {
         command.pre_exec(move || {
             // "0" moves the writing process itself.
-            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-            if written == 1 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(io::Error::last_os_error());
             }
+            drop_net_raw()
         });
     }
     let child = command.spawn();
     drop(procs);
     child
+}
+
+/// Removes CAP_NET_RAW from the bounding and ambient sets, so no later exec regains it.
+/// Only raw syscalls: this runs between fork and exec.
+fn drop_net_raw() -> io::Result<()> {
+    const CAP_NET_RAW: libc::c_ulong = 13;
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        if libc::prctl(libc::PR_CAPBSET_DROP, CAP_NET_RAW, 0, 0, 0) != 0 {
+            // EPERM without CAP_SETPCAP: an unprivileged caller has no CAP_NET_RAW to lose.
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EPERM) {
+                return Err(err);
+            }
+        }
+        if libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_LOWER as libc::c_ulong,
+            CAP_NET_RAW,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Moves the calling process into the cgroup (for a process that is itself to be bottled).

@@ -48,7 +48,9 @@ pub(crate) fn wire_ip4(ip: Ipv4Addr) -> u32 {
 
 pub(crate) fn wire_ip6(ip: Ipv6Addr) -> [u32; 4] {
     let o = ip.octets();
-    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
 }
 
 /// Port in wire form (network byte order, read natively).
@@ -90,7 +92,10 @@ impl BottleConfig {
 pub(crate) fn socket_addr(family: u16, addr: [u32; 4], port: u16) -> Option<SocketAddr> {
     let port = u16::from_be(port);
     match family {
-        AF_INET => Some(SocketAddr::new(Ipv4Addr::from(addr[0].to_ne_bytes()).into(), port)),
+        AF_INET => Some(SocketAddr::new(
+            Ipv4Addr::from(addr[0].to_ne_bytes()).into(),
+            port,
+        )),
         AF_INET6 => {
             let mut octets = [0u8; 16];
             for (i, word) in addr.iter().enumerate() {
@@ -113,12 +118,16 @@ mod tests {
     #[test]
     fn wire_form_round_trips() {
         let v4: SocketAddr = "10.1.2.3:8443".parse().unwrap();
-        let SocketAddr::V4(a) = v4 else { unreachable!() };
+        let SocketAddr::V4(a) = v4 else {
+            unreachable!()
+        };
         let back = socket_addr(AF_INET, [wire_ip4(*a.ip()), 0, 0, 0], wire_port(a.port()));
         assert_eq!(back, Some(v4));
 
         let v6: SocketAddr = "[fd00::1:2]:443".parse().unwrap();
-        let SocketAddr::V6(a) = v6 else { unreachable!() };
+        let SocketAddr::V6(a) = v6 else {
+            unreachable!()
+        };
         let back = socket_addr(AF_INET6, wire_ip6(*a.ip()), wire_port(a.port()));
         assert_eq!(back, Some(v6));
 
@@ -128,7 +137,10 @@ mod tests {
     #[test]
     fn wire_ip4_matches_network_byte_order_in_memory() {
         // The kernel's user_ip4 holds the address bytes in order; so must ours.
-        assert_eq!(wire_ip4(Ipv4Addr::new(127, 0, 0, 1)).to_ne_bytes(), [127, 0, 0, 1]);
+        assert_eq!(
+            wire_ip4(Ipv4Addr::new(127, 0, 0, 1)).to_ne_bytes(),
+            [127, 0, 0, 1]
+        );
         assert_eq!(wire_port(0x1234).to_ne_bytes(), [0x12, 0x34]);
     }
 

@@ -12,7 +12,9 @@ pub enum BottleError {
     #[error("reading the eBPF object {path}: {source}")]
     ObjectRead { path: PathBuf, source: io::Error },
 
-    #[error("no cgroup v2 hierarchy is mounted (looked for a cgroup2 entry in /proc/self/mountinfo)")]
+    #[error(
+        "no cgroup v2 hierarchy is mounted (looked for a cgroup2 entry in /proc/self/mountinfo)"
+    )]
     NoCgroup2,
 
     #[error("bottle {0:?} already exists (a crashed loader leaves it closed; run cleanup_stale)")]

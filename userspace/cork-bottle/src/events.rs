@@ -92,7 +92,10 @@ impl DenyEvents {
         loop {
             let item = self.ring.next()?;
             if item.len() < size_of::<WireDenyEvent>() {
-                tracing::warn!(len = item.len(), "short deny event from the bottle, skipped");
+                tracing::warn!(
+                    len = item.len(),
+                    "short deny event from the bottle, skipped"
+                );
                 continue;
             }
             // SAFETY: the buffer holds at least one `WireDenyEvent`, a plain-integer

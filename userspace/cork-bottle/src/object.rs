@@ -22,7 +22,9 @@ pub enum ObjectSource {
 
 #[cfg(cork_bottle_embedded)]
 fn embedded() -> Option<&'static [u8]> {
-    Some(aya::include_bytes_aligned!(env!("CORK_BOTTLE_EBPF_EMBEDDED")))
+    Some(aya::include_bytes_aligned!(env!(
+        "CORK_BOTTLE_EBPF_EMBEDDED"
+    )))
 }
 
 #[cfg(not(cork_bottle_embedded))]
