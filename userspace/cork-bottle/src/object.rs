@@ -39,7 +39,10 @@ pub fn is_embedded() -> bool {
 
 /// True when `ObjectSource::Default` would find an object.
 pub fn default_object_available() -> bool {
-    std::env::var_os(OBJECT_ENV).is_some() || is_embedded()
+    match std::env::var_os(OBJECT_ENV) {
+        Some(path) => std::path::Path::new(&path).is_file(),
+        None => is_embedded(),
+    }
 }
 
 impl ObjectSource {
