@@ -110,9 +110,18 @@ pub fn test_all() -> Result<()> {
     step("checking test dependencies");
     ensure_apt(TEST_APT_PACKAGES)?;
     let python = ensure_python_clients()?;
+    // Built before the workspace, because cork-bottle embeds the object at compile time.
+    step("building the eBPF programs");
+    crate::ebpf::build()?;
     step("building the binaries the end-to-end tests run");
     run_checked(cargo().args(["build", "-p", "cork", "-p", "bench-harness", "--bins"]))?;
     step("running the workspace tests");
-    run_checked(cargo().args(["test", "--workspace", "--no-fail-fast"]).env("CORK_TEST_PYTHON", &python))?;
+    run_checked(
+        cargo()
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .env("CORK_TEST_PYTHON", &python)
+            // Steering tests must run here, never skip for want of the object.
+            .env("CORK_REQUIRE_STEERING_TESTS", "1"),
+    )?;
     Ok(())
 }
