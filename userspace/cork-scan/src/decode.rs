@@ -1,0 +1,423 @@
+//! Decoders for the encodings an agent might use to smuggle a secret past a scanner.
+//!
+//! Each decoder returns the decoded bytes together with an [`OffsetMap`] back into its input, so
+//! a match found in the decoded text can be reported, and masked, on the encoded bytes that
+//! produced it. Decoders are strict about their alphabet and never allocate more than a small
+//! multiple of their input.
+
+use std::ops::Range;
+
+/// Maps a range of decoded bytes back to the range of encoded bytes that produced it.
+#[derive(Debug, Clone)]
+pub(crate) enum OffsetMap {
+    /// Fixed-width codecs: every encoded character carries `bits` bits of the decoded bytes.
+    Bits { base: usize, bits: usize, enc_len: usize },
+    /// `table[i]` is the encoded offset of decoded byte `i`; `table[len]` is the encoded end.
+    Table(Vec<u32>),
+}
+
+impl OffsetMap {
+    pub fn map(&self, r: &Range<usize>) -> Range<usize> {
+        match self {
+            OffsetMap::Bits { base, bits, enc_len } => {
+                let s = (r.start * 8 / bits).min(*enc_len);
+                let e = (r.end * 8).div_ceil(*bits).min(*enc_len);
+                base + s..base + e.max(s)
+            }
+            OffsetMap::Table(t) => {
+                let s = t.get(r.start).copied().unwrap_or(0) as usize;
+                let e = t.get(r.end).copied().unwrap_or_else(|| t.last().copied().unwrap_or(0)) as usize;
+                s..e.max(s)
+            }
+        }
+    }
+}
+
+/// Decoding layers, named in findings as the chain that was undone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layer {
+    Url,
+    Base64,
+    Base32,
+    Hex,
+    Unicode,
+    JsonEscape,
+    Joined,
+    Event,
+}
+
+impl Layer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layer::Url => "url",
+            Layer::Base64 => "base64",
+            Layer::Base32 => "base32",
+            Layer::Hex => "hex",
+            Layer::Unicode => "unicode",
+            Layer::JsonEscape => "json-escape",
+            Layer::Joined => "joined",
+            Layer::Event => "sse",
+        }
+    }
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Percent-decoding (and `+` as space). `None` when there is nothing to decode.
+pub(crate) fn url_decode(s: &[u8], base: usize) -> Option<(Vec<u8>, OffsetMap)> {
+    if memchr::memchr2(b'%', b'+', s).is_none() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len());
+    let mut table = Vec::with_capacity(s.len() + 1);
+    let mut i = 0;
+    let mut changed = false;
+    while i < s.len() {
+        table.push((base + i) as u32);
+        if s[i] == b'%' && i + 2 < s.len() {
+            if let (Some(h), Some(l)) = (hex_val(s[i + 1]), hex_val(s[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                changed = true;
+                continue;
+            }
+        }
+        if s[i] == b'+' {
+            out.push(b' ');
+            changed = true;
+        } else {
+            out.push(s[i]);
+        }
+        i += 1;
+    }
+    table.push((base + s.len()) as u32);
+    changed.then_some((out, OffsetMap::Table(table)))
+}
+
+const B64_STD: u8 = 1;
+const B64_URL: u8 = 2;
+
+fn b64_val(b: u8) -> Option<(u8, u8)> {
+    match b {
+        b'A'..=b'Z' => Some((b - b'A', B64_STD | B64_URL)),
+        b'a'..=b'z' => Some((b - b'a' + 26, B64_STD | B64_URL)),
+        b'0'..=b'9' => Some((b - b'0' + 52, B64_STD | B64_URL)),
+        b'+' => Some((62, B64_STD)),
+        b'/' => Some((63, B64_STD)),
+        b'-' => Some((62, B64_URL)),
+        b'_' => Some((63, B64_URL)),
+        _ => None,
+    }
+}
+
+/// Base64 in either alphabet, padding optional, starting `skip` characters into `s` (for runs
+/// whose true start lies before the window). Stops at the first byte outside the alphabet.
+pub(crate) fn base64_decode(s: &[u8], base: usize, skip: usize) -> Option<(Vec<u8>, OffsetMap)> {
+    let s = s.get(skip..)?;
+    let mut out = Vec::with_capacity(s.len() * 3 / 4 + 3);
+    let mut acc: u32 = 0;
+    let mut nbits = 0;
+    let mut used = 0;
+    let mut alphabets = B64_STD | B64_URL;
+    for &b in s {
+        let Some((v, alpha)) = b64_val(b) else { break };
+        alphabets &= alpha;
+        if alphabets == 0 {
+            break;
+        }
+        acc = acc << 6 | u32::from(v);
+        nbits += 6;
+        used += 1;
+        if nbits >= 8 {
+            nbits -= 8;
+            out.push((acc >> nbits) as u8);
+        }
+    }
+    (out.len() >= 8).then(|| (out, OffsetMap::Bits { base: base + skip, bits: 6, enc_len: used }))
+}
+
+/// RFC 4648 base32 (uppercase or lowercase, padding optional).
+pub(crate) fn base32_decode(s: &[u8], base: usize) -> Option<(Vec<u8>, OffsetMap)> {
+    let mut out = Vec::with_capacity(s.len() * 5 / 8 + 1);
+    let mut acc: u64 = 0;
+    let mut nbits = 0;
+    let mut used = 0;
+    for &b in s {
+        let v = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a',
+            b'2'..=b'7' => b - b'2' + 26,
+            _ => break,
+        };
+        acc = acc << 5 | u64::from(v);
+        nbits += 5;
+        used += 1;
+        if nbits >= 8 {
+            nbits -= 8;
+            out.push((acc >> nbits) as u8);
+        }
+    }
+    (out.len() >= 8).then(|| (out, OffsetMap::Bits { base, bits: 5, enc_len: used }))
+}
+
+/// Plain hex (even run of hex digits).
+pub(crate) fn hex_decode(s: &[u8], base: usize) -> Option<(Vec<u8>, OffsetMap)> {
+    let len = s.iter().take_while(|b| b.is_ascii_hexdigit()).count() & !1;
+    if len < 16 {
+        return None;
+    }
+    let out: Vec<u8> = s[..len].chunks_exact(2).map(|p| hex_val(p[0]).unwrap_or(0) << 4 | hex_val(p[1]).unwrap_or(0)).collect();
+    Some((out, OffsetMap::Bits { base, bits: 4, enc_len: len }))
+}
+
+/// Hex pairs with separators: `de:ad`, `de ad`, `de-ad`, `0xde, 0xad`, `\xde\xad`.
+pub(crate) fn hex_separated_decode(s: &[u8], base: usize) -> Option<(Vec<u8>, OffsetMap)> {
+    let mut out = Vec::new();
+    let mut table = Vec::new();
+    let mut i = 0;
+    while i + 1 < s.len() {
+        let mut j = i;
+        if s[j] == b'\\' && s.get(j + 1) == Some(&b'x') {
+            j += 2;
+        } else if s[j] == b'0' && matches!(s.get(j + 1), Some(b'x' | b'X')) && s.get(j + 3).is_some_and(u8::is_ascii_hexdigit) {
+            j += 2;
+        }
+        match (s.get(j).copied().and_then(hex_val), s.get(j + 1).copied().and_then(hex_val)) {
+            (Some(h), Some(l)) if !s.get(j + 2).is_some_and(u8::is_ascii_hexdigit) => {
+                table.push((base + i) as u32);
+                out.push(h << 4 | l);
+                i = j + 2;
+                while i < s.len() && matches!(s[i], b':' | b' ' | b'-' | b',' | b'\n') {
+                    i += 1;
+                }
+            }
+            _ => break,
+        }
+    }
+    table.push((base + i) as u32);
+    (out.len() >= 8).then_some((out, OffsetMap::Table(table)))
+}
+
+/// Characters that render as nothing and are used to break up a token.
+pub(crate) fn is_invisible(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180E | 0x200B..=0x200F
+        | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F | 0x3164 | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0
+        | 0x1BCA0..=0x1BCA3 | 0xE0000..=0xE007F | 0xE0100..=0xE01EF)
+}
+
+/// Cyrillic, Greek and other letters that look like ASCII ones (the subset of Unicode's
+/// confusables that matters for tokens and keywords).
+pub(crate) fn confusable_ascii(c: char) -> Option<char> {
+    Some(match c {
+        'а' => 'a', 'в' => 'b', 'е' => 'e', 'к' => 'k', 'м' => 'm', 'н' => 'h', 'о' => 'o', 'р' => 'p', 'с' => 'c',
+        'т' => 't', 'у' => 'y', 'х' => 'x', 'ѕ' => 's', 'і' => 'i', 'ј' => 'j', 'ԁ' => 'd', 'ԛ' => 'q', 'ԝ' => 'w',
+        'ɡ' => 'g', 'ɩ' => 'i', 'ɑ' => 'a', 'ı' => 'i',
+        'А' => 'A', 'В' => 'B', 'Е' => 'E', 'К' => 'K', 'М' => 'M', 'Н' => 'H', 'О' => 'O', 'Р' => 'P', 'С' => 'C',
+        'Т' => 'T', 'Х' => 'X', 'У' => 'Y', 'Ѕ' => 'S', 'І' => 'I', 'Ј' => 'J', 'Ԁ' => 'D', 'Ԛ' => 'Q', 'Ԝ' => 'W',
+        'α' => 'a', 'ο' => 'o', 'ρ' => 'p', 'ν' => 'v', 'τ' => 't', 'υ' => 'u', 'ι' => 'i', 'κ' => 'k', 'χ' => 'x',
+        'Α' => 'A', 'Β' => 'B', 'Ε' => 'E', 'Ζ' => 'Z', 'Η' => 'H', 'Ι' => 'I', 'Κ' => 'K', 'Μ' => 'M', 'Ν' => 'N',
+        'Ο' => 'O', 'Ρ' => 'P', 'Τ' => 'T', 'Υ' => 'Y', 'Χ' => 'X',
+        '‐' | '‑' | '‒' | '–' | '—' | '−' => '-',
+        '＿' => '_',
+        _ => return None,
+    })
+}
+
+/// Folds a UTF-8 region: drops invisible characters, applies NFKC (full-width and mathematical
+/// letters become ASCII) and maps confusable letters to ASCII. Returns `None` if nothing changed.
+pub(crate) fn unicode_fold(s: &[u8], base: usize) -> Option<(Vec<u8>, OffsetMap)> {
+    use unicode_normalization::UnicodeNormalization;
+    let mut out = Vec::with_capacity(s.len());
+    let mut table = Vec::with_capacity(s.len() + 1);
+    let mut changed = false;
+    let mut i = 0;
+    while i < s.len() {
+        let (c, len) = decode_char(&s[i..]);
+        let start = base + i;
+        i += len;
+        let Some(c) = c else {
+            table.push(start as u32);
+            out.push(s[i - len]);
+            continue;
+        };
+        if c.is_ascii() {
+            table.push(start as u32);
+            out.push(c as u8);
+            continue;
+        }
+        changed = true;
+        if is_invisible(c) {
+            continue;
+        }
+        if let Some(a) = confusable_ascii(c) {
+            table.push(start as u32);
+            out.push(a as u8);
+            continue;
+        }
+        let mut buf = [0u8; 4];
+        for n in std::iter::once(c).nfkc() {
+            let n = confusable_ascii(n).unwrap_or(n);
+            for &b in n.encode_utf8(&mut buf).as_bytes() {
+                table.push(start as u32);
+                out.push(b);
+            }
+        }
+    }
+    table.push((base + s.len()) as u32);
+    changed.then_some((out, OffsetMap::Table(table)))
+}
+
+/// Decodes one UTF-8 scalar; invalid bytes come back as `(None, 1)`.
+pub(crate) fn decode_char(s: &[u8]) -> (Option<char>, usize) {
+    let len = match s[0] {
+        0x00..=0x7F => 1,
+        0xC2..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
+        _ => return (None, 1),
+    };
+    match s.get(..len).and_then(|b| std::str::from_utf8(b).ok()) {
+        Some(st) => (st.chars().next(), len),
+        None => (None, 1),
+    }
+}
+
+/// JSON string unescaping (`\uXXXX` with surrogate pairs, `\n`, `\/`, ...) of a string body
+/// without its quotes. `None` when the string has no escapes.
+pub(crate) fn json_unescape(s: &[u8], base: usize) -> Option<(Vec<u8>, OffsetMap)> {
+    memchr::memchr(b'\\', s)?;
+    let mut out = Vec::with_capacity(s.len());
+    let mut table = Vec::with_capacity(s.len() + 1);
+    let mut i = 0;
+    while i < s.len() {
+        let at = (base + i) as u32;
+        if s[i] != b'\\' || i + 1 >= s.len() {
+            table.push(at);
+            out.push(s[i]);
+            i += 1;
+            continue;
+        }
+        let simple = match s[i + 1] {
+            b'n' => Some(b'\n'), b't' => Some(b'\t'), b'r' => Some(b'\r'), b'b' => Some(8), b'f' => Some(12),
+            b'/' => Some(b'/'), b'\\' => Some(b'\\'), b'"' => Some(b'"'),
+            _ => None,
+        };
+        if let Some(c) = simple {
+            table.push(at);
+            out.push(c);
+            i += 2;
+            continue;
+        }
+        let hex4 = |k: usize| -> Option<u32> {
+            let h = s.get(k..k + 4)?;
+            h.iter().try_fold(0u32, |acc, &b| Some(acc << 4 | u32::from(hex_val(b)?)))
+        };
+        if s[i + 1] == b'u' {
+            if let Some(mut cp) = hex4(i + 2) {
+                let mut used = 6;
+                if (0xD800..0xDC00).contains(&cp) && s.get(i + 6..i + 8) == Some(b"\\u") {
+                    if let Some(lo) = hex4(i + 8).filter(|lo| (0xDC00..0xE000).contains(lo)) {
+                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                        used = 12;
+                    }
+                }
+                let c = char::from_u32(cp).unwrap_or('\u{FFFD}');
+                let mut buf = [0u8; 4];
+                for &b in c.encode_utf8(&mut buf).as_bytes() {
+                    table.push(at);
+                    out.push(b);
+                }
+                i += used;
+                continue;
+            }
+        }
+        table.push(at);
+        out.push(s[i]);
+        i += 1;
+    }
+    table.push((base + s.len()) as u32);
+    Some((out, OffsetMap::Table(table)))
+}
+
+/// Share of bytes that are printable ASCII, whitespace, or part of valid UTF-8 text.
+pub(crate) fn mostly_text(s: &[u8]) -> bool {
+    if s.is_empty() {
+        return false;
+    }
+    let printable = s.iter().filter(|&&b| (0x20..0x7f).contains(&b) || matches!(b, b'\n' | b'\r' | b'\t') || b >= 0x80).count();
+    printable * 100 >= s.len() * 85
+}
+
+/// Image and archive magic numbers: base64 of these is content, not smuggling.
+pub(crate) fn is_binary_media(s: &[u8]) -> bool {
+    const MAGIC: &[&[u8]] = &[b"\x89PNG", b"\xFF\xD8\xFF", b"GIF8", b"RIFF", b"\x00\x00\x00", b"%PDF", b"PK\x03\x04", b"\x1F\x8B", b"<svg", b"wOF"];
+    MAGIC.iter().any(|m| s.starts_with(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_maps_back_to_encoded_range() {
+        let enc = b"xxZ2hwX0FCQ0RFRkdISUpL"; // "ghp_ABCDEFGHIJK" after two junk bytes
+        let (dec, map) = base64_decode(enc, 100, 2).unwrap();
+        assert_eq!(&dec[..4], b"ghp_");
+        let r = map.map(&(0..4));
+        assert_eq!(r, 102..108);
+    }
+
+    #[test]
+    fn url_decode_and_tables() {
+        let (dec, map) = url_decode(b"a%41%4b+b%", 0).unwrap();
+        assert_eq!(dec, b"aAK b%");
+        assert_eq!(map.map(&(1..3)), 1..7);
+    }
+
+    #[test]
+    fn hex_forms() {
+        assert_eq!(hex_decode(b"6768705f4142434445464748", 0).unwrap().0, b"ghp_ABCDEFGH");
+        assert_eq!(hex_separated_decode(b"67:68:70:5f:41:42:43:44", 0).unwrap().0, b"ghp_ABCD");
+        assert_eq!(hex_separated_decode(b"\\x67\\x68\\x70\\x5f\\x41\\x42\\x43\\x44", 0).unwrap().0, b"ghp_ABCD");
+        assert_eq!(hex_separated_decode(b"0x67, 0x68, 0x70, 0x5f, 0x41, 0x42, 0x43, 0x44", 0).unwrap().0, b"ghp_ABCD");
+    }
+
+    #[test]
+    fn unicode_fold_strips_invisibles_and_homoglyphs() {
+        let s = "g\u{200b}h\u{200b}p_ＡＢ\u{0421}".as_bytes();
+        let (dec, _) = unicode_fold(s, 0).unwrap();
+        assert_eq!(dec, b"ghp_ABC");
+        assert!(unicode_fold(b"plain", 0).is_none());
+        let _ = unicode_fold(b"\xff\xfe\xe2\x80", 0);
+    }
+
+    #[test]
+    fn json_unescape_handles_surrogates_and_truncation() {
+        let (dec, _) = json_unescape(br"\u0067hp_\ud83d\ude00\u12", 0).unwrap();
+        assert_eq!(&dec[..4], b"ghp_");
+        assert!(dec.ends_with(b"\\u12"));
+    }
+}
+
+/// Separated hex starting anywhere in `s` (the first run of at least eight pairs).
+pub(crate) fn hex_separated_decode_anywhere(s: &[u8], base: usize) -> Option<(Vec<u8>, OffsetMap)> {
+    let mut i = 0;
+    while i + 16 <= s.len() {
+        let starts = (s[i].is_ascii_hexdigit() || s[i] == b'\\') && (i == 0 || matches!(s[i - 1], b' ' | b':' | b',' | b'-' | b'\n' | b'"' | b'\''));
+        if starts {
+            if let Some(found) = hex_separated_decode(&s[i..], base + i) {
+                return Some(found);
+            }
+        }
+        i += 1;
+    }
+    None
+}

@@ -1,0 +1,344 @@
+//! The token pass: one walk over the bytes that finds everything the literal prefilter cannot.
+//!
+//! It reports four kinds of regions to its caller:
+//! - *token runs*: at least [`MIN_TOKEN`] bytes of `[A-Za-z0-9+/=_\-.%]`, where random-looking
+//!   secrets, base64, base32, hex and percent-encoded text live;
+//! - *numeric regions*: digits with short gaps, where card numbers, IBANs and separated hex are;
+//! - *word regions*: lowercase words and whitespace, long enough to hold a seed phrase;
+//! - *non-ASCII regions*: whitespace-delimited words with non-ASCII bytes, which may hide a
+//!   token behind invisible characters or homoglyphs.
+//!
+//! The walk works on 64-byte blocks turned into bitmasks, so blocks with nothing interesting
+//! (the bulk of prose and markup) cost a few instructions each.
+
+use std::ops::Range;
+
+pub(crate) const MIN_TOKEN: usize = 16;
+const MIN_WORDS_REGION: usize = 12 * 3 + 11;
+const MIN_DIGITS: usize = 12;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Region {
+    Token(Range<usize>),
+    Numeric(Range<usize>),
+    Words(Range<usize>),
+    NonAscii(Range<usize>),
+}
+
+const T: u8 = 1; // token byte
+const D: u8 = 2; // digit
+const W: u8 = 4; // lowercase letter or word separator
+const H: u8 = 8; // non-ASCII byte
+
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let mut v = 0;
+        if c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'_' | b'-' | b'.' | b'%') {
+            v |= T;
+        }
+        if c.is_ascii_digit() {
+            v |= D;
+        }
+        if c.is_ascii_lowercase() || matches!(c, b' ' | b'\n' | b'\t' | b'\r' | b',') {
+            v |= W;
+        }
+        if c >= 0x80 {
+            v |= H;
+        }
+        t[b] = v;
+        b += 1;
+    }
+    t
+};
+
+/// Per-block bitmasks: bit `i` of `token` says byte `i` of the block is a token byte, etc.
+#[derive(Default, Clone, Copy)]
+struct Masks {
+    token: u64,
+    digit: u64,
+    word: u64,
+    high: u64,
+}
+
+#[inline]
+fn masks(block: &[u8]) -> Masks {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if block.len() == 64 && std::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 presence was just checked and the block is exactly 64 bytes.
+            return unsafe { simd::masks_avx2(block) };
+        }
+    }
+    let mut m = Masks::default();
+    for (i, &b) in block.iter().enumerate() {
+        let c = CLASS[b as usize];
+        m.token |= u64::from(c & T != 0) << i;
+        m.digit |= u64::from(c & D != 0) << i;
+        m.word |= u64::from(c & W != 0) << i;
+        m.high |= u64::from(c & H != 0) << i;
+    }
+    m
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::Masks;
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn in_range(v: __m256i, lo: u8, hi: u8) -> __m256i {
+        let shifted = _mm256_sub_epi8(v, _mm256_set1_epi8(lo as i8));
+        _mm256_cmpeq_epi8(_mm256_min_epu8(shifted, _mm256_set1_epi8((hi - lo) as i8)), shifted)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn half(v: __m256i) -> (u32, u32, u32, u32) {
+        let eq = |c: u8| _mm256_cmpeq_epi8(v, _mm256_set1_epi8(c as i8));
+        let digit = in_range(v, b'0', b'9');
+        let lower = in_range(v, b'a', b'z');
+        let upper = in_range(v, b'A', b'Z');
+        let punct = _mm256_or_si256(
+            _mm256_or_si256(_mm256_or_si256(eq(b'+'), eq(b'/')), _mm256_or_si256(eq(b'='), eq(b'_'))),
+            _mm256_or_si256(_mm256_or_si256(eq(b'-'), eq(b'.')), eq(b'%')),
+        );
+        let token = _mm256_or_si256(_mm256_or_si256(digit, lower), _mm256_or_si256(upper, punct));
+        let sep = _mm256_or_si256(_mm256_or_si256(eq(b' '), eq(b'\n')), _mm256_or_si256(_mm256_or_si256(eq(b'\t'), eq(b'\r')), eq(b',')));
+        let word = _mm256_or_si256(lower, sep);
+        (
+            _mm256_movemask_epi8(token) as u32,
+            _mm256_movemask_epi8(digit) as u32,
+            _mm256_movemask_epi8(word) as u32,
+            _mm256_movemask_epi8(v) as u32,
+        )
+    }
+
+    /// # Safety
+    /// Requires AVX2 and `block.len() == 64`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn masks_avx2(block: &[u8]) -> Masks {
+        let lo = _mm256_loadu_si256(block.as_ptr() as *const __m256i);
+        let hi = _mm256_loadu_si256(block.as_ptr().add(32) as *const __m256i);
+        let (t0, d0, w0, h0) = half(lo);
+        let (t1, d1, w1, h1) = half(hi);
+        let join = |a: u32, b: u32| u64::from(a) | u64::from(b) << 32;
+        Masks { token: join(t0, t1), digit: join(d0, d1), word: join(w0, w1), high: join(h0, h1) }
+    }
+}
+
+/// Whether `m` has a run of at least 16 set bits (within the 64-bit word).
+#[inline]
+fn has_run16(m: u64) -> bool {
+    let x = m & (m >> 1);
+    let x = x & (x >> 2);
+    let x = x & (x >> 4);
+    x & (x >> 8) != 0
+}
+
+fn is_delim(b: u8) -> bool {
+    b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'<' | b'>' | b'`')
+}
+
+/// Walks `hay` and calls `f` once per region, in order of their start. Regions of different
+/// kinds may overlap; each region is reported once.
+pub(crate) fn walk(hay: &[u8], mut f: impl FnMut(Region)) {
+    let n = hay.len();
+    let mut token_done = 0; // token regions have been reported up to here
+    let mut numeric_done = 0;
+    let mut words_done = 0;
+    let mut high_done = 0;
+    let mut prev = Masks::default();
+    let mut block_start = 0;
+    while block_start < n {
+        let end = (block_start + 64).min(n);
+        let m = masks(&hay[block_start..end]);
+        let valid = if end - block_start == 64 { u64::MAX } else { (1u64 << (end - block_start)) - 1 };
+        // A run of 16 token bytes either lies inside this block, or crosses from the last one.
+        let token_here = has_run16(m.token & valid)
+            || (prev.token.leading_ones() + (m.token & valid).trailing_ones() >= MIN_TOKEN as u32);
+        if token_here && block_start + 64 > token_done {
+            let from = (block_start.saturating_sub(64)).max(token_done);
+            token_done = scan_token_runs(hay, from, token_done, end, &mut f);
+        }
+        let digits = (m.digit & valid).count_ones() + prev.digit.count_ones();
+        if digits as usize >= MIN_DIGITS && end > numeric_done {
+            let from = block_start.saturating_sub(64).max(numeric_done);
+            numeric_done = scan_numeric(hay, from, end, &mut f);
+        }
+        let word_here = prev.word.leading_ones() + (m.word & valid).trailing_ones() >= MIN_WORDS_REGION as u32
+            || has_run32(m.word & valid);
+        if word_here && end > words_done {
+            let from = block_start.saturating_sub(64).max(words_done);
+            words_done = scan_words(hay, from, words_done, end, &mut f);
+        }
+        if m.high & valid != 0 && end > high_done {
+            high_done = scan_high(hay, block_start.max(high_done), end, &mut f);
+        }
+        prev = m;
+        block_start = end;
+    }
+}
+
+/// Whether `m` has a run of at least 32 set bits.
+#[inline]
+fn has_run32(m: u64) -> bool {
+    let x = m & (m >> 1);
+    let x = x & (x >> 2);
+    let x = x & (x >> 4);
+    let x = x & (x >> 8);
+    x & (x >> 16) != 0
+}
+
+/// Reports token runs that start in `[from, to)`; returns where reporting is complete.
+fn scan_token_runs(hay: &[u8], from: usize, floor: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
+    let mut i = from;
+    // Back up to the start of a run we are inside of (runs before `floor` were reported).
+    while i > floor && CLASS[hay[i - 1] as usize] & T != 0 {
+        i -= 1;
+    }
+    let mut done = from;
+    while i < to {
+        if CLASS[hay[i] as usize] & T == 0 {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < hay.len() && CLASS[hay[i] as usize] & T != 0 {
+            i += 1;
+        }
+        if i - start >= MIN_TOKEN {
+            f(Region::Token(start..i));
+        }
+        done = i;
+    }
+    done.max(to.min(hay.len()))
+}
+
+fn scan_numeric(hay: &[u8], from: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
+    let mut i = from;
+    let n = hay.len();
+    let mut done = from;
+    while i < to {
+        if !hay[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        // Extend over digits, gaps of up to six separator or letter bytes (IBAN groups).
+        let start = i.saturating_sub(4);
+        let mut last = i;
+        let mut count = 0usize;
+        let mut j = i;
+        while j < n {
+            let b = hay[j];
+            if b.is_ascii_digit() {
+                count += 1;
+                last = j;
+            } else if !(matches!(b, b' ' | b'-' | b':' | b',' | b'.' | b'\\' | b'x' | b'X') || b.is_ascii_alphabetic()) || j - last > 6 {
+                break;
+            }
+            j += 1;
+        }
+        let end = (last + 1).min(n);
+        if count >= MIN_DIGITS - 2 {
+            f(Region::Numeric(start..end));
+        }
+        i = j.max(i + 1);
+        done = i;
+    }
+    done.max(to)
+}
+
+fn scan_words(hay: &[u8], from: usize, floor: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
+    let mut i = from;
+    while i > floor && CLASS[hay[i - 1] as usize] & W != 0 {
+        i -= 1;
+    }
+    let mut done = from;
+    while i < to {
+        if CLASS[hay[i] as usize] & W == 0 {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < hay.len() && CLASS[hay[i] as usize] & W != 0 {
+            i += 1;
+        }
+        if i - start >= MIN_WORDS_REGION {
+            f(Region::Words(start..i));
+        }
+        done = i;
+    }
+    done.max(to)
+}
+
+fn scan_high(hay: &[u8], from: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
+    let mut i = from;
+    let mut done = from;
+    while i < to {
+        if hay[i] < 0x80 {
+            i += 1;
+            continue;
+        }
+        let mut s = i;
+        while s > 0 && !is_delim(hay[s - 1]) && i - s < 512 {
+            s -= 1;
+        }
+        let mut e = i;
+        while e < hay.len() && !is_delim(hay[e]) && e - i < 2048 {
+            e += 1;
+        }
+        // Invisible characters are often placed between words too: join neighbours across one
+        // delimiter when the next word also carries non-ASCII bytes.
+        while e < hay.len() && e + 1 < hay.len() && is_delim(hay[e]) && e - i < 2048 {
+            let mut k = e + 1;
+            while k < hay.len() && !is_delim(hay[k]) && k - e < 512 {
+                k += 1;
+            }
+            if hay[e + 1..k].iter().any(|&b| b >= 0x80) {
+                e = k;
+            } else {
+                break;
+            }
+        }
+        f(Region::NonAscii(s.max(done)..e));
+        i = e.max(i + 1);
+        done = i;
+    }
+    done.max(to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regions(s: &[u8]) -> Vec<Region> {
+        let mut v = Vec::new();
+        walk(s, |r| v.push(r));
+        v
+    }
+
+    #[test]
+    fn finds_token_runs_across_block_edges() {
+        for pad in 0..80 {
+            let mut s = vec![b' '; pad];
+            s.extend_from_slice(b"ghp_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789");
+            s.extend_from_slice(&[b' '; 70]);
+            let found: Vec<_> = regions(&s).into_iter().filter_map(|r| match r { Region::Token(t) => Some(t), _ => None }).collect();
+            assert_eq!(found, vec![pad..pad + 40], "pad {pad}");
+        }
+    }
+
+    #[test]
+    fn numeric_words_and_non_ascii() {
+        let r = regions(b"card 4111 1111 1111 1111 ok");
+        assert!(r.iter().any(|x| matches!(x, Region::Numeric(_))));
+        let r = regions("x g\u{200b}hp_abc y".as_bytes());
+        assert!(r.iter().any(|x| matches!(x, Region::NonAscii(_))));
+        let r = regions(b"abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about");
+        assert!(r.iter().any(|x| matches!(x, Region::Words(_))));
+    }
+}

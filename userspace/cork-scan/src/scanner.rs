@@ -1,0 +1,541 @@
+//! The compiled scanner: literal prefilter, per-rule confirmation, the token pass and the
+//! recursive decoding layers, over one contiguous byte slice.
+//!
+//! Everything above this module (URLs, headers, streaming bodies) reduces to calls of
+//! [`Compiled::scan`] on slices; everything here is synchronous and allocation-light.
+//!
+//! # How a rule is found
+//! 1. An Aho-Corasick automaton (SIMD "Teddy" prefilter) over the rare literal anchors of all
+//!    anchored rules finds candidate positions.
+//! 2. Each candidate is confirmed by that rule's own small regex in a window of at most the
+//!    rule's `max_len` bytes around the anchor, then by boundary checks and its validator.
+//! 3. Literal-less rules ride on [`crate::runs::walk`], which yields only the few regions of the
+//!    input that could hold them.
+//! 4. Token runs that look encoded are decoded and the decoded bytes are scanned again, up to a
+//!    depth and byte budget; matches inside are mapped back onto the encoded bytes.
+
+use std::ops::Range;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex::bytes::{Regex, RegexBuilder};
+
+use crate::catalog::{builtin_idx, Builtin, Detector, RuleIdx, Validator, RULES};
+use crate::decode::{self, Layer, OffsetMap};
+use crate::inject::{InjectionDetector, InjectionKind};
+use crate::runs::{self, Region};
+use crate::validate;
+use crate::BuildError;
+
+/// Direction of the bytes being scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Egress,
+    Ingress,
+}
+
+/// A match inside one scanned slice, before it becomes a public `Finding`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hit {
+    pub rule: RuleIdx,
+    pub span: Range<usize>,
+    /// Decoding layers undone to find it, outermost first.
+    pub layers: Vec<Layer>,
+}
+
+/// Per-call limits shared by all layers of one top-level scan.
+pub(crate) struct Budget {
+    pub decoded_bytes: usize,
+    pub max_depth: usize,
+}
+
+struct Confirm {
+    regex: Regex,
+    has_group: bool,
+}
+
+pub(crate) struct Compiled {
+    enabled: Vec<bool>,
+    confirm: Vec<Option<Confirm>>,
+    anchors: Option<AhoCorasick>,
+    anchor_rules: Vec<Vec<RuleIdx>>,
+    canaries: Option<AhoCorasick>,
+    allow: Vec<Vec<u8>>,
+    injection: InjectionDetector,
+    discord: Regex,
+    idx: BuiltinIdx,
+    /// Longest span any rule can match; the streaming overlap.
+    pub max_match: usize,
+}
+
+struct BuiltinIdx {
+    canary: RuleIdx,
+    card: RuleIdx,
+    iban: RuleIdx,
+    wif: RuleIdx,
+    seed: RuleIdx,
+    generic: RuleIdx,
+    twilio: RuleIdx,
+    discord: RuleIdx,
+    inj_override: RuleIdx,
+    inj_role: RuleIdx,
+    inj_hidden: RuleIdx,
+}
+
+/// Keywords that make a high-entropy value a probable secret when they name it.
+const SECRET_WORDS: &[&[u8]] = &[
+    b"secret", b"token", b"passw", b"api_key", b"apikey", b"api-key", b"access_key", b"accesskey", b"private_key",
+    b"privatekey", b"auth", b"credential", b"client_secret", b"signing_key", b"encryption_key", b"session_key", b"bearer",
+];
+
+impl Compiled {
+    pub fn new(enabled: Vec<bool>, canaries: &[String], allow: Vec<Vec<u8>>) -> Result<Self, BuildError> {
+        let mut confirm = Vec::with_capacity(RULES.len());
+        let mut anchor_lits: Vec<&'static str> = Vec::new();
+        let mut anchor_rules: Vec<Vec<RuleIdx>> = Vec::new();
+        let mut max_match = 256;
+        for (i, rule) in RULES.iter().enumerate() {
+            match rule.detector {
+                Detector::Anchored { anchors, pattern, max_len, .. } => {
+                    let regex = RegexBuilder::new(&format!("(?-u){pattern}"))
+                        .unicode(false)
+                        .size_limit(1 << 20)
+                        .build()
+                        .map_err(|e| BuildError::Rule { rule: rule.id.into(), reason: e.to_string() })?;
+                    let has_group = regex.captures_len() > 1;
+                    confirm.push(Some(Confirm { regex, has_group }));
+                    if enabled[i] {
+                        max_match = max_match.max(max_len);
+                        for a in anchors {
+                            match anchor_lits.iter().position(|x| x == a) {
+                                Some(p) => anchor_rules[p].push(i as RuleIdx),
+                                None => {
+                                    anchor_lits.push(a);
+                                    anchor_rules.push(vec![i as RuleIdx]);
+                                }
+                            }
+                        }
+                    }
+                }
+                Detector::Builtin(_) => confirm.push(None),
+            }
+        }
+        let anchors = if anchor_lits.is_empty() {
+            None
+        } else {
+            Some(AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostFirst).build(&anchor_lits).map_err(|e| BuildError::Rule {
+                rule: "anchors".into(),
+                reason: e.to_string(),
+            })?)
+        };
+        let canary_list: Vec<&str> = canaries.iter().map(|s| s.as_str()).filter(|s| !s.is_empty()).collect();
+        if let Some(c) = canaries.iter().find(|c| c.len() > 1024) {
+            return Err(BuildError::Rule { rule: "canary".into(), reason: format!("canary of {} bytes exceeds 1024", c.len()) });
+        }
+        max_match = max_match.max(canary_list.iter().map(|c| c.len()).max().unwrap_or(0));
+        let canaries = if canary_list.is_empty() {
+            None
+        } else {
+            Some(AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostFirst).ascii_case_insensitive(true).build(&canary_list).map_err(
+                |e| BuildError::Rule { rule: "canary".into(), reason: e.to_string() },
+            )?)
+        };
+        let idx = BuiltinIdx {
+            canary: builtin_idx(Builtin::Canary),
+            card: builtin_idx(Builtin::CreditCard),
+            iban: builtin_idx(Builtin::Iban),
+            wif: builtin_idx(Builtin::BitcoinWif),
+            seed: builtin_idx(Builtin::Bip39Seed),
+            generic: builtin_idx(Builtin::GenericSecret),
+            twilio: builtin_idx(Builtin::TwilioApiKey),
+            discord: builtin_idx(Builtin::DiscordBotToken),
+            inj_override: builtin_idx(Builtin::InjectionOverride),
+            inj_role: builtin_idx(Builtin::InjectionRoleToken),
+            inj_hidden: builtin_idx(Builtin::InjectionHidden),
+        };
+        let discord = Regex::new(r"(?-u)^[MNO][A-Za-z0-9_\-]{23,25}\.[A-Za-z0-9_\-]{6}\.[A-Za-z0-9_\-]{27,38}$").expect("static regex");
+        Ok(Compiled {
+            enabled,
+            confirm,
+            anchors,
+            anchor_rules,
+            canaries,
+            allow,
+            injection: InjectionDetector::new(),
+            discord,
+            idx,
+            max_match: max_match.min(8192),
+        })
+    }
+
+    fn on(&self, rule: RuleIdx) -> bool {
+        self.enabled[rule as usize]
+    }
+
+    fn allowed(&self, value: &[u8]) -> bool {
+        self.allow.iter().any(|a| memchr::memmem::find(value, a).is_some())
+    }
+
+    /// Scans `hay` and appends hits with spans relative to `hay`.
+    pub fn scan(&self, hay: &[u8], dir: Direction, depth: usize, budget: &mut Budget, out: &mut Vec<Hit>) {
+        let first = out.len();
+        if dir == Direction::Egress {
+            self.scan_anchors(hay, out);
+            if let Some(c) = &self.canaries {
+                for m in c.find_iter(hay) {
+                    out.push(Hit { rule: self.idx.canary, span: m.range(), layers: Vec::new() });
+                }
+            }
+        } else {
+            let mut found = Vec::new();
+            self.injection.scan(hay, &mut found);
+            for (kind, span) in found {
+                let rule = match kind {
+                    InjectionKind::Override => self.idx.inj_override,
+                    InjectionKind::RoleToken => self.idx.inj_role,
+                    InjectionKind::Hidden => self.idx.inj_hidden,
+                };
+                if self.on(rule) {
+                    out.push(Hit { rule, span, layers: Vec::new() });
+                }
+            }
+        }
+        let mut layers: Vec<(Layer, Range<usize>, usize)> = Vec::new();
+        runs::walk(hay, |region| match region {
+            Region::Token(r) => self.token_run(hay, r, dir, out, &mut layers),
+            Region::Numeric(r) => {
+                if dir == Direction::Egress {
+                    self.numeric(hay, r.clone(), out);
+                }
+                layers.push((Layer::Hex, r, usize::MAX));
+            }
+            Region::Words(r) => {
+                if dir == Direction::Egress && self.on(self.idx.seed) {
+                    let mut found = Vec::new();
+                    crate::bip39::find_phrases(&hay[r.clone()], &mut found);
+                    for f in found {
+                        out.push(Hit { rule: self.idx.seed, span: r.start + f.start..r.start + f.end, layers: Vec::new() });
+                    }
+                }
+            }
+            Region::NonAscii(r) => layers.push((Layer::Unicode, r, 0)),
+        });
+        if depth < budget.max_depth {
+            for (layer, r, skip) in layers {
+                self.descend(hay, layer, r, skip, dir, depth, budget, out);
+            }
+        }
+        dedupe(&mut out[first..]);
+        let mut kept = out.split_off(first);
+        kept.retain(|h| h.span.start != usize::MAX);
+        out.extend(kept);
+    }
+
+    /// Decodes one candidate region and scans what comes out.
+    #[allow(clippy::too_many_arguments)]
+    fn descend(&self, hay: &[u8], layer: Layer, r: Range<usize>, skip: usize, dir: Direction, depth: usize, budget: &mut Budget, out: &mut Vec<Hit>) {
+        let s = &hay[r.clone()];
+        let decoded = match layer {
+            Layer::Url => decode::url_decode(s, r.start),
+            Layer::Base64 => decode::base64_decode(s, r.start, skip),
+            Layer::Base32 => decode::base32_decode(s, r.start),
+            Layer::Hex if skip == usize::MAX => decode::hex_separated_decode_anywhere(s, r.start),
+            Layer::Hex => decode::hex_decode(s, r.start),
+            Layer::Unicode => decode::unicode_fold(s, r.start),
+            Layer::JsonEscape => decode::json_unescape(s, r.start),
+            Layer::Joined | Layer::Event => None,
+        };
+        let Some((bytes, map)) = decoded else { return };
+        if bytes.len() > budget.decoded_bytes {
+            return;
+        }
+        if !matches!(layer, Layer::Unicode | Layer::Url | Layer::JsonEscape) && (!decode::mostly_text(&bytes) || decode::is_binary_media(&bytes)) {
+            return;
+        }
+        budget.decoded_bytes -= bytes.len();
+        self.scan_layer(&bytes, &map, layer, dir, depth + 1, budget, out);
+    }
+
+    /// Scans derived bytes and maps hits back through `map`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn scan_layer(&self, bytes: &[u8], map: &OffsetMap, layer: Layer, dir: Direction, depth: usize, budget: &mut Budget, out: &mut Vec<Hit>) {
+        let mut inner = Vec::new();
+        self.scan(bytes, dir, depth, budget, &mut inner);
+        for mut h in inner {
+            h.span = map.map(&h.span);
+            h.layers.insert(0, layer);
+            out.push(h);
+        }
+    }
+
+    fn scan_anchors(&self, hay: &[u8], out: &mut Vec<Hit>) {
+        let Some(ac) = &self.anchors else { return };
+        for m in ac.find_iter(hay) {
+            for &ri in &self.anchor_rules[m.pattern().as_usize()] {
+                if let Some(span) = self.confirm_at(hay, ri, m.start(), m.end()) {
+                    out.push(Hit { rule: ri, span, layers: Vec::new() });
+                }
+            }
+        }
+    }
+
+    /// Confirms rule `ri` around an anchor at `a_start..a_end`; returns the span to report.
+    fn confirm_at(&self, hay: &[u8], ri: RuleIdx, a_start: usize, a_end: usize) -> Option<Range<usize>> {
+        let rule = &RULES[ri as usize];
+        let Detector::Anchored { lookbehind, max_len, bound_left, bound_right, validator, .. } = rule.detector else { return None };
+        let confirm = self.confirm[ri as usize].as_ref()?;
+        let ws = a_start.saturating_sub(lookbehind);
+        let we = (a_start + max_len).min(hay.len()).max(a_end);
+        let window = &hay[ws..we];
+        let mut at = 0;
+        while at <= window.len() {
+            let caps = confirm.regex.captures_at(window, at)?;
+            let whole = caps.get(0)?;
+            let (ms, me) = (ws + whole.start(), ws + whole.end());
+            at = whole.end().max(whole.start() + 1);
+            if ms > a_start {
+                return None;
+            }
+            if me < a_end {
+                continue;
+            }
+            if bound_left && ms > 0 && hay[ms - 1].is_ascii_alphanumeric() {
+                continue;
+            }
+            if bound_right && me < hay.len() && (hay[me].is_ascii_alphanumeric() || matches!(hay[me], b'_' | b'-')) {
+                continue;
+            }
+            let value = if confirm.has_group { caps.get(1).map(|g| ws + g.start()..ws + g.end()).unwrap_or(ms..me) } else { ms..me };
+            let v = &hay[value.clone()];
+            if self.allowed(&hay[ms..me]) {
+                return None;
+            }
+            let ok = match validator {
+                Validator::None => true,
+                Validator::Entropy { min_bits_per_byte } => validate::shannon_entropy(v) >= min_bits_per_byte && !validate::is_placeholder(v),
+            };
+            if ok {
+                return Some(if confirm.has_group { value } else { ms..me });
+            }
+        }
+        None
+    }
+
+    fn token_run(&self, hay: &[u8], r: Range<usize>, dir: Direction, out: &mut Vec<Hit>, layers: &mut Vec<(Layer, Range<usize>, usize)>) {
+        let run = &hay[r.clone()];
+        if memchr::memchr(b'%', run).is_some() {
+            layers.push((Layer::Url, r.clone(), 0));
+        }
+        // Segments of the base64 alphabets (dots and percent signs split them).
+        let mut s = 0;
+        while s < run.len() {
+            let len = run[s..].iter().take_while(|&&b| b != b'.' && b != b'%').count();
+            if len >= runs::MIN_TOKEN {
+                let seg = s..s + len;
+                self.segment(hay, r.start + seg.start..r.start + seg.end, dir, out, layers);
+            }
+            s += len + 1;
+        }
+        if dir == Direction::Egress && self.on(self.idx.discord) && run.iter().filter(|&&b| b == b'.').count() >= 2 {
+            for piece in run.split(|b| matches!(b, b'%' | b'/' | b'=' | b'+')) {
+                if self.discord.is_match(piece) {
+                    let start = r.start + (piece.as_ptr() as usize - run.as_ptr() as usize);
+                    out.push(Hit { rule: self.idx.discord, span: start..start + piece.len(), layers: Vec::new() });
+                }
+            }
+        }
+    }
+
+    /// One segment of `[A-Za-z0-9+/=_-]` of at least 16 bytes.
+    fn segment(&self, hay: &[u8], r: Range<usize>, dir: Direction, out: &mut Vec<Hit>, layers: &mut Vec<(Layer, Range<usize>, usize)>) {
+        let seg = &hay[r.clone()];
+        let is_hex = seg.iter().all(u8::is_ascii_hexdigit);
+        if dir == Direction::Egress {
+            // Alphanumeric words inside the segment: Twilio keys and WIF keys are whole words.
+            let mut i = 0;
+            while i < seg.len() {
+                let len = seg[i..].iter().take_while(|b| b.is_ascii_alphanumeric()).count();
+                let w = &seg[i..i + len];
+                let at = r.start + i;
+                if len == 34 && w.starts_with(b"SK") && w[2..].iter().all(u8::is_ascii_hexdigit) && self.on(self.idx.twilio) && validate::shannon_entropy(&w[2..]) > 3.0 {
+                    out.push(Hit { rule: self.idx.twilio, span: at..at + len, layers: Vec::new() });
+                }
+                if (len == 51 || len == 52) && matches!(w[0], b'5' | b'K' | b'L' | b'9' | b'c') && self.on(self.idx.wif) && validate::bitcoin_wif_valid(w) {
+                    out.push(Hit { rule: self.idx.wif, span: at..at + len, layers: Vec::new() });
+                }
+                i += len.max(1);
+            }
+            if self.on(self.idx.generic) {
+                self.generic(hay, r.clone(), is_hex, out);
+            }
+        }
+        if is_hex {
+            if seg.len() % 2 == 0 {
+                layers.push((Layer::Hex, r.clone(), 0));
+            }
+            return;
+        }
+        let b32 = seg.iter().all(|&b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b) || b == b'=')
+            || seg.iter().all(|&b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b) || b == b'=');
+        if b32 {
+            layers.push((Layer::Base32, r.clone(), 0));
+        }
+        // A run cut by the window edge (or a base64 blob starting mid-segment) may be misaligned.
+        let aligns = if r.start == 0 { 4 } else { 1 };
+        for skip in 0..aligns {
+            layers.push((Layer::Base64, r.clone(), skip));
+        }
+    }
+
+    /// A random-looking value right after a secret-like name: `client_secret = "…"`.
+    fn generic(&self, hay: &[u8], r: Range<usize>, is_hex: bool, out: &mut Vec<Hit>) {
+        // The value may be preceded by its own name inside the same run (SECRET_TOKEN=abc…).
+        let seg = &hay[r.clone()];
+        let (vstart, inline_name) = match memchr::memchr(b'=', seg) {
+            Some(p) if p + 1 < seg.len() && p >= 3 => (r.start + p + 1, Some(r.start..r.start + p)),
+            _ => (r.start, None),
+        };
+        let value = &hay[vstart..r.end];
+        let value = value.strip_suffix(b"==").or_else(|| value.strip_suffix(b"=")).unwrap_or(value);
+        if value.len() < 16 || value.len() > 256 || validate::is_uuid(value) || validate::is_placeholder(value) {
+            return;
+        }
+        let classes = [value.iter().any(u8::is_ascii_lowercase), value.iter().any(u8::is_ascii_uppercase), value.iter().any(u8::is_ascii_digit)];
+        let needed = if is_hex { 3.0 } else { 3.8 };
+        if classes.iter().filter(|&&c| c).count() < 2 || validate::shannon_entropy(value) < needed || (is_hex && value.len() < 32) {
+            return;
+        }
+        let name = match inline_name {
+            Some(n) => n,
+            None => {
+                // Up to 48 bytes back: NAME, then quote/colon/equals/space glue.
+                let back = &hay[r.start.saturating_sub(48)..r.start];
+                let glue = back.iter().rev().take_while(|&&b| matches!(b, b'"' | b'\'' | b':' | b'=' | b' ' | b'\t')).count();
+                if glue == 0 || !back[back.len() - glue..].iter().any(|&b| b == b':' || b == b'=') {
+                    return;
+                }
+                let name_end = back.len() - glue;
+                let name_start = back[..name_end].iter().rposition(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))).map_or(0, |p| p + 1);
+                r.start - back.len() + name_start..r.start - back.len() + name_end
+            }
+        };
+        let name = hay[name].to_ascii_lowercase();
+        if SECRET_WORDS.iter().any(|w| memchr::memmem::find(&name, w).is_some()) && !self.allowed(value) {
+            out.push(Hit { rule: self.idx.generic, span: vstart..vstart + value.len(), layers: Vec::new() });
+        }
+    }
+
+    /// Card numbers and IBANs in a region of digits with short gaps.
+    fn numeric(&self, hay: &[u8], r: Range<usize>, out: &mut Vec<Hit>) {
+        let region = &hay[r.clone()];
+        if self.on(self.idx.card) {
+            // Digit groups joined by single spaces or dashes, 13-19 digits in total.
+            let mut i = 0;
+            while i < region.len() {
+                if !region[i].is_ascii_digit() || (i > 0 && region[i - 1].is_ascii_alphanumeric()) {
+                    i += 1;
+                    continue;
+                }
+                let mut digits = Vec::with_capacity(19);
+                let mut j = i;
+                let mut sep = None;
+                let mut best = None;
+                while j < region.len() && digits.len() < 19 {
+                    let b = region[j];
+                    if b.is_ascii_digit() {
+                        digits.push(b);
+                        j += 1;
+                        let boundary = j == region.len() || !region[j].is_ascii_alphanumeric();
+                        if boundary && digits.len() >= 13 && validate::luhn_valid(&digits) && validate::card_issuer_known(&digits) {
+                            let after = r.start + j;
+                            let follows_digit = after < hay.len() && hay[after].is_ascii_digit();
+                            if !follows_digit {
+                                best = Some(j);
+                            }
+                        }
+                    } else if matches!(b, b' ' | b'-') && sep.is_none_or(|s| s == b) && j + 1 < region.len() && region[j + 1].is_ascii_digit() && region[j - 1].is_ascii_digit() {
+                        sep = Some(b);
+                        j += 1;
+                    } else {
+                        break;
+                    }
+                }
+                match best {
+                    Some(end) => {
+                        out.push(Hit { rule: self.idx.card, span: r.start + i..r.start + end, layers: Vec::new() });
+                        i = end;
+                    }
+                    None => {
+                        i += 1;
+                        while i < region.len() && region[i].is_ascii_digit() {
+                            i += 1;
+                        }
+                    }
+                }
+            }
+        }
+        if self.on(self.idx.iban) {
+            let mut i = 0;
+            while i + 4 <= region.len() {
+                let starts = region[i].is_ascii_uppercase()
+                    && region[i + 1].is_ascii_uppercase()
+                    && region[i + 2].is_ascii_digit()
+                    && region[i + 3].is_ascii_digit()
+                    && (i == 0 || !region[i - 1].is_ascii_alphanumeric())
+                    && (r.start + i == 0 || !hay[r.start + i - 1].is_ascii_alphanumeric());
+                if !starts {
+                    i += 1;
+                    continue;
+                }
+                let mut compact = Vec::with_capacity(34);
+                let mut j = i;
+                let mut found = None;
+                while j < region.len() && compact.len() < 34 {
+                    let b = region[j];
+                    if b.is_ascii_uppercase() || b.is_ascii_digit() {
+                        compact.push(b);
+                        j += 1;
+                        let boundary = r.start + j >= hay.len() || !hay[r.start + j].is_ascii_alphanumeric();
+                        if boundary && validate::iban_valid(&compact) {
+                            found = Some(j);
+                        }
+                    } else if b == b' ' && j + 1 < region.len() && region[j + 1].is_ascii_alphanumeric() {
+                        j += 1;
+                    } else {
+                        break;
+                    }
+                }
+                match found {
+                    Some(end) => {
+                        out.push(Hit { rule: self.idx.iban, span: r.start + i..r.start + end, layers: Vec::new() });
+                        i = end;
+                    }
+                    None => i += 1,
+                }
+            }
+        }
+    }
+
+}
+
+/// Drops repeated hits of one rule on overlapping bytes, and generic hits that a specific rule
+/// already explains.
+fn dedupe(hits: &mut [Hit]) {
+    let generic = builtin_idx(Builtin::GenericSecret);
+    for i in 0..hits.len() {
+        for j in 0..hits.len() {
+            if i == j || hits[j].span.start == usize::MAX || hits[i].span.start == usize::MAX {
+                continue;
+            }
+            let overlap = hits[i].span.start < hits[j].span.end && hits[j].span.start < hits[i].span.end;
+            if !overlap {
+                continue;
+            }
+            let same = hits[i].rule == hits[j].rule;
+            // Keep the earlier-found (or shallower) one of two same-rule hits.
+            let drop_i = (same && (hits[j].layers.len(), j) < (hits[i].layers.len(), i)) || (hits[i].rule == generic && hits[j].rule != generic);
+            if drop_i {
+                hits[i].span = usize::MAX..usize::MAX;
+            }
+        }
+    }
+}
