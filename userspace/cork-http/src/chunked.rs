@@ -80,14 +80,19 @@ impl ChunkedDecoder {
                     return Ok(Decoded { consumed: pos, data: Some(start..pos), done: false });
                 }
                 State::DataCrlf => {
-                    let Some(taken) = self.take_line(&input[pos..], 2)? else {
-                        return Ok(Decoded { consumed: input.len(), data: None, done: false });
-                    };
-                    pos += taken;
-                    if !self.line.is_empty() {
+                    // Exactly CR LF, checked byte by byte so the verdict cannot depend on where
+                    // the input happened to be split.
+                    let expected = if self.line.is_empty() { b'\r' } else { b'\n' };
+                    if input[pos] != expected {
                         return Err(ChunkedError::MissingCrlf);
                     }
-                    self.state = State::Size;
+                    pos += 1;
+                    if expected == b'\r' {
+                        self.line.push(b'\r');
+                    } else {
+                        self.line.clear();
+                        self.state = State::Size;
+                    }
                 }
                 State::Trailers => {
                     let Some(taken) = self.take_line(&input[pos..], MAX_LINE)? else {
