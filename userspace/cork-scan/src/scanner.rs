@@ -368,21 +368,30 @@ impl Compiled {
                 self.generic(hay, r.clone(), is_hex, out);
             }
         }
-        if is_hex {
-            if seg.len() % 2 == 0 {
-                layers.push((Layer::Hex, r.clone(), 0));
+        // Decoding candidates: `name=value` pieces are split at `=` (padding ends a piece too).
+        let mut off = 0;
+        for piece in seg.split(|&b| b == b'=') {
+            let pr = r.start + off..r.start + off + piece.len();
+            off += piece.len() + 1;
+            if piece.len() < runs::MIN_TOKEN {
+                continue;
             }
-            return;
-        }
-        let b32 = seg.iter().all(|&b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b) || b == b'=')
-            || seg.iter().all(|&b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b) || b == b'=');
-        if b32 {
-            layers.push((Layer::Base32, r.clone(), 0));
-        }
-        // A run cut by the window edge (or a base64 blob starting mid-segment) may be misaligned.
-        let aligns = if r.start == 0 { 4 } else { 1 };
-        for skip in 0..aligns {
-            layers.push((Layer::Base64, r.clone(), skip));
+            if piece.iter().all(u8::is_ascii_hexdigit) {
+                if piece.len() % 2 == 0 {
+                    layers.push((Layer::Hex, pr, 0));
+                }
+                continue;
+            }
+            let b32 = piece.iter().all(|&b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+                || piece.iter().all(|&b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
+            if b32 {
+                layers.push((Layer::Base32, pr.clone(), 0));
+            }
+            // A run cut by the window edge may be misaligned: try every alignment.
+            let aligns = if pr.start == 0 { 4 } else { 1 };
+            for skip in 0..aligns {
+                layers.push((Layer::Base64, pr.clone(), skip));
+            }
         }
     }
 
