@@ -196,8 +196,17 @@ impl Decompressor {
                     return Err(DecompressError::Corrupt(coding, "block larger than the format allows".into()));
                 }
                 loop {
-                    let (read, written) = dec.decode_from_to(pending, &mut target).map_err(|e| DecompressError::Corrupt(coding, e.to_string()))?;
+                    // The decoder is third-party code fed hostile bytes: a panic inside it becomes
+                    // a corrupt-stream verdict rather than taking the proxy task down.
+                    let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dec.decode_from_to(pending, &mut target)))
+                        .map_err(|_| DecompressError::Corrupt(coding, "decoder panicked".into()))?;
+                    let (read, written) = step.map_err(|e| DecompressError::Corrupt(coding, e.to_string()))?;
                     *started = true;
+                    // ruzstd reports the 4 checksum bytes as read even when fewer are present;
+                    // wait for more input then.
+                    if read > pending.len() {
+                        break;
+                    }
                     pending.drain(..read);
                     out.extend_from_slice(&target[..written]);
                     if out.len() > STEP_OUTPUT_CAP {
