@@ -94,7 +94,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let warm = Scenario::ALL[0];
         let _ = run_load(&loadgen, &origin, Some(c), &warm, 1.0);
     }
-    for sc in Scenario::ALL {
+    for sc in Scenario::ALL.iter().filter(|s| !(opts.quick && s.full_only)) {
         println!("bench: {} (direct, {secs}s)", sc.name);
         let direct = run_load(&loadgen, &origin, None, sc, secs);
         let via = match &mut cork {
@@ -106,6 +106,15 @@ pub fn run(args: &[String]) -> Result<()> {
         };
         rows.push(Row { scenario: *sc, direct, via });
     }
+
+    let idle_conns = if opts.quick { IDLE_CONNECTIONS_QUICK } else { IDLE_CONNECTIONS_FULL };
+    let idle_result = match &mut cork {
+        Ok(c) => {
+            println!("bench: {idle_conns} idle bumped connections (via cork)");
+            Some(measure_idle(&loadgen, &origin, c, idle_conns))
+        }
+        Err(_) => None,
+    };
 
     let cork_note = match &cork {
         Ok(_) => None,
@@ -122,7 +131,10 @@ pub fn run(args: &[String]) -> Result<()> {
     // bench-harness that calls `bench_harness::scan::run(quick)`, run it here and append its
     // output to the report. Not done yet: the scanner helper's scan.rs does not exist.
 
-    let report = render(&rows, opts.quick, secs, cork_note.as_deref(), idle);
+    let mut report = render(&rows, opts.quick, secs, cork_note.as_deref(), idle);
+    if let Some(i) = &idle_result {
+        report = report.replacen("\n## Method", &format!("{}\n## Method", render_idle(i)), 1);
+    }
     println!("\n{report}");
     let out = opts.out.unwrap_or_else(|| {
         if opts.quick { target.join("bench-quick.md") } else { root.join("docs/bench.md") }
@@ -304,11 +316,13 @@ fn cork_config_yaml(origin: &Origin) -> String {
     format!(
         "mode: enforce\n\
          hosts:\n  allow: [{name}]\n  ports: [{port}]\n\
-         upstream:\n  extra_roots: [{ca:?}]\n  resolve:\n    {name}: {ip}\n",
+         upstream:\n  extra_roots: [{ca:?}]\n  resolve:\n    {name}: {ip}\n\
+         limits:\n  max_connections: {max_conns}\n",
         name = ORIGIN_NAME,
         port = origin.https.port(),
         ca = origin.ca.display().to_string(),
         ip = ORIGIN_IP,
+        max_conns = IDLE_CONNECTIONS_FULL * 2,
     )
 }
 
@@ -415,15 +429,21 @@ struct Scenario {
     concurrency: usize,
     upload: u64,
     metric: Metric,
+    /// A fixed request count instead of a duration (single big transfers).
+    requests: Option<u64>,
+    /// Too slow for `--quick`.
+    full_only: bool,
 }
 
 impl Scenario {
     const ALL: &'static [Scenario] = &[
-        Scenario { name: "keep-alive 1 KiB GET", path: "/bytes/1024", mode: "keepalive", concurrency: 16, upload: 0, metric: Metric::ReqPerSec },
-        Scenario { name: "1 MiB GET throughput", path: "/bytes/1048576", mode: "keepalive", concurrency: 4, upload: 0, metric: Metric::DownMBps },
-        Scenario { name: "new bumped connection per request", path: "/bytes/1024", mode: "newconn", concurrency: 8, upload: 0, metric: Metric::ReqPerSec },
-        Scenario { name: "HTTP/2, 100 streams, 1 KiB GET", path: "/bytes/1024", mode: "h2", concurrency: 100, upload: 0, metric: Metric::ReqPerSec },
-        Scenario { name: "1 MiB POST upload", path: "/upload", mode: "keepalive", concurrency: 4, upload: 1 << 20, metric: Metric::UpMBps },
+        Scenario { name: "keep-alive 1 KiB GET", path: "/bytes/1024", mode: "keepalive", concurrency: 16, upload: 0, metric: Metric::ReqPerSec, requests: None, full_only: false },
+        Scenario { name: "1 MiB GET throughput", path: "/bytes/1048576", mode: "keepalive", concurrency: 4, upload: 0, metric: Metric::DownMBps, requests: None, full_only: false },
+        Scenario { name: "new bumped connection per request", path: "/bytes/1024", mode: "newconn", concurrency: 8, upload: 0, metric: Metric::ReqPerSec, requests: None, full_only: false },
+        Scenario { name: "HTTP/2, 100 streams, 1 KiB GET", path: "/bytes/1024", mode: "h2", concurrency: 100, upload: 0, metric: Metric::ReqPerSec, requests: None, full_only: false },
+        Scenario { name: "1 MiB POST upload", path: "/upload", mode: "keepalive", concurrency: 4, upload: 1 << 20, metric: Metric::UpMBps, requests: None, full_only: false },
+        Scenario { name: "1 GiB single stream", path: "/bytes/1073741824", mode: "keepalive", concurrency: 1, upload: 0, metric: Metric::DownMBps, requests: Some(1), full_only: true },
+        Scenario { name: "100 MB single upload", path: "/upload", mode: "keepalive", concurrency: 1, upload: 100_000_000, metric: Metric::UpMBps, requests: Some(1), full_only: true },
     ];
 
     fn unit(&self) -> &'static str {
@@ -468,7 +488,12 @@ fn run_load(loadgen: &Path, origin: &Origin, cork: Option<&Cork>, sc: &Scenario,
     let mut cmd = Command::new(loadgen);
     cmd.arg(origin.url(sc.path))
         .args(["--mode", sc.mode, "--concurrency", &sc.concurrency.to_string()])
-        .args(["--duration", &secs.to_string(), "--timeout", "20", "--json"]);
+        .arg("--json");
+    match sc.requests {
+        // Single big transfers: bounded by count, with generous time and timeout caps.
+        Some(n) => cmd.args(["--requests", &n.to_string(), "--duration", "300", "--timeout", "300"]),
+        None => cmd.args(["--duration", &secs.to_string(), "--timeout", "20"]),
+    };
     if sc.upload > 0 {
         cmd.args(["--upload", &sc.upload.to_string()]);
     }
@@ -544,6 +569,110 @@ fn measure_via_cork(loadgen: &Path, origin: &Origin, cork: &mut Cork, sc: &Scena
 }
 
 // ---------------------------------------------------------------------------------------------
+// Idle connections
+
+/// Idle bumped connections held open through cork. Each costs cork two sockets (client and
+/// upstream), so the count stays well inside the default 20k file-descriptor limit.
+const IDLE_CONNECTIONS_FULL: usize = 5000;
+const IDLE_CONNECTIONS_QUICK: usize = 300;
+
+struct IdleResult {
+    wanted: usize,
+    opened: u64,
+    errors: u64,
+    first_error: Option<String>,
+    rss_before_kib: Option<u64>,
+    rss_holding_kib: Option<u64>,
+    failure: Option<String>,
+}
+
+/// Has `cork-load --mode idle` open the connections through cork, samples cork's RSS while they
+/// are held, then lets them go.
+fn measure_idle(loadgen: &Path, origin: &Origin, cork: &mut Cork, count: usize) -> IdleResult {
+    let mut res = IdleResult {
+        wanted: count,
+        opened: 0,
+        errors: 0,
+        first_error: None,
+        rss_before_kib: cork.rss_kib(),
+        rss_holding_kib: None,
+        failure: None,
+    };
+    if !cork.alive() {
+        res.failure = Some("cork is no longer running".into());
+        return res;
+    }
+    let spawned = Command::new(loadgen)
+        .arg(origin.url("/bytes/16"))
+        .args(["--mode", "idle", "--concurrency", &count.to_string(), "--hold", "3", "--timeout", "30", "--json"])
+        .args(["--proxy", &format!("http://{}", cork.listen)])
+        .arg("--cacert")
+        .arg(&cork.ca)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            res.failure = Some(format!("running cork-load: {e}"));
+            return res;
+        }
+    };
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    match lines.next() {
+        Some(Ok(l)) if l.starts_with("holding ") => {
+            // Let cork settle (buffers released after the first exchange) before sampling.
+            thread::sleep(Duration::from_millis(1000));
+            res.rss_holding_kib = cork.rss_kib();
+        }
+        other => res.failure = Some(format!("cork-load did not report holding: {other:?}")),
+    }
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    let _ = child.wait();
+    match rest.last().map(|l| serde_json::from_str::<serde_json::Value>(l)) {
+        Some(Ok(v)) => {
+            res.opened = v["requests"].as_u64().unwrap_or(0);
+            res.errors = v["errors"].as_u64().unwrap_or(0);
+            res.first_error = v["first_error"].as_str().map(str::to_owned);
+        }
+        _ => {
+            res.failure.get_or_insert_with(|| "cork-load printed no JSON report".into());
+        }
+    }
+    println!(
+        "bench:   opened {}/{} (errors {}), cork RSS {:?} KiB -> {:?} KiB{}",
+        res.opened,
+        res.wanted,
+        res.errors,
+        res.rss_before_kib,
+        res.rss_holding_kib,
+        res.first_error.as_deref().map(|e| format!("  first error: {e}")).unwrap_or_default()
+    );
+    res
+}
+
+fn render_idle(i: &IdleResult) -> String {
+    let mut md = String::from("\n## Idle connections through cork\n\n");
+    if let Some(f) = &i.failure {
+        let _ = writeln!(md, "Not measured: {f}.");
+        return md;
+    }
+    let mib = |k: Option<u64>| k.map_or("?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    let _ = writeln!(md, "- connections wanted / held: {} / {} ({} errors)", i.wanted, i.opened, i.errors);
+    let _ = writeln!(md, "- cork RSS before: {}, while holding: {}", mib(i.rss_before_kib), mib(i.rss_holding_kib));
+    if let (Some(a), Some(b)) = (i.rss_before_kib, i.rss_holding_kib) {
+        if i.opened > 0 {
+            let per = (b.saturating_sub(a) as f64 * 1024.0) / i.opened as f64;
+            let _ = writeln!(md, "- RSS per idle bumped connection (both legs): {:.1} KiB", per / 1024.0);
+        }
+    }
+    if let Some(e) = &i.first_error {
+        let _ = writeln!(md, "- first error: {e}");
+    }
+    md
+}
+
+// ---------------------------------------------------------------------------------------------
 // Report
 
 fn fmt_value(r: &LoadResult) -> String {
@@ -585,16 +714,17 @@ fn render(rows: &[Row], quick: bool, secs: f64, cork_note: Option<&str>, idle_rs
         let (via, ratio, cores, per_core, rss, p99) = match &row.via {
             None => ("n/a".to_string(), "n/a".to_string(), "n/a".to_string(), "n/a".to_string(), "n/a".to_string(), format!("{:.2} → n/a", row.direct.p99_ms)),
             Some((r, cost)) => {
-                let ok = r.failure.is_none() && row.direct.failure.is_none() && row.direct.value > 0.0;
+                let ok = r.failure.is_none() && r.requests > 0 && row.direct.failure.is_none() && row.direct.value > 0.0;
                 let ratio = if ok { format!("{:.2}", r.value / row.direct.value) } else { "—".into() };
                 let cores_used = cost.cpu_secs.map(|c| c / cost.elapsed_secs.max(1e-9));
                 let cores = cores_used.map_or("?".into(), |c| format!("{c:.2}"));
                 let per_core = match cores_used {
-                    Some(c) if c > 0.01 && r.failure.is_none() => format!("{:.1}", r.value / c),
+                    Some(c) if c > 0.01 && r.failure.is_none() && r.requests > 0 => format!("{:.1}", r.value / c),
                     _ => "—".into(),
                 };
                 let rss = cost.rss_kib.map_or(if cost.died { "died".into() } else { "?".into() }, |k| format!("{:.1}", k as f64 / 1024.0));
-                (fmt_value(r), ratio, cores, per_core, rss, format!("{:.2} → {:.2}", row.direct.p99_ms, r.p99_ms))
+                let p99 = if r.requests > 0 { format!("{:.2}", r.p99_ms) } else { "n/a".into() };
+                (fmt_value(r), ratio, cores, per_core, rss, format!("{:.2} → {p99}", row.direct.p99_ms))
             }
         };
         let _ = writeln!(md, "| {} | {} | {direct} | {via} | {ratio} | {cores} | {per_core} | {rss} | {p99} |", sc.name, sc.unit());
@@ -625,6 +755,29 @@ fn render(rows: &[Row], quick: bool, secs: f64, cork_note: Option<&str>, idle_rs
 }
 
 const METHOD: &str = "
+## Running it
+
+```sh
+cargo xtask bench            # full run (a few minutes), rewrites docs/bench.md
+cargo xtask bench --quick    # 1-2 minute smoke run, writes target/bench-quick.md
+cargo xtask bench --no-build --out /tmp/report.md
+```
+
+Raw figures of the last run: `target/bench-results.json`; process logs: `target/bench-run/`.
+The pieces can be used on their own:
+
+```sh
+# The test origin: its own CA in DIR/ca.pem, one `ready https=ADDR http=ADDR` line on stdout.
+cork-origin --https 127.0.0.2:0 [--http 127.0.0.2:0] --name origin.test [--ip 127.0.0.2] --ca-out DIR
+# Endpoints: /bytes/N, /chunked/N, POST|PUT /upload, /echo, /gzip/TEXT, /text/TEXT, /inject,
+# /status/CODE; HEAD, Expect: 100-continue, keep-alive, HTTP/1.1 and h2.
+
+# The load generator (human summary, or --json).
+cork-load https://origin.test:PORT/bytes/1024 --cacert DIR/ca.pem --connect-to 127.0.0.2:PORT \\
+    --mode keepalive|newconn|h2|idle -c 16 [--duration SECS] [--requests N] [--upload BYTES]
+cork-load https://origin.test:PORT/bytes/1024 --proxy http://127.0.0.1:CORK --cacert STATE/ca.pem
+```
+
 ## Method
 
 - Origin: `cork-origin` (hyper, rustls) on 127.0.0.2 with its own test CA; bodies are generated
@@ -637,10 +790,13 @@ const METHOD: &str = "
 - cork CPU: utime+stime from `/proc/PID/stat` before/after each scenario, divided by wall time
   (= cores used). \"per cork core\" is the scenario's figure divided by cores used.
 - All three processes share the machine's cores, so direct and via-cork numbers are both limited
-  by the load generator too; ratios are the useful figure, absolute numbers less so.
-- Not measured yet (planned): mitmproxy 11.0.2 and Squid ssl_bump for comparison, a 1 GiB single
-  stream, a 100 MB upload, 10k idle connections with RSS per connection, PNG charts, and the
-  scanner benchmark (`bench_harness::scan`).
+  by the load generator too; ratios are the useful figure, absolute numbers less so. On a shared
+  build machine, other work (compilers) adds noise of tens of percent between runs.
+- Idle connections: `cork-load --mode idle` opens them through cork, one request each, and holds
+  them; cork's RSS is sampled before and while they are held. 5000 rather than 10k so cork's two
+  sockets per connection fit the container's 20k file-descriptor limit.
+- Not measured yet (planned): mitmproxy 11.0.2 and Squid ssl_bump for comparison, 10k idle
+  connections, PNG charts, and the scanner benchmark (`bench_harness::scan`).
 ";
 
 fn machine_info() -> BTreeMap<&'static str, String> {

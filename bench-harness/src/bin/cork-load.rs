@@ -54,6 +54,9 @@ struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Idle mode: seconds to hold the connections open after printing `holding N` (default 5).
+    #[arg(long, default_value_t = 5.0)]
+    hold: f64,
 }
 
 fn parse_proxy(s: &str) -> Result<SocketAddr> {
@@ -96,7 +99,23 @@ fn main() -> Result<()> {
         rt.worker_threads(t.max(1));
     }
     let rt = rt.enable_all().build().context("starting the runtime")?;
-    let report = rt.block_on(loadgen::run(cfg))?;
+    let report = if args.mode == Mode::Idle {
+        // Open, announce, hold, then report: whoever drives us samples memory while we hold.
+        let hold = secs(args.hold, "--hold")?;
+        rt.block_on(async {
+            let (held, report) = loadgen::open_idle(cfg).await?;
+            println!("holding {}", held.len());
+            std::io::Write::flush(&mut std::io::stdout())?;
+            tokio::time::sleep(hold).await;
+            let still = held.open();
+            if still < held.len() {
+                eprintln!("cork-load: {} of {} idle connections closed while held", held.len() - still, held.len());
+            }
+            anyhow::Ok(report)
+        })?
+    } else {
+        rt.block_on(loadgen::run(cfg))?
+    };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -38,6 +38,9 @@ pub enum Mode {
     NewConn,
     /// HTTP/2, `concurrency` streams multiplexed over `h2_connections` connections.
     H2,
+    /// Open `concurrency` HTTP/1.1 connections, one request each, then hold them idle
+    /// (see [`open_idle`]); for measuring memory per connection.
+    Idle,
 }
 
 impl FromStr for Mode {
@@ -47,7 +50,8 @@ impl FromStr for Mode {
             "keepalive" | "ka" | "h1" => Ok(Mode::KeepAlive),
             "newconn" | "close" => Ok(Mode::NewConn),
             "h2" => Ok(Mode::H2),
-            _ => Err(format!("unknown mode {s:?}: expected keepalive, newconn or h2")),
+            "idle" => Ok(Mode::Idle),
+            _ => Err(format!("unknown mode {s:?}: expected keepalive, newconn, h2 or idle")),
         }
     }
 }
@@ -58,6 +62,7 @@ impl Mode {
             Mode::KeepAlive => "keepalive",
             Mode::NewConn => "newconn",
             Mode::H2 => "h2",
+            Mode::Idle => "idle",
         }
     }
 }
@@ -166,6 +171,11 @@ impl Plan {
 /// Runs the load and returns the merged report. Fails only on bad configuration; connection and
 /// request failures are counted in the report.
 pub async fn run(cfg: LoadConfig) -> Result<Report, HarnessError> {
+    if cfg.mode == Mode::Idle {
+        let (held, report) = open_idle(cfg).await?;
+        drop(held);
+        return Ok(report);
+    }
     let plan = Arc::new(plan(&cfg).await?);
     let concurrency = cfg.concurrency.max(1);
     let start = Instant::now();
@@ -176,6 +186,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, HarnessError> {
                 tasks.spawn(h1_worker(plan.clone(), cfg.mode == Mode::NewConn));
             }
         }
+        Mode::Idle => unreachable!("handled above"),
         Mode::H2 => {
             let conns = cfg.h2_connections.clamp(1, concurrency);
             let slots: Vec<Arc<H2Slot>> =
@@ -297,7 +308,7 @@ async fn h1_worker(plan: Arc<Plan>, new_conn: bool) -> WorkerStats {
             }
             let s = sender.as_mut().expect("just opened");
             s.ready().await.map_err(|e| (format!("connection not ready: {e}"), false))?;
-            exchange(s.send_request(plan.request(false)), &plan).await.map_err(|e| (e, false))
+            exchange(s.send_request(plan.request(false))).await.map_err(|e| (e, false))
         })
         .await;
         match outcome {
@@ -357,7 +368,7 @@ async fn h2_worker(plan: Arc<Plan>, slot: Arc<H2Slot>) -> WorkerStats {
         let outcome = tokio::time::timeout(plan.timeout, async {
             let mut s = slot.get(&plan).await.map_err(|e| (e, true))?;
             s.ready().await.map_err(|e| (format!("stream not ready: {e}"), false))?;
-            exchange(s.send_request(plan.request(true)), &plan).await.map_err(|e| (e, false))
+            exchange(s.send_request(plan.request(true))).await.map_err(|e| (e, false))
         })
         .await;
         match outcome {
@@ -385,7 +396,6 @@ fn record_ok(stats: &mut WorkerStats, plan: &Plan, started: Instant, down: u64) 
 /// Sends one request and drains the response body; a non-2xx status is an error.
 async fn exchange(
     send: impl std::future::Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>>,
-    _plan: &Plan,
 ) -> Result<u64, String> {
     let resp = send.await.map_err(|e| format!("request failed: {e}"))?;
     let status = resp.status();
@@ -401,4 +411,73 @@ async fn exchange(
         return Err(format!("HTTP status {status}"));
     }
     Ok(n)
+}
+
+/// Connections opened by [`open_idle`]; they close when this is dropped.
+pub struct IdleConnections {
+    senders: Vec<http1::SendRequest<OriginBody>>,
+}
+
+impl IdleConnections {
+    pub fn len(&self) -> usize {
+        self.senders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.senders.is_empty()
+    }
+
+    /// How many are still open.
+    pub fn open(&self) -> usize {
+        self.senders.iter().filter(|s| !s.is_closed()).count()
+    }
+}
+
+/// How many idle connections are being opened at once.
+const IDLE_OPEN_PARALLELISM: usize = 32;
+
+/// Opens `cfg.concurrency` HTTP/1.1 connections, completes one request on each (so a proxy has
+/// fully set both legs up), and returns them still open. The report counts the ones that worked.
+pub async fn open_idle(cfg: LoadConfig) -> Result<(IdleConnections, Report), HarnessError> {
+    let mut cfg = cfg;
+    cfg.mode = Mode::Idle;
+    cfg.requests = None;
+    cfg.duration = Some(Duration::from_secs(3600));
+    let plan = Arc::new(plan(&cfg).await?);
+    let target = cfg.concurrency.max(1);
+    let start = Instant::now();
+    let mut stats = WorkerStats::default();
+    let mut senders = Vec::with_capacity(target);
+    let mut tasks = JoinSet::new();
+    let mut launched = 0;
+    while launched < target || !tasks.is_empty() {
+        while launched < target && tasks.len() < IDLE_OPEN_PARALLELISM {
+            launched += 1;
+            let plan = plan.clone();
+            tasks.spawn(async move {
+                let started = Instant::now();
+                let r = tokio::time::timeout(plan.timeout, async {
+                    let mut s = open_h1(&plan).await?;
+                    s.ready().await.map_err(|e| format!("connection not ready: {e}"))?;
+                    let n = exchange(s.send_request(plan.request(false))).await?;
+                    Ok::<_, String>((s, n))
+                })
+                .await
+                .unwrap_or_else(|_| Err(format!("timed out after {:?}", plan.timeout)));
+                (started, r)
+            });
+        }
+        if let Some(done) = tasks.join_next().await {
+            match done {
+                Ok((started, Ok((sender, n)))) => {
+                    record_ok(&mut stats, &plan, started, n);
+                    senders.push(sender);
+                }
+                Ok((_, Err(e))) => stats.error(e),
+                Err(e) => stats.error(format!("task failed: {e}")),
+            }
+        }
+    }
+    let report = stats::merge("idle", target, start.elapsed(), vec![stats]);
+    Ok((IdleConnections { senders }, report))
 }
