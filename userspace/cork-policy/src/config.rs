@@ -28,9 +28,21 @@ pub struct Policy {
     #[serde(default)]
     pub scan: cork_scan::ScanConfig,
     #[serde(default)]
+    pub credentials: Vec<CredentialGrant>,
+    #[serde(default)]
     pub upstream: Upstream,
     #[serde(default)]
     pub limits: Limits,
+}
+
+/// Secrets a bottle may send to their own service: the named scanner rules do not block when
+/// they match a request *header* sent to one of `hosts`. The same secret in a body, a URL, or to
+/// any other host is still blocked; every granted use is audited.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialGrant {
+    pub hosts: Vec<String>,
+    pub rules: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,10 +118,27 @@ impl Policy {
         Ok(policy)
     }
 
+    /// Whether `rule` matching a request header bound for `host` is a granted credential.
+    pub fn credential_granted(&self, host: &str, rule: &str) -> bool {
+        let host = crate::hosts::normalize_host(host);
+        self.credentials.iter().any(|g| {
+            g.rules.iter().any(|r| r == rule) && g.hosts.iter().any(|h| HostPattern::parse(h).is_ok_and(|p| p.matches(&host)))
+        })
+    }
+
     fn validate(&self) -> Result<(), String> {
         for list in [&self.hosts.allow, &self.hosts.block, &self.hosts.passthrough] {
             for entry in list {
                 HostPattern::parse(entry)?;
+            }
+        }
+        let known: Vec<String> = cork_scan::rules().map(|r| r.id.to_string()).collect();
+        for grant in &self.credentials {
+            for host in &grant.hosts {
+                HostPattern::parse(host).map_err(|e| format!("credentials: {e}"))?;
+            }
+            if let Some(rule) = grant.rules.iter().find(|r| !known.contains(r)) {
+                return Err(format!("credentials: unknown scanner rule {rule:?}"));
             }
         }
         if self.hosts.ports.is_empty() {
@@ -163,6 +192,16 @@ mod tests {
     fn invalid_host_entries_are_refused() {
         let err = Policy::from_yaml("hosts:\n  allow: ['bad host']\n", "t.yaml").unwrap_err();
         assert!(err.to_string().contains("bad host"), "{err}");
+    }
+
+    #[test]
+    fn credentials_are_granted_per_host_and_rule() {
+        let p = Policy::embedded_default();
+        assert!(p.credential_granted("API.anthropic.com", "anthropic.api_key"));
+        assert!(!p.credential_granted("evil.test", "anthropic.api_key"));
+        assert!(!p.credential_granted("api.anthropic.com", "aws.access_key_id"));
+        let err = Policy::from_yaml("hosts: {allow: [a.test]}\ncredentials: [{hosts: [a.test], rules: [no.such_rule]}]\n", "t").unwrap_err();
+        assert!(err.to_string().contains("no.such_rule"), "{err}");
     }
 
     #[test]

@@ -183,7 +183,7 @@ impl ScannedRelay<'_> {
                 let mut effect = (self.decide)(&finding);
                 if effect == Effect::Redact {
                     match finding.span.clone().filter(|s| s.start >= released && s.end <= released + held.len() as u64) {
-                        Some(span) => crate::redact::mask(&mut held[(span.start - released) as usize..(span.end - released) as usize]),
+                        Some(span) => cork_scan::redact_in_place(&mut held, (span.start - released) as usize..(span.end - released) as usize),
                         // Not redactable where it sits (already released, or inside an encoding
                         // cork cannot rewrite): refuse rather than let it through.
                         None => effect = Effect::Block,

@@ -230,7 +230,7 @@ impl Exchange<'_> {
                 match finding.span.clone().filter(|s| s.start >= target_start && s.end <= url.len() as u64) {
                     Some(s) => {
                         let mut bytes = head.target.clone().into_bytes();
-                        crate::redact::mask(&mut bytes[(s.start - target_start) as usize..(s.end - target_start) as usize]);
+                        cork_scan::redact_in_place(&mut bytes, (s.start - target_start) as usize..(s.end - target_start) as usize);
                         head.target = String::from_utf8_lossy(&bytes).into_owned();
                     }
                     None => eff = Effect::Block,
@@ -239,11 +239,18 @@ impl Exchange<'_> {
             head_findings.push((finding, eff));
         }
         for header in head.headers.iter_mut() {
-            for finding in self.snap.engine.scan_header(&header.name, &header.value) {
+            for mut finding in self.snap.engine.scan_header(&header.name, &header.value) {
+                if finding.action != cork_scan::Action::Audit && self.snap.policy.credential_granted(&self.dest.host, &finding.rule) {
+                    // The service's own credential on its way to it: recorded, not refused.
+                    finding.action = cork_scan::Action::Audit;
+                    if !record.rules.iter().any(|r| r == "credential.granted") {
+                        record.rules.push("credential.granted".into());
+                    }
+                }
                 let mut eff = effect(mode, &finding);
                 if eff == Effect::Redact {
                     match finding.span.clone().filter(|s| s.end <= header.value.len() as u64) {
-                        Some(s) => crate::redact::mask(&mut header.value[s.start as usize..s.end as usize]),
+                        Some(s) => cork_scan::redact_in_place(&mut header.value, s.start as usize..s.end as usize),
                         None => eff = Effect::Block,
                     }
                 }
