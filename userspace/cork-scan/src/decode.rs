@@ -347,13 +347,18 @@ pub(crate) fn json_unescape(s: &[u8], base: usize) -> Option<(Vec<u8>, OffsetMap
     Some((out, OffsetMap::Table(table)))
 }
 
-/// Share of bytes that are printable ASCII, whitespace, or part of valid UTF-8 text.
+/// Whether decoded bytes look like text worth scanning again: valid UTF-8 with few control
+/// characters, or nearly all printable ASCII. Random binary (images, ciphertext) fails both.
 pub(crate) fn mostly_text(s: &[u8]) -> bool {
     if s.is_empty() {
         return false;
     }
-    let printable = s.iter().filter(|&&b| (0x20..0x7f).contains(&b) || matches!(b, b'\n' | b'\r' | b'\t') || b >= 0x80).count();
-    printable * 100 >= s.len() * 85
+    let control = |b: &&u8| **b < 0x20 && !matches!(**b, b'\n' | b'\r' | b'\t') || **b == 0x7f;
+    if std::str::from_utf8(s).is_ok() {
+        return s.iter().filter(control).count() * 50 <= s.len();
+    }
+    let printable = s.iter().filter(|&&b| (0x20..0x7f).contains(&b) || matches!(b, b'\n' | b'\r' | b'\t')).count();
+    printable * 100 >= s.len() * 90
 }
 
 /// Image and archive magic numbers: base64 of these is content, not smuggling.
@@ -411,7 +416,10 @@ mod tests {
 pub(crate) fn hex_separated_decode_anywhere(s: &[u8], base: usize) -> Option<(Vec<u8>, OffsetMap)> {
     let mut i = 0;
     while i + 16 <= s.len() {
-        let starts = (s[i].is_ascii_hexdigit() || s[i] == b'\\') && (i == 0 || matches!(s[i - 1], b' ' | b':' | b',' | b'-' | b'\n' | b'"' | b'\''));
+        // Cheap shape check before decoding: a pair (or `\x`/`0x` + pair) then a separator.
+        let pair_then_sep = |k: usize| s.get(k..k + 3).is_some_and(|p| p[0].is_ascii_hexdigit() && p[1].is_ascii_hexdigit() && matches!(p[2], b':' | b' ' | b'-' | b',' | b'\\'));
+        let starts = (i == 0 || matches!(s[i - 1], b' ' | b':' | b',' | b'-' | b'\n' | b'"' | b'\''))
+            && (pair_then_sep(i) || ((s[i] == b'\\' || s[i] == b'0') && matches!(s[i + 1], b'x' | b'X') && s[i + 2].is_ascii_hexdigit()));
         if starts {
             if let Some(found) = hex_separated_decode(&s[i..], base + i) {
                 return Some(found);

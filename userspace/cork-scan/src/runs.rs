@@ -232,8 +232,15 @@ fn scan_numeric(hay: &[u8], from: usize, to: usize, f: &mut impl FnMut(Region)) 
         let mut last = i;
         let mut count = 0usize;
         let mut j = i;
+        // Contiguous alphanumerics longer than the longest IBAN are a token (base64, hashes),
+        // which the token pass owns.
+        let mut alnum = 0usize;
         while j < n {
             let b = hay[j];
+            alnum = if b.is_ascii_alphanumeric() { alnum + 1 } else { 0 };
+            if alnum > 34 {
+                break;
+            }
             if b.is_ascii_digit() {
                 count += 1;
                 last = j;

@@ -1,0 +1,27 @@
+//! Throughput per kind of input, to find slow paths:
+//! `cargo run --release -p cork-scan --features corpus --example parts`.
+use std::time::Instant;
+use base64::Engine as _;
+use cork_scan::{BodyMeta, Engine, ScanConfig};
+
+fn main() {
+    let engine = Engine::new(&ScanConfig::default()).unwrap();
+    let mut rng = cork_scan::template::Rng::new(1);
+    let rand: Vec<u8> = (0..6 << 20).map(|_| rng.next_u64() as u8).collect();
+    let inputs: Vec<(&str, Vec<u8>)> = vec![
+        ("prose", "The committee reviewed the quarterly results and agreed to revisit the budget next month. ".repeat(80_000).into_bytes()),
+        ("json", "{\"id\":123,\"uuid\":\"550e8400-e29b-41d4-a716-446655440000\",\"name\":\"user42\",\"score\":12.5,\"created\":\"2024-01-11T10:20:00Z\"}\n".repeat(60_000).into_bytes()),
+        ("html", "<div class=\"card\"><a href=\"https://www.example.com/articles/123\">Read more</a><p style=\"color:#333\">Text here.</p></div>\n".repeat(60_000).into_bytes()),
+        ("base64", base64::engine::general_purpose::STANDARD.encode(&rand).into_bytes()),
+    ];
+    for (name, data) in inputs {
+        let t = Instant::now();
+        let mut s = engine.request_body(BodyMeta::default());
+        let mut n = 0;
+        for c in data.chunks(64 << 10) {
+            n += s.push(c).len();
+        }
+        n += s.finish().len();
+        println!("{name:8} {:8.3} GB/s findings {n}", data.len() as f64 / 1e9 / t.elapsed().as_secs_f64());
+    }
+}
