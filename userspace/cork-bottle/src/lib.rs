@@ -15,9 +15,9 @@ mod stale;
 
 pub use bottle::Bottle;
 pub use bpffs::DEFAULT_BPFFS_ROOT;
-pub use cgroup::{bottles_parent, cgroup2_root, enter as enter_bottle, spawn_in_bottle};
+pub use cgroup::{bottles_parent, cgroup2_root, enter as enter_bottle, processes as bottle_processes, spawn_in_bottle};
 pub use config::BottleConfig;
 pub use error::BottleError;
 pub use events::{DenyEvent, DenyEvents, DenyReason};
 pub use object::{default_object_available, is_embedded, ObjectSource, OBJECT_ENV};
-pub use stale::cleanup_stale;
+pub use stale::{cleanup_stale, list_bottles, loader_pid, remove_bottle};

@@ -73,6 +73,9 @@ pub struct AuditRecord {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_ms: f64,
+    /// The process that opened the connection, when known (transparent mode in a bottle).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 impl AuditRecord {
@@ -97,6 +100,7 @@ impl AuditRecord {
             bytes_up: 0,
             bytes_down: 0,
             duration_ms: 0.0,
+            pid: None,
         }
     }
 
@@ -119,6 +123,8 @@ pub fn now_rfc3339() -> String {
 /// Where audit lines go.
 pub struct AuditLog {
     file: Mutex<Option<File>>,
+    /// Pids of live transparent connections by client address, filled into their records.
+    pids: Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl AuditLog {
@@ -129,15 +135,33 @@ impl AuditLog {
             std::fs::create_dir_all(dir)?;
         }
         let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
-        Ok(AuditLog { file: Mutex::new(Some(file)) })
+        Ok(AuditLog { file: Mutex::new(Some(file)), pids: Mutex::default() })
     }
 
     /// An audit log that only traces (for library users and tests that do not read it).
     pub fn discard() -> AuditLog {
-        AuditLog { file: Mutex::new(None) }
+        AuditLog { file: Mutex::new(None), pids: Mutex::default() }
+    }
+
+    /// Records written for `client` until [`AuditLog::forget_client`] carry `pid`.
+    pub fn register_client(&self, client: &str, pid: u32) {
+        self.pids.lock().unwrap_or_else(|e| e.into_inner()).insert(client.to_string(), pid);
+    }
+
+    pub fn forget_client(&self, client: &str) {
+        self.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(client);
     }
 
     pub fn write(&self, record: &AuditRecord) {
+        let known = if record.pid.is_none() { self.pids.lock().unwrap_or_else(|e| e.into_inner()).get(&record.client).copied() } else { None };
+        let with_pid;
+        let record = match known {
+            Some(pid) => {
+                with_pid = AuditRecord { pid: Some(pid), ..record.clone() };
+                &with_pid
+            }
+            None => record,
+        };
         let mut line = match serde_json::to_vec(record) {
             Ok(line) => line,
             Err(e) => {

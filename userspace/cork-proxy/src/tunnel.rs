@@ -21,13 +21,13 @@ use crate::upstream;
 /// couple of kilobytes).
 const MAX_CLIENT_HELLO: usize = 64 * 1024;
 
-enum Hello {
+pub(crate) enum Hello {
     Sni(Option<String>),
     NotTls(String),
 }
 
 /// Reads until rustls has a complete ClientHello. Returns the raw bytes read and what they said.
-async fn read_client_hello<S: AsyncRead + Unpin>(io: &mut S, mut raw: Vec<u8>) -> std::io::Result<(Vec<u8>, Hello)> {
+pub(crate) async fn read_client_hello<S: AsyncRead + Unpin>(io: &mut S, mut raw: Vec<u8>) -> std::io::Result<(Vec<u8>, Hello)> {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut fed = 0;
     loop {

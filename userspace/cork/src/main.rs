@@ -1,5 +1,6 @@
 //! `cork`: the egress guard for sandboxed AI agents.
 
+mod bottle_cmd;
 mod config_cmd;
 mod run;
 mod scan_cmd;
@@ -23,6 +24,9 @@ enum Command {
     /// Write or validate a policy file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run a command in a bottle (transparent steering by eBPF), list or remove bottles.
+    #[command(subcommand)]
+    Bottle(bottle_cmd::BottleCommand),
     /// Scan recorded exchanges (JSON lines) offline and print a verdict for each.
     Scan {
         /// Input file of JSON lines, or `-` for standard input.
@@ -55,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Command::Config(ConfigCommand::Init { file, force }) => config_cmd::init(&file, force).map(|_| std::process::ExitCode::SUCCESS),
         Command::Config(ConfigCommand::Check { file }) => config_cmd::check(&file),
         Command::Scan { input, config } => scan_cmd::scan(&input, config.as_deref()),
+        Command::Bottle(command) => bottle_cmd::main(command),
     };
     match result {
         Ok(code) => code,
