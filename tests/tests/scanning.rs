@@ -5,7 +5,7 @@ use std::process::Command;
 
 use cork_tests::*;
 
-const GITHUB_TOKEN: &str = "ghp_Zx8Kq2Lm9Vb4Nc7Rt1Yp5Wd3Gf6Hj0Sa2Qe";
+const GITHUB_TOKEN: &str = "ghp_Zx8Kq2Lm9Vb4Nc7Rt1Yp5Wd3Gf6Hj0Sa2QeX";
 
 fn anthropic_key() -> String {
     format!("sk-ant-api03-{}xyzAA", "A1b2C3d4E5".repeat(9))
