@@ -3,6 +3,7 @@
 
 mod bench;
 mod ebpf;
+mod fuzz;
 mod install;
 
 use anyhow::Result;
@@ -26,6 +27,11 @@ enum Cmd {
     Test,
     /// Build the eBPF programs (installs the eBPF toolchain first).
     BuildEbpf,
+    /// Run every cargo-fuzz target for a while (`--seconds N`, default 30).
+    Fuzz {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run the benchmark harness.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -40,5 +46,6 @@ fn main() -> Result<()> {
         Cmd::Test => install::test_all(),
         Cmd::BuildEbpf => ebpf::build().map(|_| ()),
         Cmd::Bench { args } => bench::run(&args),
+        Cmd::Fuzz { args } => fuzz::run(&args),
     }
 }
