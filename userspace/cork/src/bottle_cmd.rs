@@ -231,6 +231,22 @@ fn v6(addr: SocketAddr) -> Option<SocketAddrV6> {
     }
 }
 
+/// Serialises bottle creation and removal between corks on this machine, so that one cork's
+/// clean-up never takes another's half-created bottle (a cgroup or pin directory without its
+/// configuration yet) for a stale one. Released when the file is dropped.
+fn lock_bottles() -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let dir = Path::new(DEFAULT_BPFFS_ROOT).parent().unwrap_or(Path::new("/run/cork"));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("bottles.lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", path.display()));
+    }
+    Ok(file)
+}
+
 fn run(args: RunArgs) -> Result<ExitCode> {
     init_logging(&args.log_format);
     let name = args.name.clone().unwrap_or_else(|| format!("b{}", std::process::id()));
@@ -245,6 +261,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let audit = AuditLog::open(&audit_path).with_context(|| format!("opening {}", audit_path.display()))?;
 
     let bpffs = Path::new(DEFAULT_BPFFS_ROOT);
+    let lock = lock_bottles()?;
     match cork_bottle::cleanup_stale(bpffs) {
         Ok(removed) if !removed.is_empty() => tracing::info!(?removed, "removed stale bottles"),
         Ok(_) => {}
@@ -260,6 +277,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         ..BottleConfig::default()
     };
     let mut bottle = Bottle::create(&name, config.clone()).with_context(|| format!("creating bottle {name}"))?;
+    drop(lock);
     let events = bottle.take_deny_events();
     let bottle = Arc::new(Mutex::new(bottle));
 
@@ -420,6 +438,7 @@ fn rm(name: &str) -> Result<()> {
             bail!("bottle {name} is still held by cork (pid {pid}); stop that cork");
         }
     }
+    let _lock = lock_bottles()?;
     if cork_bottle::remove_bottle(bpffs, name)? {
         println!("removed {name}");
         Ok(())
