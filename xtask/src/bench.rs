@@ -127,11 +127,12 @@ pub fn run(args: &[String]) -> Result<()> {
     drop(cork);
     drop(origin);
 
-    // TODO(scan bench): once bench-harness/src/scan.rs lands, add a `cork-bench-scan` binary in
-    // bench-harness that calls `bench_harness::scan::run(quick)`, run it here and append its
-    // output to the report. Not done yet: the scanner helper's scan.rs does not exist.
+    // The scanner on its own (bench_harness::scan via the cork-bench-scan binary).
+    println!("bench: scanner benchmark");
+    let scan_md = run_scan_bench(&release.join("cork-bench-scan"), opts.quick);
 
     let mut report = render(&rows, opts.quick, secs, cork_note.as_deref(), idle);
+    report = report.replacen("\n## Running it", &format!("\n## Scanner alone\n\n{scan_md}\n## Running it"), 1);
     if let Some(i) = &idle_result {
         report = report.replacen("\n## Method", &format!("{}\n## Method", render_idle(i)), 1);
     }
@@ -569,6 +570,31 @@ fn measure_via_cork(loadgen: &Path, origin: &Origin, cork: &mut Cork, sc: &Scena
 }
 
 // ---------------------------------------------------------------------------------------------
+// Scanner
+
+/// Runs `cork-bench-scan` and returns its markdown, or a line saying why there is none.
+fn run_scan_bench(bin: &Path, quick: bool) -> String {
+    let mut cmd = Command::new(bin);
+    if quick {
+        cmd.arg("--quick");
+    }
+    match cmd.output() {
+        Ok(o) if o.status.success() => {
+            let md = String::from_utf8_lossy(&o.stdout).into_owned();
+            println!("{md}");
+            md
+        }
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            let why = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("no output").to_string();
+            println!("bench: *** scanner benchmark failed: {why}");
+            format!("Not measured: cork-bench-scan failed: {why}\n")
+        }
+        Err(e) => format!("Not measured: cannot run {}: {e}\n", bin.display()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Idle connections
 
 /// Idle bumped connections held open through cork. Each costs cork two sockets (client and
@@ -795,8 +821,10 @@ cork-load https://origin.test:PORT/bytes/1024 --proxy http://127.0.0.1:CORK --ca
 - Idle connections: `cork-load --mode idle` opens them through cork, one request each, and holds
   them; cork's RSS is sampled before and while they are held. 5000 rather than 10k so cork's two
   sockets per connection fit the container's 20k file-descriptor limit.
+- Scanner alone: `cork-bench-scan` (`bench_harness::scan`) scans a generated corpus with planted
+  secrets and compares with `memchr::memmem` and, when installed, Hyperscan.
 - Not measured yet (planned): mitmproxy 11.0.2 and Squid ssl_bump for comparison, 10k idle
-  connections, PNG charts, and the scanner benchmark (`bench_harness::scan`).
+  connections, PNG charts.
 ";
 
 fn machine_info() -> BTreeMap<&'static str, String> {
