@@ -20,7 +20,6 @@ pub mod exchange;
 pub mod explicit;
 pub mod inspect;
 pub mod metrics;
-pub mod redact;
 pub mod respond;
 pub mod state;
 pub mod transparent;

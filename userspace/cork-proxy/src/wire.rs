@@ -55,16 +55,9 @@ impl<S: AsyncRead + Unpin> Wire<S> {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        let old = self.buf.len();
-        self.buf.resize(old + READ_CHUNK, 0);
-        let n = match self.io.read(&mut self.buf[old..]).await {
-            Ok(n) => n,
-            Err(e) => {
-                self.buf.truncate(old);
-                return Err(e);
-            }
-        };
-        self.buf.truncate(old + n);
+        // Read into spare capacity: no zero-fill of the read buffer on every call.
+        self.buf.reserve(READ_CHUNK);
+        let n = self.io.read_buf(&mut self.buf).await?;
         self.bytes_in += n as u64;
         Ok(n)
     }
