@@ -121,6 +121,8 @@ where
         if exchange.relay(&mut client_wire, &mut upstream_wire, head).await == After::Close {
             break;
         }
+        // Between exchanges the upstream side idles too; it needs no buffer then.
+        upstream_wire.release_if_empty();
     }
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut client_wire.io).await;
 }

@@ -59,6 +59,7 @@ where
     S: AsyncRead + Unpin,
 {
     let mut deadline: Option<Instant> = None;
+    wire.release_if_empty();
     loop {
         if !wire.buffered().is_empty() {
             if let Some((head, used)) = parse(wire.buffered(), limits)? {

@@ -183,6 +183,7 @@ async fn forward(state: Arc<ProxyState>, snap: Arc<Snapshot>, client: SocketAddr
         if exchange.relay(&mut wire, upstream_wire, head).await == After::Close {
             return;
         }
+        upstream_wire.release_if_empty();
         next = match read_head(&mut wire, &limits, idle, complete, RequestHead::parse).await {
             Ok(head) => head,
             Err(e) => {

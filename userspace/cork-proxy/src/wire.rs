@@ -4,8 +4,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// How much is read from the socket at a time.
+/// How much is read from the socket at a time while a message streams.
 const READ_CHUNK: usize = 64 * 1024;
+/// The first read into an empty, released buffer: enough for most heads, small for idle
+/// keep-alive connections, which are most of the connections a proxy holds.
+const HEAD_CHUNK: usize = 4 * 1024;
 
 pub struct Wire<S> {
     pub io: S,
@@ -42,6 +45,14 @@ impl<S> Wire<S> {
         }
     }
 
+    /// Frees the read buffer if nothing is buffered, so an idle connection holds no buffer.
+    pub fn release_if_empty(&mut self) {
+        if self.buffered().is_empty() && self.buf.capacity() > 0 {
+            self.buf = Vec::new();
+            self.start = 0;
+        }
+    }
+
     pub fn into_parts(self) -> (S, Vec<u8>) {
         let rest = self.buf[self.start..].to_vec();
         (self.io, rest)
@@ -56,7 +67,7 @@ impl<S: AsyncRead + Unpin> Wire<S> {
             self.start = 0;
         }
         // Read into spare capacity: no zero-fill of the read buffer on every call.
-        self.buf.reserve(READ_CHUNK);
+        self.buf.reserve(if self.buf.capacity() == 0 { HEAD_CHUNK } else { READ_CHUNK });
         let n = self.io.read_buf(&mut self.buf).await?;
         self.bytes_in += n as u64;
         Ok(n)
