@@ -119,13 +119,30 @@ fn b64_val(b: u8) -> Option<(u8, u8)> {
 
 /// Base64 in either alphabet, padding optional, starting `skip` characters into `s` (for runs
 /// whose true start lies before the window). Stops at the first byte outside the alphabet.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn base64_decode(s: &[u8], base: usize, skip: usize) -> Option<(Vec<u8>, OffsetMap)> {
+    base64_decode_imp(s, base, skip, false)
+}
+
+/// [`base64_decode`] for a scan that will drop the result unless it is [`mostly_text`] and not
+/// [`is_binary_media`]: gives up (`None`) as soon as the bytes decoded so far prove that the
+/// whole output fails those checks, so random blobs (images, ciphertext) cost a fraction of a
+/// full decode. Whenever it returns `Some`, the result equals `base64_decode`'s.
+pub(crate) fn base64_decode_text(s: &[u8], base: usize, skip: usize) -> Option<(Vec<u8>, OffsetMap)> {
+    base64_decode_imp(s, base, skip, true)
+}
+
+fn base64_decode_imp(s: &[u8], base: usize, skip: usize, text_only: bool) -> Option<(Vec<u8>, OffsetMap)> {
     let s = s.get(skip..)?;
+    // The output can be no longer than this, so counts above its thresholds are decisive.
+    let most = s.len() * 6 / 8;
     let mut out = Vec::with_capacity(s.len() * 3 / 4 + 3);
     let mut acc: u32 = 0;
     let mut nbits = 0;
     let mut used = 0;
     let mut alphabets = B64_STD | B64_URL;
+    let mut proof = TextProof::default();
+    let mut next_check = 64;
     for &b in s {
         let Some((v, alpha)) = b64_val(b) else { break };
         alphabets &= alpha;
@@ -138,9 +155,54 @@ pub(crate) fn base64_decode(s: &[u8], base: usize, skip: usize) -> Option<(Vec<u
         if nbits >= 8 {
             nbits -= 8;
             out.push((acc >> nbits) as u8);
+            if text_only && out.len() == next_check {
+                next_check += 64;
+                if proof.not_text(&out, most) {
+                    return None;
+                }
+            }
         }
     }
     (out.len() >= 8).then(|| (out, OffsetMap::Bits { base: base + skip, bits: 6, enc_len: used }))
+}
+
+/// Running evidence, over a prefix of some decoded output of at most `most` bytes, that the
+/// whole output fails [`mostly_text`] or is [`is_binary_media`].
+#[derive(Default)]
+struct TextProof {
+    seen: usize,
+    control: usize,
+    non_printable: usize,
+    /// The prefix up to here is valid UTF-8 (`utf8_checked` bytes have been validated).
+    utf8_checked: usize,
+    utf8_broken: bool,
+}
+
+impl TextProof {
+    fn not_text(&mut self, prefix: &[u8], most: usize) -> bool {
+        if self.seen == 0 && is_binary_media(prefix) {
+            return true;
+        }
+        for &b in &prefix[self.seen..] {
+            self.control += usize::from(b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t') || b == 0x7f);
+            self.non_printable += usize::from(!((0x20..0x7f).contains(&b) || matches!(b, b'\n' | b'\r' | b'\t')));
+        }
+        self.seen = prefix.len();
+        if !self.utf8_broken {
+            match std::str::from_utf8(&prefix[self.utf8_checked..]) {
+                Ok(_) => self.utf8_checked = prefix.len(),
+                // A sequence cut by the prefix end is not an error yet.
+                Err(e) => match e.error_len() {
+                    Some(_) => self.utf8_broken = true,
+                    None => self.utf8_checked += e.valid_up_to(),
+                },
+            }
+        }
+        // `mostly_text` is false iff (invalid UTF-8 or control * 50 > len) and
+        // non_printable * 100 > len * 10; the counts only grow and len <= most.
+        let utf8_route_fails = self.utf8_broken || self.control * 50 > most;
+        utf8_route_fails && self.non_printable * 100 > most * 10
+    }
 }
 
 /// RFC 4648 base32 (uppercase or lowercase, padding optional).
@@ -378,6 +440,29 @@ mod tests {
         assert_eq!(&dec[..4], b"ghp_");
         let r = map.map(&(0..4));
         assert_eq!(r, 102..108);
+    }
+
+    /// The early-out decoder answers exactly as a full decode followed by the text checks.
+    #[test]
+    fn base64_text_early_out_is_exact() {
+        use base64::Engine as _;
+        let mut rng = crate::template::Rng::new(3);
+        for round in 0..300 {
+            let n = rng.below(2000);
+            let mut raw: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
+            match round % 4 {
+                0 => raw.iter_mut().for_each(|b| *b = b'a' + *b % 26),
+                1 => raw.iter_mut().skip(n / 2).for_each(|b| *b = b' ' + *b % 90),
+                2 => raw.iter_mut().take(n / 3).for_each(|b| *b = b'A' + *b % 50),
+                _ => {}
+            }
+            let enc = base64::engine::general_purpose::STANDARD.encode(&raw);
+            for skip in 0..3 {
+                let full = base64_decode(enc.as_bytes(), 5, skip).filter(|(d, _)| mostly_text(d) && !is_binary_media(d));
+                let fast = base64_decode_text(enc.as_bytes(), 5, skip).filter(|(d, _)| mostly_text(d) && !is_binary_media(d));
+                assert_eq!(full.map(|x| x.0), fast.map(|x| x.0), "round {round} skip {skip}");
+            }
+        }
     }
 
     #[test]

@@ -35,6 +35,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+mod anchors;
 mod bip39;
 mod catalog;
 mod config;

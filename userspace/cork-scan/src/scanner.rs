@@ -17,6 +17,8 @@
 use std::ops::Range;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+
+use crate::anchors::AnchorSet;
 use regex::bytes::{Regex, RegexBuilder};
 
 use crate::catalog::{builtin_idx, Builtin, Detector, RuleIdx, Validator, RULES};
@@ -56,8 +58,11 @@ struct Confirm {
 pub(crate) struct Compiled {
     enabled: Vec<bool>,
     confirm: Vec<Option<Confirm>>,
-    anchors: Option<AhoCorasick>,
+    anchors: Option<AnchorSet>,
     anchor_rules: Vec<Vec<RuleIdx>>,
+    anchor_lens: Vec<usize>,
+    /// Rules whose match holds `scheme://user:pass@`: cheap to rule out before the regex.
+    userinfo_rules: Vec<RuleIdx>,
     canaries: Option<AhoCorasick>,
     allow: Vec<Vec<u8>>,
     injection: InjectionDetector,
@@ -122,10 +127,7 @@ impl Compiled {
         let anchors = if anchor_lits.is_empty() {
             None
         } else {
-            Some(AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostFirst).build(&anchor_lits).map_err(|e| BuildError::Rule {
-                rule: "anchors".into(),
-                reason: e.to_string(),
-            })?)
+            Some(AnchorSet::new(&anchor_lits).ok_or_else(|| BuildError::Rule { rule: "anchors".into(), reason: "prefilter did not build".into() })?)
         };
         let canary_list: Vec<&str> = canaries.iter().map(|s| s.as_str()).filter(|s| !s.is_empty()).collect();
         if let Some(c) = canaries.iter().find(|c| c.len() > 1024) {
@@ -157,7 +159,9 @@ impl Compiled {
             enabled,
             confirm,
             anchors,
+            anchor_lens: anchor_lits.iter().map(|a| a.len()).collect(),
             anchor_rules,
+            userinfo_rules: ["url.basic_auth", "database_url"].iter().filter_map(|id| crate::catalog::index_of(id)).collect(),
             canaries,
             allow,
             injection: InjectionDetector::new(),
@@ -236,7 +240,7 @@ impl Compiled {
         let s = &hay[r.clone()];
         let decoded = match layer {
             Layer::Url => decode::url_decode(s, r.start),
-            Layer::Base64 => decode::base64_decode(s, r.start, skip),
+            Layer::Base64 => decode::base64_decode_text(s, r.start, skip),
             Layer::Base32 => decode::base32_decode(s, r.start),
             Layer::Hex if skip == usize::MAX => decode::hex_separated_decode_anywhere(s, r.start),
             Layer::Hex => decode::hex_decode(s, r.start),
@@ -268,14 +272,16 @@ impl Compiled {
     }
 
     fn scan_anchors(&self, hay: &[u8], out: &mut Vec<Hit>) {
-        let Some(ac) = &self.anchors else { return };
-        for m in ac.find_iter(hay) {
-            for &ri in &self.anchor_rules[m.pattern().as_usize()] {
-                if let Some(span) = self.confirm_at(hay, ri, m.start(), m.end()) {
+        let Some(set) = &self.anchors else { return };
+        let mut cand = Vec::new();
+        set.find(hay, &mut cand, |start, a| {
+            let end = start + self.anchor_lens[a as usize];
+            for &ri in &self.anchor_rules[a as usize] {
+                if let Some(span) = self.confirm_at(hay, ri, start, end) {
                     out.push(Hit { rule: ri, span, layers: Vec::new() });
                 }
             }
-        }
+        });
     }
 
     /// Confirms rule `ri` around an anchor at `a_start..a_end`; returns the span to report.
@@ -285,11 +291,14 @@ impl Compiled {
         let confirm = self.confirm[ri as usize].as_ref()?;
         let ws = a_start.saturating_sub(lookbehind);
         let we = (a_start + max_len).min(hay.len()).max(a_end);
+        if self.userinfo_rules.contains(&ri) && !userinfo_possible(hay, a_start) {
+            return None;
+        }
         let window = &hay[ws..we];
         let mut at = 0;
         while at <= window.len() {
-            let caps = confirm.regex.captures_at(window, at)?;
-            let whole = caps.get(0)?;
+            // `find_at` runs the DFA only; capture groups are resolved below when needed.
+            let whole = confirm.regex.find_at(window, at)?;
             let (ms, me) = (ws + whole.start(), ws + whole.end());
             at = whole.end().max(whole.start() + 1);
             if ms > a_start {
@@ -304,7 +313,12 @@ impl Compiled {
             if bound_right && me < hay.len() && (hay[me].is_ascii_alphanumeric() || matches!(hay[me], b'_' | b'-')) {
                 continue;
             }
-            let value = if confirm.has_group { caps.get(1).map(|g| ws + g.start()..ws + g.end()).unwrap_or(ms..me) } else { ms..me };
+            let value = if confirm.has_group {
+                let caps = confirm.regex.captures_at(window, whole.start())?;
+                caps.get(1).map(|g| ws + g.start()..ws + g.end()).unwrap_or(ms..me)
+            } else {
+                ms..me
+            };
             let v = &hay[value.clone()];
             if self.allowed(&hay[ms..me]) {
                 return None;
@@ -524,6 +538,26 @@ impl Compiled {
         }
     }
 
+}
+
+/// Whether a `scheme://user:password@` can start near `at`: the first `://` within 20 bytes
+/// must be followed, within the pattern's 64 + 1 + 128 bytes, by an `@` with a `:` before it
+/// and no byte that neither the user nor the password may contain. Most `://` in traffic are
+/// plain links, and this spares them the regex.
+fn userinfo_possible(hay: &[u8], at: usize) -> bool {
+    let head = &hay[at..(at + 20).min(hay.len())];
+    let Some(p) = memchr::memmem::find(head, b"://") else { return false };
+    let from = at + p + 3;
+    let mut colon = false;
+    for &b in &hay[from..(from + 194).min(hay.len())] {
+        match b {
+            b'@' => return colon,
+            b':' => colon = true,
+            b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ' | b'/' | b'"' | b'\'' | b'<' | b'>' => return false,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Drops repeated hits of one rule on overlapping bytes, and generic hits that a specific rule

@@ -21,7 +21,9 @@ use crate::scanner::{Direction, Hit};
 use crate::{BodyMeta, Finding, Inner};
 
 /// Bytes gathered before a scan runs.
-const BATCH: usize = 16 * 1024;
+/// 48 KiB: the overlap (up to ~8 KiB) is rescanned once per batch, so a small batch rescans
+/// a large share; overlap + batch stays under the 64 KiB `hold_back` bound.
+const BATCH: usize = 48 * 1024;
 /// Bytes kept before the final point so lookbehind and keyword context survive a trim.
 const CONTEXT: usize = 1024;
 
