@@ -8,7 +8,6 @@ use std::time::Duration;
 use cork_http::RequestHead;
 use cork_policy::HostVerdict;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use crate::audit::AuditRecord;
 use crate::exchange::{head_limits, read_head, split_authority, After, Destination, Exchange};
@@ -17,29 +16,9 @@ use crate::state::{ProxyState, Snapshot};
 use crate::wire::{Prefixed, Wire};
 use crate::{bump, respond, tunnel, upstream};
 
-/// Accepts connections until the task is dropped. At most `max_connections` are served at once;
-/// beyond that, new connections wait in the listen backlog: cork never lets one through unchecked.
+/// Serves explicit-proxy clients on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
-    let slots = Arc::new(Semaphore::new(state.snapshot().policy.limits.max_connections));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        tokio::spawn(async move {
-            let _active = state.metrics.active();
-            handle(state.clone(), stream, peer).await;
-            drop(permit);
-        });
-    }
+    crate::accept::accept_loop(listener, state, handle).await
 }
 
 async fn handle(state: Arc<ProxyState>, stream: TcpStream, client: SocketAddr) {

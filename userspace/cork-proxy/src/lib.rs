@@ -11,6 +11,7 @@
 //! - [`exchange`] relays one HTTP/1.1 exchange, with [`body`] streaming bodies through the scanner.
 //! - [`audit`] and [`metrics`] record every decision.
 
+pub mod accept;
 pub mod admin;
 pub mod audit;
 pub mod body;

@@ -20,7 +20,6 @@ use cork_http::RequestHead;
 use cork_policy::{normalize_host, HostVerdict};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use crate::audit::AuditRecord;
 use crate::exchange::{head_limits, read_head, split_authority, After, Destination, Exchange};
@@ -84,28 +83,12 @@ pub async fn serve<F>(listener: TcpListener, state: Arc<ProxyState>, lookup: F)
 where
     F: Fn(SocketAddr) -> Option<(SocketAddr, u32)> + Send + Sync + 'static,
 {
-    let lookup = Arc::new(lookup);
-    let slots = Arc::new(Semaphore::new(state.snapshot().policy.limits.max_connections));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    crate::accept::accept_loop(listener, state, move |state, stream, peer| {
         // Looked up right away, while the bottle's map entry is fresh.
         let found = lookup(peer);
-        let state = state.clone();
-        tokio::spawn(async move {
-            let _active = state.metrics.active();
-            handle(state.clone(), stream, peer, found).await;
-            drop(permit);
-        });
-    }
+        handle(state, stream, peer, found)
+    })
+    .await
 }
 
 /// Forgets a client's pid when its connection ends.

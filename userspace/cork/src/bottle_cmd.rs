@@ -61,26 +61,7 @@ pub fn main(command: BottleCommand) -> Result<ExitCode> {
     }
 }
 
-fn default_state_dir() -> PathBuf {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        PathBuf::from("/run/cork")
-    } else if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR") {
-        PathBuf::from(runtime).join("cork")
-    } else {
-        PathBuf::from(".cork")
-    }
-}
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CORK_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
 
 /// What a bottle changed outside its state directory, undone at teardown.
 struct RootfsTrust {
@@ -248,14 +229,14 @@ fn lock_bottles() -> Result<std::fs::File> {
 }
 
 fn run(args: RunArgs) -> Result<ExitCode> {
-    init_logging(&args.log_format);
+    crate::setup::init_logging(&args.log_format);
     let name = args.name.clone().unwrap_or_else(|| format!("b{}", std::process::id()));
     let (policy, source) = match &args.policy {
         Some(path) => (Policy::from_file(path)?, path.display().to_string()),
         None => (Policy::embedded_default(), "<embedded default>".to_string()),
     };
     let snapshot = Snapshot::build(policy, source.clone()).context("compiling the policy")?;
-    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let state_dir = args.state_dir.clone().unwrap_or_else(crate::setup::default_state_dir);
     let bottle_dir = state_dir.join("bottles").join(&name);
     let audit_path = args.audit.clone().unwrap_or_else(|| state_dir.join("audit.jsonl"));
     let audit = AuditLog::open(&audit_path).with_context(|| format!("opening {}", audit_path.display()))?;

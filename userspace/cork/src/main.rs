@@ -4,6 +4,7 @@ mod bottle_cmd;
 mod config_cmd;
 mod run;
 mod scan_cmd;
+mod setup;
 
 use std::path::PathBuf;
 

@@ -29,16 +29,6 @@ pub struct RunArgs {
     log_format: String,
 }
 
-fn default_state_dir() -> PathBuf {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        PathBuf::from("/run/cork")
-    } else if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR") {
-        PathBuf::from(runtime).join("cork")
-    } else {
-        PathBuf::from(".cork")
-    }
-}
 
 fn load_policy(config: Option<&Path>) -> Result<(Policy, String)> {
     match config {
@@ -47,21 +37,12 @@ fn load_policy(config: Option<&Path>) -> Result<(Policy, String)> {
     }
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CORK_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
 
 pub fn run(args: RunArgs) -> Result<()> {
-    init_logging(&args.log_format);
+    crate::setup::init_logging(&args.log_format);
     let (policy, source) = load_policy(args.config.as_deref())?;
     let snapshot = Snapshot::build(policy, source.clone()).context("compiling the policy")?;
-    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let state_dir = args.state_dir.clone().unwrap_or_else(crate::setup::default_state_dir);
     let instance = format!("cork-{}", std::process::id());
     let ca = Arc::new(BottleCa::generate(&instance)?);
     let trust = cork_ca::export::write_trust_files(&ca, &state_dir)?;
