@@ -10,13 +10,57 @@ fn words() -> &'static [&'static str] {
     WORDS.get_or_init(|| WORDLIST.lines().map(str::trim).filter(|w| !w.is_empty()).collect())
 }
 
+/// A word of 3 to 8 bytes packed into a `u64` (no word packs to 0).
+fn pack(word: &[u8]) -> u64 {
+    word.iter().rev().fold(0u64, |acc, &b| acc << 8 | u64::from(b))
+}
+
+const SLOTS: usize = 4096;
+
+fn slot(key: u64) -> usize {
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize
+}
+
+/// Open-addressing table of the packed words: the prose of every body goes through
+/// [`word_index`], and a binary search of strings cost ~1 µs per sentence.
+fn table() -> &'static [(u64, u16)] {
+    static TABLE: std::sync::OnceLock<Vec<(u64, u16)>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = vec![(0u64, 0u16); SLOTS];
+        let mut sorted: Vec<&str> = words().to_vec();
+        sorted.sort_unstable();
+        for w in words() {
+            if !(3..=8).contains(&w.len()) {
+                continue;
+            }
+            // The index is the position in the sorted list, as a binary search would give.
+            let Ok(idx) = sorted.binary_search(w) else { continue };
+            let key = pack(w.as_bytes());
+            let mut s = slot(key);
+            while t[s].0 != 0 && t[s].0 != key {
+                s = (s + 1) % SLOTS;
+            }
+            t[s] = (key, idx as u16);
+        }
+        t
+    })
+}
+
 /// Index of `word` in the English list (which is sorted), if present.
 pub fn word_index(word: &[u8]) -> Option<u16> {
     if word.len() < 3 || word.len() > 8 {
         return None;
     }
-    let w = std::str::from_utf8(word).ok()?;
-    words().binary_search(&w).ok().map(|i| i as u16)
+    let key = pack(word);
+    let t = table();
+    let mut s = slot(key);
+    loop {
+        match t[s] {
+            (0, _) => return None,
+            (k, i) if k == key => return Some(i),
+            _ => s = (s + 1) % SLOTS,
+        }
+    }
 }
 
 /// Whether `indices` (12, 15, 18, 21 or 24 words) carry a valid BIP-39 checksum.
@@ -119,6 +163,14 @@ mod tests {
         assert_eq!(word_index(b"abandon"), Some(0));
         assert_eq!(word_index(b"zoo"), Some(2047));
         assert_eq!(word_index(b"the"), None);
+        // Same answers as a search of the list itself, for every word and some non-words.
+        for (i, w) in words().iter().enumerate() {
+            assert_eq!(word_index(w.as_bytes()), Some(i as u16), "{w}");
+            let mut x = w.as_bytes().to_vec();
+            x.push(b'q');
+            assert_eq!(word_index(&x), words().binary_search(&std::str::from_utf8(&x).unwrap()).ok().map(|i| i as u16));
+        }
+        assert_eq!(word_index(b"ab\xffcd"), None);
     }
 
     #[test]

@@ -419,12 +419,9 @@ impl Compiled {
         };
         let value = &hay[vstart..r.end];
         let value = value.strip_suffix(b"==").or_else(|| value.strip_suffix(b"=")).unwrap_or(value);
-        if value.len() < 16 || value.len() > 256 || validate::is_uuid(value) || validate::is_placeholder(value) {
-            return;
-        }
-        let classes = [value.iter().any(u8::is_ascii_lowercase), value.iter().any(u8::is_ascii_uppercase), value.iter().any(u8::is_ascii_digit)];
-        let needed = if is_hex { 3.0 } else { 3.8 };
-        if classes.iter().filter(|&&c| c).count() < 2 || validate::shannon_entropy(value) < needed || (is_hex && value.len() < 32) {
+        // Every condition below must hold; the cheap and selective ones (length, a secret-like
+        // name) go first so that most runs cost a few comparisons.
+        if value.len() < 16 || value.len() > 256 {
             return;
         }
         let name = match inline_name {
@@ -442,7 +439,18 @@ impl Compiled {
             }
         };
         let name = hay[name].to_ascii_lowercase();
-        if SECRET_WORDS.iter().any(|w| memchr::memmem::find(&name, w).is_some()) && !self.allowed(value) {
+        if !SECRET_WORDS.iter().any(|w| memchr::memmem::find(&name, w).is_some()) {
+            return;
+        }
+        if validate::is_uuid(value) || validate::is_placeholder(value) {
+            return;
+        }
+        let classes = [value.iter().any(u8::is_ascii_lowercase), value.iter().any(u8::is_ascii_uppercase), value.iter().any(u8::is_ascii_digit)];
+        let needed = if is_hex { 3.0 } else { 3.8 };
+        if classes.iter().filter(|&&c| c).count() < 2 || validate::shannon_entropy(value) < needed || (is_hex && value.len() < 32) {
+            return;
+        }
+        if !self.allowed(value) {
             out.push(Hit { rule: self.idx.generic, span: vstart..vstart + value.len(), layers: Vec::new() });
         }
     }
