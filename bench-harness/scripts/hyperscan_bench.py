@@ -4,7 +4,9 @@
 Usage: hyperscan_bench.py CORPUS_FILE
 Compiles a comparable set of secret patterns into one Hyperscan database, scans the corpus
 three times and prints the best GB/s on the last line. Exits 2 with a message on stderr when
-the `hyperscan` Python module (pip `hyperscan`, needs Debian `libhyperscan5`) is missing.
+the `hyperscan` Python module is missing; bench_harness::scan installs the PyPI wheel (which
+bundles libhs, no system package needed) into the repository's .tools/venv and runs this
+script with that interpreter.
 """
 import sys
 import time

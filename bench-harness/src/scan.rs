@@ -1,16 +1,12 @@
 //! Scanner benchmark: engine GB/s and recall on a deterministic corpus with planted secrets,
 //! against `memchr::memmem` (an upper bound for any byte scan) and Hyperscan when available.
 //!
-//! Dependencies this module needs in bench-harness/Cargo.toml:
-//! ```toml
-//! cork-scan = { path = "../userspace/cork-scan", features = ["corpus"] }
-//! memchr = "2"
-//! anyhow = { workspace = true }
-//! ```
-//! and `pub mod scan;` in lib.rs.
+//! Hyperscan runs through `scripts/hyperscan_bench.py` in the repository's `.tools/venv`, into
+//! which the PyPI `hyperscan` wheel is installed on first use; all three numbers come from the
+//! same process run on the same corpus, so their ratios are meaningful on a shared machine.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -34,9 +30,13 @@ impl ScanBenchReport {
             Ok(g) => format!("{g:.2}"),
             Err(why) => format!("skipped ({why})"),
         };
+        let vs_hs = match &self.hyperscan {
+            Ok(g) => format!("{:.2}x", self.engine_gbps / g),
+            Err(_) => "n/a".into(),
+        };
         format!(
-            "| measure | value |\n|---|---|\n| corpus | {} bytes |\n| cork-scan engine | {:.3} GB/s |\n| memchr::memmem | {:.2} GB/s |\n| Hyperscan | {} |\n| recall | {}/{} planted |\n| findings | {} |\n",
-            self.corpus_bytes, self.engine_gbps, self.memmem_gbps, hs, self.recalled, self.planted, self.findings
+            "| measure | value |\n|---|---|\n| corpus | {} bytes |\n| cork-scan engine | {:.3} GB/s |\n| memchr::memmem | {:.2} GB/s |\n| Hyperscan | {} |\n| engine / memmem | {:.4} |\n| engine / Hyperscan | {} |\n| recall | {}/{} planted |\n| findings | {} |\n",
+            self.corpus_bytes, self.engine_gbps, self.memmem_gbps, hs, self.engine_gbps / self.memmem_gbps, vs_hs, self.recalled, self.planted, self.findings
         )
     }
 }
@@ -89,15 +89,42 @@ pub fn run(quick: bool) -> anyhow::Result<ScanBenchReport> {
 
 /// Runs `scripts/hyperscan_bench.py` on the corpus; it prints the GB/s on its last line.
 fn hyperscan(corpus: &[u8]) -> Result<f64, String> {
+    let python = hyperscan_python()?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/hyperscan_bench.py");
     let file = std::env::temp_dir().join(format!("cork-scan-corpus-{}.bin", std::process::id()));
     std::fs::write(&file, corpus).map_err(|e| format!("writing corpus: {e}"))?;
-    let out = Command::new("python3").arg(&script).arg(&file).output();
+    let out = Command::new(&python).arg(&script).arg(&file).output();
     let _ = std::fs::remove_file(&file);
-    let out = out.map_err(|e| format!("python3: {e}"))?;
+    let out = out.map_err(|e| format!("{}: {e}", python.display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("hyperscan unavailable").to_string());
     }
     stdout.lines().last().and_then(|l| l.trim().parse().ok()).ok_or_else(|| format!("unexpected output: {stdout}"))
+}
+
+/// A Python that can `import hyperscan`: the repository's `.tools/venv` (the one
+/// `cargo xtask test` creates), created and given the PyPI `hyperscan` wheel (which bundles
+/// the library, so no system package is needed) when missing.
+fn hyperscan_python() -> Result<PathBuf, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("no repository root")?.to_path_buf();
+    let venv = root.join(".tools/venv");
+    let python = venv.join("bin/python");
+    let run = |cmd: &mut Command| -> Result<(), String> {
+        let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")))
+        }
+    };
+    if !python.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv)).map_err(|e| format!("no Python virtualenv: {e}"))?;
+    }
+    if run(Command::new(&python).args(["-c", "import hyperscan"])).is_err() {
+        eprintln!("bench: pip install hyperscan into {}", venv.display());
+        run(Command::new(&python).args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "hyperscan"]))
+            .map_err(|e| format!("cannot install the hyperscan wheel (needs x86_64 Linux and PyPI): {e}"))?;
+    }
+    Ok(python)
 }

@@ -3,8 +3,14 @@
 use cork_scan::{BodyMeta, Engine, ScanConfig};
 use libfuzzer_sys::fuzz_target;
 
+/// Built once: a build takes ~30 ms, which would cap the fuzzer at ~30 inputs a second.
+fn engine() -> &'static Engine {
+    static ENGINE: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
+    ENGINE.get_or_init(|| Engine::new(&ScanConfig { canaries: vec!["fuzz-canary-123".into()], ..ScanConfig::default() }).unwrap())
+}
+
 fuzz_target!(|data: &[u8]| {
-    let engine = Engine::new(&ScanConfig { canaries: vec!["fuzz-canary-123".into()], ..ScanConfig::default() }).unwrap();
+    let engine = engine();
     let Some((&sel, rest)) = data.split_first() else { return };
     let ct = ["text/plain", "application/json", "application/x-www-form-urlencoded", "multipart/form-data", "text/event-stream"][sel as usize % 5];
     let meta = BodyMeta { content_type: Some(ct), content_encoding: None };
