@@ -1,0 +1,286 @@
+//! Kernel TLS (kTLS) offload of finished rustls connections.
+//!
+//! rustls does the handshake; the kernel then does the record layer, so the relay can move
+//! plaintext with plain `read`/`write` (and later io_uring or `splice`) without a userspace
+//! encryption pass. This crate is the bridge between the two and the judge of whether a given
+//! connection can be offloaded at all.
+//!
+//! # Entry points
+//! - [`probe`] says whether this kernel accepts the "tls" upper-layer protocol at all, and why
+//!   not if it does not.
+//! - [`complete_handshake`] drives a blocking rustls handshake reading exactly one TLS record
+//!   at a time, so rustls never buffers bytes that belong to the kernel's record stream, and
+//!   flushes everything rustls queued, including TLS 1.3 NewSessionTickets, whose sequence
+//!   numbers are part of the extracted state.
+//! - [`offload`] moves a finished connection into the kernel and returns a [`KtlsStream`], or,
+//!   when the kernel refuses before anything irreversible happened, returns the connection
+//!   untouched as [`Offloaded::Userspace`] with the reason, so the caller stays on rustls
+//!   records for that connection.
+//!
+//! # What the kernel is asked to do
+//! TLS 1.2 and 1.3 with AES-128-GCM, AES-256-GCM and ChaCha20-Poly1305, both directions. The
+//! config the connection came from must set `enable_secret_extraction = true`.
+//!
+//! # Fallback and failure
+//! Refusals found before the secrets are extracted — no "tls" ULP, a protocol version or
+//! cipher suite the kernel cannot run, a cipher whose crypto module is missing (tried on a
+//! scratch loopback socket, remembered once it works) — give [`Offloaded::Userspace`].
+//! Extraction consumes the rustls connection, so a refusal after it is an [`Error`]: the
+//! connection is lost, never continued unencrypted or half-offloaded.
+//!
+//! # KeyUpdate
+//! A TLS 1.3 peer may rotate its keys at any time. Kernels before 6.14 cannot install new
+//! keys on a socket, and rekeying needs rustls's `kernel::KernelConnection` (only reachable
+//! from an unbuffered rustls connection). A KeyUpdate therefore fails the connection with
+//! [`RecordError::KeyUpdate`] before the kernel decrypts anything with the stale key: data
+//! read before it is intact and nothing after it is returned.
+
+mod stream;
+pub mod sys;
+
+use std::io::{self, Read};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::sync::Mutex;
+
+use rustls::{CipherSuite, Connection};
+
+pub use stream::KtlsStream;
+pub use sys::KernelCipher;
+use sys::Direction;
+
+/// Largest TLS record body the handshake reader accepts (RFC 8446 §5.2's ciphertext limit).
+const MAX_RECORD_BODY: usize = 16 * 1024 + 256;
+
+/// Whether this kernel can run kTLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KtlsSupport {
+    Supported,
+    Unsupported { reason: String },
+}
+
+/// Why an offload failed in a way the connection cannot survive.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the TLS handshake has not finished")]
+    HandshakeNotComplete,
+    #[error("socket I/O during the handshake: {0}")]
+    Io(#[from] io::Error),
+    #[error("TLS handshake: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("the peer sent a TLS record of {0} bytes, more than the protocol allows")]
+    OversizedRecord(usize),
+    #[error("application data arrived with the last handshake record; it would be lost by offloading")]
+    PlaintextBuffered,
+    #[error("rustls would not hand over the traffic secrets (is enable_secret_extraction set?): {0}")]
+    Extract(rustls::Error),
+    #[error("the kernel refused {direction} after the secrets were extracted: {source}")]
+    Install { direction: &'static str, source: io::Error },
+}
+
+/// Why a [`KtlsStream`] stopped; carried inside the `io::Error` its reads and writes return.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("the peer sent a TLS 1.3 KeyUpdate; this kTLS connection cannot rekey, so it is closed")]
+    KeyUpdate,
+    #[error("the peer sent TLS alert {0}")]
+    Alert(u8),
+    #[error("the peer sent an unexpected post-handshake message of type {0}")]
+    UnexpectedHandshake(u8),
+    #[error("the peer sent a record of unexpected content type {0}")]
+    UnexpectedContentType(u8),
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    #[error("a record failed to authenticate (EBADMSG)")]
+    BadRecord,
+    #[error("the peer closed the TCP connection without close_notify")]
+    Truncated,
+}
+
+/// The result of [`offload`].
+pub enum Offloaded {
+    Kernel(KtlsStream),
+    /// The kernel refused; the connection is unchanged and stays on rustls.
+    Userspace { sock: TcpStream, conn: Connection, reason: String },
+}
+
+/// Opens a connected loopback TCP pair to try socket options on.
+fn scratch_pair() -> io::Result<(TcpStream, TcpStream)> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let client = TcpStream::connect(listener.local_addr()?)?;
+    let (server, _) = listener.accept()?;
+    Ok((client, server))
+}
+
+fn ulp_refusal(err: &io::Error) -> String {
+    if err.raw_os_error() == Some(libc::ENOENT) {
+        format!("the kernel has no \"tls\" upper-layer protocol (built without CONFIG_TLS, or the tls module is not loaded): {err}")
+    } else {
+        format!("setsockopt(TCP_ULP, \"tls\") failed: {err}")
+    }
+}
+
+/// Tries `setsockopt(TCP_ULP, "tls")` on a connected loopback TCP pair.
+pub fn probe() -> KtlsSupport {
+    let result = scratch_pair().map_err(|e| format!("could not open a loopback TCP pair to probe with: {e}")).and_then(|(client, _server)| sys::attach_ulp(&client).map_err(|e| ulp_refusal(&e)));
+    match result {
+        Ok(()) => KtlsSupport::Supported,
+        Err(reason) => KtlsSupport::Unsupported { reason },
+    }
+}
+
+/// (kernel version number, cipher) pairs the kernel has accepted in both directions.
+static ACCEPTED: Mutex<Vec<(u16, KernelCipher)>> = Mutex::new(Vec::new());
+
+/// Whether the kernel can instantiate `cipher` for `version`, tried with a dummy key on a
+/// scratch socket. Only successes are remembered: a module may be loaded later.
+fn trial(version: u16, cipher: KernelCipher) -> Result<(), String> {
+    if ACCEPTED.lock().map(|set| set.contains(&(version, cipher))).unwrap_or(false) {
+        return Ok(());
+    }
+    let (client, _server) = scratch_pair().map_err(|e| format!("could not open a loopback TCP pair to try {cipher:?} on: {e}"))?;
+    sys::attach_ulp(&client).map_err(|e| ulp_refusal(&e))?;
+    for dir in [Direction::Tx, Direction::Rx] {
+        sys::install_dummy(&client, dir, version, cipher).map_err(|e| format!("the kernel refused {cipher:?} for {}: {e}", dir.name()))?;
+    }
+    if let Ok(mut set) = ACCEPTED.lock() {
+        set.push((version, cipher));
+    }
+    Ok(())
+}
+
+fn kernel_cipher(suite: CipherSuite) -> Option<KernelCipher> {
+    use CipherSuite::*;
+    match suite {
+        TLS13_AES_128_GCM_SHA256 | TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 | TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => Some(KernelCipher::Aes128Gcm),
+        TLS13_AES_256_GCM_SHA384 | TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 | TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => Some(KernelCipher::Aes256Gcm),
+        TLS13_CHACHA20_POLY1305_SHA256 | TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 | TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => Some(KernelCipher::Chacha20Poly1305),
+        _ => None,
+    }
+}
+
+/// Drives `conn`'s handshake on blocking `sock` to completion and flushes everything rustls
+/// queued (TLS 1.3 NewSessionTickets included). Reads one whole record at a time so that no
+/// byte after the handshake is consumed.
+pub fn complete_handshake(sock: &mut TcpStream, conn: &mut Connection) -> Result<(), Error> {
+    let mut record = Vec::with_capacity(5 + MAX_RECORD_BODY);
+    loop {
+        while conn.wants_write() {
+            conn.write_tls(sock)?;
+        }
+        if !conn.is_handshaking() {
+            return Ok(());
+        }
+        record.resize(5, 0);
+        sock.read_exact(&mut record)?;
+        let len = u16::from_be_bytes([record[3], record[4]]) as usize;
+        if len > MAX_RECORD_BODY {
+            return Err(Error::OversizedRecord(len));
+        }
+        record.resize(5 + len, 0);
+        sock.read_exact(&mut record[5..])?;
+        let mut rest = &record[..];
+        while !rest.is_empty() {
+            conn.read_tls(&mut rest)?;
+            match conn.process_new_packets() {
+                Ok(state) if state.plaintext_bytes_to_read() > 0 => return Err(Error::PlaintextBuffered),
+                Ok(_) => {}
+                Err(e) => {
+                    // Send the alert rustls queued, so the peer learns why.
+                    let _ = conn.write_tls(sock);
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+}
+
+/// Moves a finished connection's record layer into the kernel. See the module docs for which
+/// refusals fall back and which fail.
+pub fn offload(mut sock: TcpStream, conn: impl Into<Connection>) -> Result<Offloaded, Error> {
+    let mut conn = conn.into();
+    if conn.is_handshaking() {
+        return Err(Error::HandshakeNotComplete);
+    }
+    // Records rustls already sealed must reach the peer before the kernel numbers its own.
+    while conn.wants_write() {
+        conn.write_tls(&mut sock)?;
+    }
+    let refusal = |sock, conn, reason: String| Ok(Offloaded::Userspace { sock, conn, reason });
+    let Some(version) = conn.protocol_version() else { return Err(Error::HandshakeNotComplete) };
+    let Some(kversion) = sys::kernel_version(version) else {
+        return refusal(sock, conn, format!("kTLS has no support for {version:?}"));
+    };
+    let Some(suite) = conn.negotiated_cipher_suite() else { return Err(Error::HandshakeNotComplete) };
+    let Some(cipher) = kernel_cipher(suite.suite()) else {
+        return refusal(sock, conn, format!("kTLS has no support for cipher suite {:?}", suite.suite()));
+    };
+    if let Err(reason) = trial(kversion, cipher) {
+        return refusal(sock, conn, reason);
+    }
+    if let Err(e) = sys::attach_ulp(&sock) {
+        return refusal(sock, conn, ulp_refusal(&e));
+    }
+    let is_client = matches!(conn, Connection::Client(_));
+    let secrets = conn.dangerous_extract_secrets().map_err(Error::Extract)?;
+    sys::install(&sock, Direction::Tx, kversion, secrets.tx.0, &secrets.tx.1).map_err(|source| Error::Install { direction: "TLS_TX", source })?;
+    sys::install(&sock, Direction::Rx, kversion, secrets.rx.0, &secrets.rx.1).map_err(|source| Error::Install { direction: "TLS_RX", source })?;
+    Ok(Offloaded::Kernel(KtlsStream::new(sock, version, cipher, is_client)))
+}
+
+/// Reads the kernel's kTLS counters (`/proc/net/tls_stat`), e.g. `TlsTxSw`. `None` when the
+/// file is absent (no kTLS in this kernel or the module is not loaded).
+pub fn tls_stat() -> Option<Vec<(String, u64)>> {
+    let text = std::fs::read_to_string("/proc/net/tls_stat").ok()?;
+    Some(
+        text.lines()
+            .filter_map(|line| {
+                let mut parts = line.split_whitespace();
+                Some((parts.next()?.to_string(), parts.next()?.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On any kernel: `probe` must agree with the kernel's own sign of kTLS, the counters file
+    /// that the tls module creates. (The probe's setsockopt may autoload the module, so the
+    /// file is checked after it.) On a host without CONFIG_TLS this asserts the refusal and
+    /// its reason.
+    #[test]
+    fn probe_agrees_with_the_kernel() {
+        let support = probe();
+        let stat = std::path::Path::new("/proc/net/tls_stat").exists();
+        match support {
+            KtlsSupport::Supported => assert!(stat, "probe says kTLS works but /proc/net/tls_stat is absent"),
+            KtlsSupport::Unsupported { reason } => {
+                assert!(!stat, "probe says no kTLS ({reason}) but /proc/net/tls_stat exists");
+                assert!(reason.contains("upper-layer protocol") || reason.contains("TCP_ULP"), "unclear reason: {reason}");
+            }
+        }
+    }
+
+    #[test]
+    fn crypto_info_layout_matches_linux_tls_h() {
+        let key: Vec<u8> = (0..32).collect();
+        let iv: Vec<u8> = (100..112).collect();
+        // struct tls12_crypto_info_aes_gcm_128 { info; iv[8]; key[16]; salt[4]; rec_seq[8]; }
+        let aes = sys::crypto_info(0x0304, KernelCipher::Aes128Gcm, &key[..16], &iv, 7);
+        assert_eq!(aes.len(), 40);
+        assert_eq!(&aes[..4], &[0x04, 0x03, 51, 0]);
+        assert_eq!(&aes[4..12], &iv[4..]);
+        assert_eq!(&aes[12..28], &key[..16]);
+        assert_eq!(&aes[28..32], &iv[..4]);
+        assert_eq!(&aes[32..], &7u64.to_be_bytes());
+        // struct tls12_crypto_info_chacha20_poly1305 { info; iv[12]; key[32]; salt[0]; rec_seq[8]; }
+        let chacha = sys::crypto_info(0x0303, KernelCipher::Chacha20Poly1305, &key, &iv, 1);
+        assert_eq!(chacha.len(), 56);
+        assert_eq!(&chacha[..4], &[0x03, 0x03, 54, 0]);
+        assert_eq!(&chacha[4..16], &iv[..]);
+        assert_eq!(&chacha[16..48], &key[..]);
+        assert_eq!(&chacha[48..], &1u64.to_be_bytes());
+        assert_eq!(sys::crypto_info(0x0304, KernelCipher::Aes256Gcm, &key, &iv, 0).len(), 56);
+    }
+}

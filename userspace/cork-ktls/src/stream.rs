@@ -1,0 +1,227 @@
+//! A TCP socket whose records the kernel encrypts and decrypts.
+//!
+//! Application data is plain `read`/`write` on the socket. Records of other content types
+//! (alerts, post-handshake handshake messages) arrive through `recvmsg` with a
+//! `TLS_GET_RECORD_TYPE` control message; the kernel refuses to hand them to a plain `read`, so
+//! every read goes through [`KtlsStream::recv_record`].
+
+use std::io::{self, IoSlice, Read, Write};
+use std::mem;
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
+
+use rustls::ProtocolVersion;
+
+use crate::sys::{self, KernelCipher};
+use crate::RecordError;
+
+const CONTENT_ALERT: u8 = 21;
+const CONTENT_HANDSHAKE: u8 = 22;
+const CONTENT_APPLICATION_DATA: u8 = 23;
+const ALERT_CLOSE_NOTIFY: u8 = 0;
+const HANDSHAKE_NEW_SESSION_TICKET: u8 = 4;
+const HANDSHAKE_KEY_UPDATE: u8 = 24;
+/// The largest plaintext a record may carry (RFC 8446 §5.1), plus room for a TLS 1.2 peer's
+/// allowed expansion; the kernel delivers at most one non-data record per `recvmsg`.
+const RECORD_BUF: usize = 16 * 1024 + 256;
+
+/// A connection offloaded to the kernel. Reads return the peer's application data; a
+/// close_notify reads as end of stream; anything the kernel cannot continue with (a TLS 1.3
+/// KeyUpdate, a fatal alert, a truncated stream) fails every later read and write with a
+/// [`RecordError`] inside the `io::Error`.
+pub struct KtlsStream {
+    sock: TcpStream,
+    version: ProtocolVersion,
+    cipher: KernelCipher,
+    is_client: bool,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    peer_closed: bool,
+    failed: Option<RecordError>,
+}
+
+impl KtlsStream {
+    pub(crate) fn new(sock: TcpStream, version: ProtocolVersion, cipher: KernelCipher, is_client: bool) -> Self {
+        Self { sock, version, cipher, is_client, buf: vec![0; RECORD_BUF].into_boxed_slice(), start: 0, end: 0, peer_closed: false, failed: None }
+    }
+
+    pub fn protocol_version(&self) -> ProtocolVersion {
+        self.version
+    }
+
+    pub fn cipher(&self) -> KernelCipher {
+        self.cipher
+    }
+
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.sock
+    }
+
+    /// Sends close_notify and shuts down the write half.
+    pub fn close_notify(&mut self) -> io::Result<()> {
+        self.check()?;
+        send_record(&self.sock, CONTENT_ALERT, &[1, ALERT_CLOSE_NOTIFY])?;
+        self.sock.shutdown(Shutdown::Write)
+    }
+
+    fn check(&self) -> io::Result<()> {
+        match &self.failed {
+            Some(e) => Err(io::Error::other(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, e: RecordError) -> io::Error {
+        self.failed = Some(e.clone());
+        // Nothing more may be read or written on this connection; tell the peer by closing.
+        let _ = self.sock.shutdown(Shutdown::Both);
+        io::Error::other(e)
+    }
+
+    /// Receives one record into `self.buf`; returns its content type and length.
+    fn recv_record(&mut self) -> io::Result<(u8, usize)> {
+        // u64 alignment, as cmsghdr requires.
+        let mut control = [0u64; 8];
+        let mut iov = libc::iovec { iov_base: self.buf.as_mut_ptr().cast(), iov_len: self.buf.len() };
+        // SAFETY: msghdr is plain data; all-zero is a valid empty value.
+        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = mem::size_of_val(&control);
+        let n = loop {
+            // SAFETY: msg points at live buffers (`self.buf`, `control`) of the stated lengths.
+            let n = unsafe { libc::recvmsg(self.sock.as_raw_fd(), &mut msg, 0) };
+            if n >= 0 {
+                break n as usize;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            if err.raw_os_error() == Some(libc::EBADMSG) {
+                return Err(self.fail(RecordError::BadRecord));
+            }
+            return Err(err);
+        };
+        let mut content_type = CONTENT_APPLICATION_DATA;
+        // SAFETY: the CMSG_* helpers walk the control buffer the kernel filled in.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == sys::SOL_TLS && (*cmsg).cmsg_type == sys::TLS_GET_RECORD_TYPE {
+                    content_type = *libc::CMSG_DATA(cmsg);
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        Ok((content_type, n))
+    }
+
+    /// Handles a non-data record. Returns `Ok(true)` on close_notify.
+    fn control_record(&mut self, content_type: u8, len: usize) -> io::Result<bool> {
+        let body = &self.buf[..len];
+        match content_type {
+            CONTENT_ALERT => match body {
+                [_, ALERT_CLOSE_NOTIFY] => Ok(true),
+                [_, desc] => Err(self.fail(RecordError::Alert(*desc))),
+                _ => Err(self.fail(RecordError::Malformed("alert record"))),
+            },
+            CONTENT_HANDSHAKE => {
+                let mut rest = body;
+                while !rest.is_empty() {
+                    let [kind, a, b, c, ..] = *rest else {
+                        return Err(self.fail(RecordError::Malformed("fragmented post-handshake message")));
+                    };
+                    let msg_len = u32::from_be_bytes([0, a, b, c]) as usize;
+                    if rest.len() < 4 + msg_len {
+                        return Err(self.fail(RecordError::Malformed("fragmented post-handshake message")));
+                    }
+                    rest = &rest[4 + msg_len..];
+                    match kind {
+                        // A server's session tickets: cork does not resume from a kTLS client, so
+                        // they are read and dropped.
+                        HANDSHAKE_NEW_SESSION_TICKET if self.is_client && self.version == ProtocolVersion::TLSv1_3 => {}
+                        // The kernel would decrypt the peer's next record with the old key. Fail
+                        // before that instead of handing on garbage or a decryption error.
+                        HANDSHAKE_KEY_UPDATE if self.version == ProtocolVersion::TLSv1_3 => return Err(self.fail(RecordError::KeyUpdate)),
+                        other => return Err(self.fail(RecordError::UnexpectedHandshake(other))),
+                    }
+                }
+                Ok(false)
+            }
+            other => Err(self.fail(RecordError::UnexpectedContentType(other))),
+        }
+    }
+}
+
+impl Read for KtlsStream {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        self.check()?;
+        loop {
+            if self.start < self.end {
+                let n = out.len().min(self.end - self.start);
+                out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+                self.start += n;
+                return Ok(n);
+            }
+            if self.peer_closed || out.is_empty() {
+                return Ok(0);
+            }
+            let (content_type, len) = self.recv_record()?;
+            if content_type == CONTENT_APPLICATION_DATA {
+                if len == 0 {
+                    // recvmsg returns 0 only at TCP end of stream: the peer never sent
+                    // close_notify, so the data may have been cut short.
+                    return Err(self.fail(RecordError::Truncated));
+                }
+                self.start = 0;
+                self.end = len;
+            } else if self.control_record(content_type, len)? {
+                self.peer_closed = true;
+            }
+        }
+    }
+}
+
+impl Write for KtlsStream {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.check()?;
+        self.sock.write(data)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends one record of `content_type` through the kernel's TX state.
+fn send_record(sock: &TcpStream, content_type: u8, body: &[u8]) -> io::Result<()> {
+    let mut control = [0u64; 4];
+    let iov = [IoSlice::new(body)];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic; the header is written inside `control`,
+    // which is large enough for one cmsg with one byte of data.
+    unsafe {
+        msg.msg_controllen = libc::CMSG_SPACE(1) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = sys::SOL_TLS;
+        (*cmsg).cmsg_type = sys::TLS_SET_RECORD_TYPE;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(1) as usize;
+        *libc::CMSG_DATA(cmsg) = content_type;
+    }
+    // SAFETY: msg points at live buffers of the stated lengths.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as usize != body.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short write of a control record"));
+    }
+    Ok(())
+}
