@@ -1,12 +1,19 @@
-//! `cargo xtask bench`: cork's throughput and cost, measured against the same load sent direct.
+//! `cargo xtask bench`: cork's throughput and cost, side by side with mitmproxy and Squid
+//! `ssl_bump`, all measured in the same run against the same origin and load generator.
 //!
-//! Builds cork and the harness in release, starts the test origin (`cork-origin`) on 127.0.0.2,
-//! starts `cork run` as an explicit proxy on 127.0.0.1, and drives both with `cork-load`. For each
-//! scenario cork's CPU seconds (utime+stime from `/proc/PID/stat`) and RSS are read before and
-//! after, so results can be given per proxy core. Prints a table and writes it as markdown.
+//! Builds cork and the harness in release, installs the peers (mitmproxy in `.tools/`, Squid from
+//! Debian; see `bench/peers.rs`), starts the test origin (`cork-origin`) on 127.0.0.2, then cork,
+//! mitmdump and squid as explicit proxies on 127.0.0.1, and drives each with `cork-load`. For each
+//! scenario a proxy's CPU seconds (utime+stime from `/proc/PID/stat`, helpers included) and RSS
+//! are read before and after, so results can be given per proxy core. Also measures, in process,
+//! the rustls handshake-pair ceiling and leaf issuance (`cork-bench-tls`) and the scanner
+//! (`cork-bench-scan`). Prints a table, writes markdown and PNG charts.
 //!
-//! `--quick` is the 1–2 minute smoke version CI runs to check the harness works; nothing here
-//! asserts speed. If cork cannot be built or started, the bench says so and still measures direct.
+//! `--quick` is the 1–3 minute smoke version; nothing here asserts speed. A proxy that cannot be
+//! installed, built or started gets a "not measured: reason" line, never a number.
+
+mod chart;
+mod peers;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -20,33 +27,38 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-/// Where the origin listens; cork reaches it through its `upstream.resolve` pin.
+/// Where the origin listens; every proxy reaches it through a pin of this name to this address.
 const ORIGIN_IP: &str = "127.0.0.2";
 const ORIGIN_NAME: &str = "origin.test";
 /// How long a child gets to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The proxies, in report order.
+const PROXIES: [&str; 3] = ["cork", "mitmproxy", "squid"];
 
 struct Options {
     quick: bool,
     build: bool,
+    peers: bool,
     out: Option<PathBuf>,
 }
 
 fn parse_args(args: &[String]) -> Result<Options> {
-    let mut o = Options { quick: false, build: true, out: None };
+    let mut o = Options { quick: false, build: true, peers: true, out: None };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => o.quick = true,
             "--no-build" => o.build = false,
+            "--no-peers" => o.peers = false,
             "--out" => o.out = Some(it.next().context("--out needs a path")?.into()),
             "-h" | "--help" => {
                 println!(
-                    "cargo xtask bench [--quick] [--no-build] [--out FILE]\n\
-                     \n  --quick     short smoke run (1-2 minutes); report goes to target/bench-quick.md\
+                    "cargo xtask bench [--quick] [--no-build] [--no-peers] [--out FILE]\n\
+                     \n  --quick     short smoke run (1-3 minutes); report goes to target/bench-quick.md\
                      \n  --no-build  use the release binaries already built\
+                     \n  --no-peers  measure cork only (skip mitmproxy and Squid)\
                      \n  --out FILE  where to write the markdown report (default docs/bench.md, or\
-                     \n              target/bench-quick.md with --quick)"
+                     \n              target/bench-quick.md with --quick); charts go next to it"
                 );
                 std::process::exit(0);
             }
@@ -56,12 +68,22 @@ fn parse_args(args: &[String]) -> Result<Options> {
     Ok(o)
 }
 
+/// A proxy slot: running, or the reason it is not measured.
+type Slot = std::result::Result<Proxy, String>;
+
 pub fn run(args: &[String]) -> Result<()> {
     let opts = parse_args(args)?;
     let root = workspace_root();
     let target = target_dir(&root);
     let release = target.join("release");
 
+    // Installs first, so a fresh machine shows its progress before anything is measured.
+    let font = chart::ensure_font();
+    let (mitmdump, squid) = if opts.peers {
+        (peers::ensure_mitmproxy().map_err(|e| format!("{e:#}")), peers::ensure_squid().map_err(|e| format!("{e:#}")))
+    } else {
+        (Err("skipped (--no-peers)".to_string()), Err("skipped (--no-peers)".to_string()))
+    };
     let cork_status = if opts.build { build(&root)? } else { CorkBuild::Built };
     let work = target.join("bench-run");
     let _ = std::fs::remove_dir_all(&work);
@@ -71,78 +93,104 @@ pub fn run(args: &[String]) -> Result<()> {
     let origin = Origin::start(&release.join("cork-origin"), &work.join("origin"))?;
     println!("bench: origin ready at {}", origin.https);
 
-    let mut cork = match cork_status {
-        CorkBuild::Built => match Cork::start(&release.join("cork"), &work, &origin) {
-            Ok(c) => {
-                println!("bench: cork ready, proxy {} (pid {})", c.listen, c.pid());
-                Ok(c)
-            }
-            Err(e) => Err(format!("cork did not start: {e:#}")),
-        },
+    let cork: Slot = match cork_status {
+        CorkBuild::Built => Proxy::start_cork(&release.join("cork"), &work, &origin).map_err(|e| format!("cork did not start: {e:#}")),
         CorkBuild::Failed(why) => Err(format!("cork did not build: {why}")),
     };
-    if let Err(why) = &cork {
-        println!("bench: *** {why}");
-        println!("bench: *** measuring direct only; the via-cork columns will read n/a");
+    let mitm: Slot = mitmdump
+        .map_err(|e| format!("mitmproxy could not be installed: {e}"))
+        .and_then(|bin| peers::start_mitmproxy(&bin, &work, &origin).map_err(|e| format!("mitmdump did not start: {e:#}")));
+    let squid: Slot = squid
+        .map_err(|e| format!("Squid could not be installed: {e}"))
+        .and_then(|bin| peers::start_squid(&bin, &work, &origin).map_err(|e| format!("squid did not start: {e:#}")));
+    let mut proxies: Vec<Slot> = vec![cork, mitm, squid];
+    for (name, slot) in PROXIES.iter().zip(&proxies) {
+        match slot {
+            Ok(p) => println!("bench: {name} ready, proxy {} (pid {})", p.listen, p.pid()),
+            Err(why) => println!("bench: *** {name} not measured: {why}"),
+        }
     }
 
     let loadgen = release.join("cork-load");
     let secs = if opts.quick { 2.0 } else { 10.0 };
-    let mut rows = Vec::new();
-    // Warm-up: the first bumped connection to a host mints its leaf; keep that out of the figures.
-    if let Ok(c) = &cork {
-        let warm = Scenario::ALL[0];
-        let _ = run_load(&loadgen, &origin, Some(c), &warm, 1.0);
+    // Warm-up: the first bumped connection to a host mints its leaf (and warms Python's caches);
+    // keep that out of the figures.
+    for p in proxies.iter().flatten() {
+        let _ = run_load(&loadgen, &origin, Some(p), &Scenario::ALL[0], 1.0, None);
     }
+    let mut rows = Vec::new();
     for sc in Scenario::ALL.iter().filter(|s| !(opts.quick && s.full_only)) {
         println!("bench: {} (direct, {secs}s)", sc.name);
-        let direct = run_load(&loadgen, &origin, None, sc, secs);
-        let via = match &mut cork {
-            Ok(c) => {
-                println!("bench: {} (via cork, {secs}s)", sc.name);
-                Some(measure_via_cork(&loadgen, &origin, c, sc, secs))
-            }
-            Err(_) => None,
-        };
+        let direct = run_load(&loadgen, &origin, None, sc, secs, None);
+        let mut via = Vec::new();
+        for slot in proxies.iter_mut() {
+            via.push(match slot {
+                Ok(p) => {
+                    println!("bench: {} (via {}, {secs}s)", sc.name, p.name);
+                    Some(measure_via(&loadgen, &origin, p, sc, secs))
+                }
+                Err(_) => None,
+            });
+        }
         rows.push(Row { scenario: *sc, direct, via });
     }
 
-    let idle_conns = if opts.quick { IDLE_CONNECTIONS_QUICK } else { IDLE_CONNECTIONS_FULL };
-    let idle_result = match &mut cork {
-        Ok(c) => {
-            println!("bench: {idle_conns} idle bumped connections (via cork)");
-            Some(measure_idle(&loadgen, &origin, c, idle_conns))
+    // Added latency at half load: cork's peak keep-alive 1 KiB rate, halved, paced, direct and
+    // via cork. Open loop, so a slow response delays the next ones' timing too.
+    let half_load = match (&proxies[0], rows.first().and_then(|r| r.via[0].as_ref())) {
+        (Ok(c), Some((peak, _))) if peak.failure.is_none() && peak.value > 0.0 => {
+            let rate = peak.value / 2.0;
+            let sc = Scenario::ALL[0];
+            println!("bench: {} paced at {rate:.0} req/s (half cork's peak), direct and via cork", sc.name);
+            let direct = run_load(&loadgen, &origin, None, &sc, secs, Some(rate));
+            let via = run_load(&loadgen, &origin, Some(c), &sc, secs, Some(rate));
+            Some(HalfLoad { rate, direct, via })
         }
-        Err(_) => None,
+        _ => None,
     };
 
-    let cork_note = match &cork {
-        Ok(_) => None,
-        Err(why) => Some(why.clone()),
-    };
-    let idle = match &mut cork {
-        Ok(c) => c.rss_kib(),
-        Err(_) => None,
-    };
-    drop(cork);
+    let idle_conns = if opts.quick { IDLE_CONNECTIONS_QUICK } else { IDLE_CONNECTIONS_FULL };
+    let mut idle = Vec::new();
+    for slot in proxies.iter_mut() {
+        idle.push(match slot {
+            Ok(p) => {
+                println!("bench: {idle_conns} idle bumped connections (via {})", p.name);
+                Some(measure_idle(&loadgen, &origin, p, idle_conns))
+            }
+            Err(_) => None,
+        });
+    }
+    let notes: Vec<Option<String>> = proxies.iter().map(|s| s.as_ref().err().cloned()).collect();
+    drop(proxies);
     drop(origin);
+
+    // In-process ceilings: rustls handshake pairs and cork-ca leaf issuance.
+    println!("bench: rustls handshake pairs and leaf issuance (in process)");
+    let tls = run_tls_bench(&release.join("cork-bench-tls"), if opts.quick { 1.0 } else { 3.0 });
 
     // The scanner on its own (bench_harness::scan via the cork-bench-scan binary).
     println!("bench: scanner benchmark");
     let scan_md = run_scan_bench(&release.join("cork-bench-scan"), opts.quick);
 
-    let mut report = render(&rows, opts.quick, secs, cork_note.as_deref(), idle);
-    report = report.replacen("\n## Running it", &format!("\n## Scanner alone\n\n{scan_md}\n## Running it"), 1);
-    if let Some(i) = &idle_result {
-        report = report.replacen("\n## Method", &format!("{}\n## Method", render_idle(i)), 1);
-    }
-    println!("\n{report}");
     let out = opts.out.unwrap_or_else(|| {
         if opts.quick { target.join("bench-quick.md") } else { root.join("docs/bench.md") }
     });
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    let out_dir = out.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&out_dir)?;
+    let charts = match font {
+        Ok(()) => draw_charts(&out_dir, &rows, &idle),
+        Err(e) => Err(e.context("no font for the charts")),
+    };
+    let charts_md = match &charts {
+        Ok(files) => files.iter().map(|(f, alt)| format!("![{alt}]({f})\n")).collect::<Vec<_>>().join("\n"),
+        Err(e) => {
+            println!("bench: *** charts not drawn: {e:#}");
+            format!("Charts not drawn: {e:#}.\n")
+        }
+    };
+
+    let report = Report { rows: &rows, quick: opts.quick, secs, notes: &notes, idle: &idle, half_load: half_load.as_ref(), tls: &tls, scan_md: &scan_md, charts_md: &charts_md }.render();
+    println!("\n{report}");
     std::fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
     write_json(&target.join("bench-results.json"), &rows)?;
     println!("bench: report written to {}", out.display());
@@ -304,7 +352,9 @@ impl Origin {
     }
 }
 
-struct Cork {
+/// A running proxy under test: cork or a peer. `ca` is what the load generator must trust.
+struct Proxy {
+    name: &'static str,
     proc: Proc,
     listen: SocketAddr,
     ca: PathBuf,
@@ -327,8 +377,8 @@ fn cork_config_yaml(origin: &Origin) -> String {
     )
 }
 
-impl Cork {
-    fn start(bin: &Path, work: &Path, origin: &Origin) -> Result<Cork> {
+impl Proxy {
+    fn start_cork(bin: &Path, work: &Path, origin: &Origin) -> Result<Proxy> {
         if !bin.exists() {
             bail!("{} does not exist", bin.display());
         }
@@ -348,7 +398,7 @@ impl Cork {
         if !ca.exists() {
             bail!("cork is listening but wrote no {}", ca.display());
         }
-        Ok(Cork { proc, listen, ca })
+        Ok(Proxy { name: "cork", proc, listen, ca })
     }
 
     fn pid(&self) -> u32 {
@@ -359,12 +409,17 @@ impl Cork {
         self.proc.alive()
     }
 
+    /// CPU seconds of the proxy and its helper processes (Squid's certificate generators).
     fn cpu_secs(&self) -> Option<f64> {
-        cpu_seconds(self.pid())
+        let tree = process_tree(self.pid());
+        let own = cpu_seconds(self.pid())?;
+        Some(own + tree.iter().skip(1).filter_map(|&p| cpu_seconds(p)).sum::<f64>())
     }
 
+    /// RSS of the proxy and its helper processes.
     fn rss_kib(&self) -> Option<u64> {
-        status_kib(self.pid(), "VmRSS:")
+        let own = status_kib(self.pid(), "VmRSS:")?;
+        Some(own + process_tree(self.pid()).iter().skip(1).filter_map(|&p| status_kib(p, "VmRSS:")).sum::<u64>())
     }
 }
 
@@ -399,6 +454,29 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / clock_ticks())
+}
+
+/// `pid` followed by all its descendants, from the parent pids in `/proc/*/stat`.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(p) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+            let ppid = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().nth(1)?.parse::<u32>().ok());
+            if let Some(pp) = ppid {
+                parent_of.push((p, pp));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let cur = tree[i];
+        tree.extend(parent_of.iter().filter(|(_, pp)| *pp == cur).map(|(p, _)| *p));
+        i += 1;
+    }
+    tree
 }
 
 fn status_kib(pid: u32, key: &str) -> Option<u64> {
@@ -447,6 +525,11 @@ impl Scenario {
         Scenario { name: "100 MB single upload", path: "/upload", mode: "keepalive", concurrency: 1, upload: 100_000_000, metric: Metric::UpMBps, requests: Some(1), full_only: true },
     ];
 
+    /// Why a proxy cannot run this scenario at all, if it cannot.
+    fn unsupported_by(&self, proxy: &str) -> Option<&'static str> {
+        (self.mode == "h2" && proxy == "squid").then_some("Squid does not speak HTTP/2 to clients")
+    }
+
     fn unit(&self) -> &'static str {
         match self.metric {
             Metric::ReqPerSec if self.mode == "newconn" => "conn/s",
@@ -470,22 +553,47 @@ struct LoadResult {
     raw: Option<serde_json::Value>,
 }
 
-/// cork's cost during one scenario.
+/// A proxy's cost during one scenario.
 #[derive(Clone, Default)]
-struct CorkCost {
+struct Cost {
     cpu_secs: Option<f64>,
     elapsed_secs: f64,
     rss_kib: Option<u64>,
     died: bool,
 }
 
+impl Cost {
+    fn cores(&self) -> Option<f64> {
+        self.cpu_secs.map(|c| c / self.elapsed_secs.max(1e-9))
+    }
+}
+
 struct Row {
     scenario: Scenario,
     direct: LoadResult,
-    via: Option<(LoadResult, CorkCost)>,
+    /// One entry per proxy in `PROXIES` order; `None` when that proxy is not measured.
+    via: Vec<Option<(LoadResult, Cost)>>,
 }
 
-fn run_load(loadgen: &Path, origin: &Origin, cork: Option<&Cork>, sc: &Scenario, secs: f64) -> LoadResult {
+impl Row {
+    /// The scenario's figure per proxy core for proxy `i`, when it can be computed.
+    fn per_core(&self, i: usize) -> Option<f64> {
+        let (r, cost) = self.via.get(i)?.as_ref()?;
+        let cores = cost.cores()?;
+        (cores > 0.01 && r.failure.is_none() && r.requests > 0).then(|| r.value / cores)
+    }
+}
+
+struct HalfLoad {
+    rate: f64,
+    direct: LoadResult,
+    via: LoadResult,
+}
+
+fn run_load(loadgen: &Path, origin: &Origin, proxy: Option<&Proxy>, sc: &Scenario, secs: f64, rate: Option<f64>) -> LoadResult {
+    if let Some(why) = proxy.and_then(|p| sc.unsupported_by(p.name)) {
+        return LoadResult { failure: Some(format!("not measured: {why}")), ..Default::default() };
+    }
     let mut cmd = Command::new(loadgen);
     cmd.arg(origin.url(sc.path))
         .args(["--mode", sc.mode, "--concurrency", &sc.concurrency.to_string()])
@@ -498,9 +606,12 @@ fn run_load(loadgen: &Path, origin: &Origin, cork: Option<&Cork>, sc: &Scenario,
     if sc.upload > 0 {
         cmd.args(["--upload", &sc.upload.to_string()]);
     }
-    match cork {
-        Some(c) => {
-            cmd.args(["--proxy", &format!("http://{}", c.listen)]).arg("--cacert").arg(&c.ca);
+    if let Some(r) = rate {
+        cmd.args(["--rate", &format!("{r:.1}")]);
+    }
+    match proxy {
+        Some(p) => {
+            cmd.args(["--proxy", &format!("http://{}", p.listen)]).arg("--cacert").arg(&p.ca);
         }
         None => {
             cmd.args(["--connect-to", &origin.https.to_string()]).arg("--cacert").arg(&origin.ca);
@@ -550,23 +661,63 @@ fn run_load(loadgen: &Path, origin: &Origin, cork: Option<&Cork>, sc: &Scenario,
     r
 }
 
-fn measure_via_cork(loadgen: &Path, origin: &Origin, cork: &mut Cork, sc: &Scenario, secs: f64) -> (LoadResult, CorkCost) {
-    if !cork.alive() {
-        let r = LoadResult { failure: Some("cork is no longer running".into()), ..Default::default() };
-        return (r, CorkCost { died: true, ..Default::default() });
+fn measure_via(loadgen: &Path, origin: &Origin, proxy: &mut Proxy, sc: &Scenario, secs: f64) -> (LoadResult, Cost) {
+    if !proxy.alive() {
+        let r = LoadResult { failure: Some(format!("{} is no longer running", proxy.name)), ..Default::default() };
+        return (r, Cost { died: true, ..Default::default() });
     }
-    let cpu0 = cork.cpu_secs();
+    let cpu0 = proxy.cpu_secs();
     let t0 = Instant::now();
-    let r = run_load(loadgen, origin, Some(cork), sc, secs);
+    let r = run_load(loadgen, origin, Some(proxy), sc, secs, None);
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu1 = cork.cpu_secs();
-    let cost = CorkCost {
+    let cpu1 = proxy.cpu_secs();
+    let cost = Cost {
         cpu_secs: cpu0.zip(cpu1).map(|(a, b)| b - a),
         elapsed_secs: elapsed,
-        rss_kib: cork.rss_kib(),
-        died: !cork.alive(),
+        rss_kib: proxy.rss_kib(),
+        died: !proxy.alive(),
     };
     (r, cost)
+}
+
+// ---------------------------------------------------------------------------------------------
+// In-process ceilings
+
+#[derive(Default)]
+struct TlsBench {
+    pairs_per_sec: Option<f64>,
+    leaf_issue_us: Option<f64>,
+    leaf_hit_us: Option<f64>,
+    failure: Option<String>,
+}
+
+fn run_tls_bench(bin: &Path, seconds: f64) -> TlsBench {
+    let out = match Command::new(bin).args(["--seconds", &seconds.to_string()]).output() {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or("no output").to_string();
+            return TlsBench { failure: Some(format!("cork-bench-tls failed: {err}")), ..Default::default() };
+        }
+        Err(e) => return TlsBench { failure: Some(format!("cannot run {}: {e}", bin.display())), ..Default::default() },
+    };
+    match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+        Ok(v) => {
+            let t = TlsBench {
+                pairs_per_sec: v["handshake_pairs_per_sec"].as_f64(),
+                leaf_issue_us: v["leaf_issue_us"].as_f64(),
+                leaf_hit_us: v["leaf_cache_hit_us"].as_f64(),
+                failure: None,
+            };
+            println!(
+                "bench:   {:.0} handshake pairs/s on one core; leaf issue {:.1} µs, cache hit {:.3} µs",
+                t.pairs_per_sec.unwrap_or(0.0),
+                t.leaf_issue_us.unwrap_or(0.0),
+                t.leaf_hit_us.unwrap_or(0.0)
+            );
+            t
+        }
+        Err(e) => TlsBench { failure: Some(format!("cork-bench-tls output is not JSON: {e}")), ..Default::default() },
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -612,9 +763,19 @@ struct IdleResult {
     failure: Option<String>,
 }
 
-/// Has `cork-load --mode idle` open the connections through cork, samples cork's RSS while they
-/// are held, then lets them go.
-fn measure_idle(loadgen: &Path, origin: &Origin, cork: &mut Cork, count: usize) -> IdleResult {
+impl IdleResult {
+    /// RSS growth per held connection, in KiB.
+    fn per_conn_kib(&self) -> Option<f64> {
+        match (self.failure.as_ref(), self.rss_before_kib, self.rss_holding_kib) {
+            (None, Some(a), Some(b)) if self.opened > 0 => Some(b.saturating_sub(a) as f64 / self.opened as f64),
+            _ => None,
+        }
+    }
+}
+
+/// Has `cork-load --mode idle` open the connections through a proxy, samples the proxy's RSS
+/// while they are held, then lets them go.
+fn measure_idle(loadgen: &Path, origin: &Origin, cork: &mut Proxy, count: usize) -> IdleResult {
     let mut res = IdleResult {
         wanted: count,
         opened: 0,
@@ -625,12 +786,12 @@ fn measure_idle(loadgen: &Path, origin: &Origin, cork: &mut Cork, count: usize) 
         failure: None,
     };
     if !cork.alive() {
-        res.failure = Some("cork is no longer running".into());
+        res.failure = Some(format!("{} is no longer running", cork.name));
         return res;
     }
     let spawned = Command::new(loadgen)
         .arg(origin.url("/bytes/16"))
-        .args(["--mode", "idle", "--concurrency", &count.to_string(), "--hold", "3", "--timeout", "30", "--json"])
+        .args(["--mode", "idle", "--concurrency", &count.to_string(), "--hold", "3", "--timeout", "60", "--json"])
         .args(["--proxy", &format!("http://{}", cork.listen)])
         .arg("--cacert")
         .arg(&cork.ca)
@@ -647,7 +808,7 @@ fn measure_idle(loadgen: &Path, origin: &Origin, cork: &mut Cork, count: usize) 
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     match lines.next() {
         Some(Ok(l)) if l.starts_with("holding ") => {
-            // Let cork settle (buffers released after the first exchange) before sampling.
+            // Let the proxy settle (buffers released after the first exchange) before sampling.
             thread::sleep(Duration::from_millis(1000));
             res.rss_holding_kib = cork.rss_kib();
         }
@@ -666,10 +827,11 @@ fn measure_idle(loadgen: &Path, origin: &Origin, cork: &mut Cork, count: usize) 
         }
     }
     println!(
-        "bench:   opened {}/{} (errors {}), cork RSS {:?} KiB -> {:?} KiB{}",
+        "bench:   opened {}/{} (errors {}), {} RSS {:?} KiB -> {:?} KiB{}",
         res.opened,
         res.wanted,
         res.errors,
+        cork.name,
         res.rss_before_kib,
         res.rss_holding_kib,
         res.first_error.as_deref().map(|e| format!("  first error: {e}")).unwrap_or_default()
@@ -677,25 +839,39 @@ fn measure_idle(loadgen: &Path, origin: &Origin, cork: &mut Cork, count: usize) 
     res
 }
 
-fn render_idle(i: &IdleResult) -> String {
-    let mut md = String::from("\n## Idle connections through cork\n\n");
-    if let Some(f) = &i.failure {
-        let _ = writeln!(md, "Not measured: {f}.");
-        return md;
-    }
-    let mib = |k: Option<u64>| k.map_or("?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
-    let _ = writeln!(md, "- connections wanted / held: {} / {} ({} errors)", i.wanted, i.opened, i.errors);
-    let _ = writeln!(md, "- cork RSS before: {}, while holding: {}", mib(i.rss_before_kib), mib(i.rss_holding_kib));
-    if let (Some(a), Some(b)) = (i.rss_before_kib, i.rss_holding_kib) {
-        if i.opened > 0 {
-            let per = (b.saturating_sub(a) as f64 * 1024.0) / i.opened as f64;
-            let _ = writeln!(md, "- RSS per idle bumped connection (both legs): {:.1} KiB", per / 1024.0);
-        }
-    }
-    if let Some(e) = &i.first_error {
-        let _ = writeln!(md, "- first error: {e}");
-    }
-    md
+// ---------------------------------------------------------------------------------------------
+// Charts
+
+/// Draws the per-core chart and the idle-memory chart next to the report; returns (file, alt).
+fn draw_charts(dir: &Path, rows: &[Row], idle: &[Option<IdleResult>]) -> Result<Vec<(String, String)>> {
+    let mut files = Vec::new();
+    let panels: Vec<chart::Panel> = rows
+        .iter()
+        .map(|row| chart::Panel {
+            title: format!("{} ({} per proxy core)", row.scenario.name, row.scenario.unit()),
+            bars: PROXIES.iter().enumerate().map(|(i, n)| (n.to_string(), row.per_core(i))).collect(),
+        })
+        .collect();
+    let name = "bench-per-core.png";
+    chart::bar_panels(&dir.join(name), "Throughput per proxy core (higher is better)", &panels)?;
+    files.push((name.to_string(), "Throughput per proxy core, cork vs mitmproxy vs Squid".to_string()));
+    let idle_panel = chart::Panel {
+        title: "RSS per idle bumped connection (KiB)".into(),
+        bars: PROXIES.iter().zip(idle).map(|(n, r)| (n.to_string(), r.as_ref().and_then(IdleResult::per_conn_kib))).collect(),
+    };
+    let p99_panel = chart::Panel {
+        title: "p99 latency, keep-alive 1 KiB GET at full load (ms)".into(),
+        bars: std::iter::once(("direct".to_string(), rows.first().filter(|r| r.direct.failure.is_none()).map(|r| r.direct.p99_ms)))
+            .chain(PROXIES.iter().enumerate().map(|(i, n)| {
+                let v = rows.first().and_then(|r| r.via[i].as_ref()).filter(|(r, _)| r.failure.is_none() && r.requests > 0).map(|(r, _)| r.p99_ms);
+                (n.to_string(), v)
+            }))
+            .collect(),
+    };
+    let name = "bench-memory-latency.png";
+    chart::bar_panels(&dir.join(name), "Memory and latency (lower is better)", &[idle_panel, p99_panel])?;
+    files.push((name.to_string(), "RSS per idle connection and p99 latency".to_string()));
+    Ok(files)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -703,7 +879,7 @@ fn render_idle(i: &IdleResult) -> String {
 
 fn fmt_value(r: &LoadResult) -> String {
     if let Some(f) = &r.failure {
-        return format!("failed ({f})");
+        return if f.starts_with("not measured") { f.clone() } else { format!("failed ({f})") };
     }
     let mut s = format!("{:.1}", r.value);
     if r.errors > 0 {
@@ -712,85 +888,262 @@ fn fmt_value(r: &LoadResult) -> String {
     s
 }
 
-fn render(rows: &[Row], quick: bool, secs: f64, cork_note: Option<&str>, idle_rss: Option<u64>) -> String {
-    let mut md = String::new();
-    let _ = writeln!(md, "# cork benchmarks\n");
-    let _ = writeln!(
-        md,
-        "Generated by `cargo xtask bench{}` — do not edit by hand; rerun it. See the end of this file for method.\n",
-        if quick { " --quick" } else { "" }
-    );
-    let _ = writeln!(md, "## Machine\n");
-    for (k, v) in machine_info() {
-        let _ = writeln!(md, "- {k}: {v}");
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("—".into(), |v| format!("{v:.digits$}"))
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
     }
-    let _ = writeln!(md, "- run length: {secs} s per scenario and target{}\n", if quick { " (quick smoke run)" } else { "" });
-    if let Some(note) = cork_note {
-        let _ = writeln!(md, "**cork was not measured: {note}.** Only direct figures are shown.\n");
-    }
-    let _ = writeln!(md, "## Results\n");
-    let _ = writeln!(
-        md,
-        "| scenario | unit | direct | via cork | cork / direct | cork CPU (cores) | per cork core | cork RSS (MiB) | p99 direct → cork (ms) |"
-    );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---|");
-    for row in rows {
-        let sc = &row.scenario;
-        let direct = fmt_value(&row.direct);
-        let (via, ratio, cores, per_core, rss, p99) = match &row.via {
-            None => ("n/a".to_string(), "n/a".to_string(), "n/a".to_string(), "n/a".to_string(), "n/a".to_string(), format!("{:.2} → n/a", row.direct.p99_ms)),
-            Some((r, cost)) => {
-                let ok = r.failure.is_none() && r.requests > 0 && row.direct.failure.is_none() && row.direct.value > 0.0;
-                let ratio = if ok { format!("{:.2}", r.value / row.direct.value) } else { "—".into() };
-                let cores_used = cost.cpu_secs.map(|c| c / cost.elapsed_secs.max(1e-9));
-                let cores = cores_used.map_or("?".into(), |c| format!("{c:.2}"));
-                let per_core = match cores_used {
-                    Some(c) if c > 0.01 && r.failure.is_none() && r.requests > 0 => format!("{:.1}", r.value / c),
-                    _ => "—".into(),
-                };
-                let rss = cost.rss_kib.map_or(if cost.died { "died".into() } else { "?".into() }, |k| format!("{:.1}", k as f64 / 1024.0));
-                let p99 = if r.requests > 0 { format!("{:.2}", r.p99_ms) } else { "n/a".into() };
-                (fmt_value(r), ratio, cores, per_core, rss, format!("{:.2} → {p99}", row.direct.p99_ms))
+}
+
+struct Report<'a> {
+    rows: &'a [Row],
+    quick: bool,
+    secs: f64,
+    notes: &'a [Option<String>],
+    idle: &'a [Option<IdleResult>],
+    half_load: Option<&'a HalfLoad>,
+    tls: &'a TlsBench,
+    scan_md: &'a str,
+    charts_md: &'a str,
+}
+
+impl Report<'_> {
+    fn render(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# cork benchmarks\n");
+        let _ = writeln!(
+            md,
+            "Generated by `cargo xtask bench{}` — do not edit by hand; rerun it. cork, mitmproxy and Squid are measured in the same run, against the same origin and load generator. See the end of this file for method.\n",
+            if self.quick { " --quick" } else { "" }
+        );
+        let _ = writeln!(md, "## Machine\n");
+        for (k, v) in machine_info() {
+            let _ = writeln!(md, "- {k}: {v}");
+        }
+        let _ = writeln!(md, "- run length: {} s per scenario and target{}", self.secs, if self.quick { " (quick smoke run)" } else { "" });
+        let _ = writeln!(md, "- peers: mitmproxy {} (`mitmdump`, regular mode), Squid {} (`ssl_bump`, client-first bump)\n", peers_version("mitmproxy"), peers_version("squid"));
+        for (name, note) in PROXIES.iter().zip(self.notes) {
+            if let Some(n) = note {
+                let _ = writeln!(md, "**{name}: not measured: {n}.**\n");
             }
+        }
+        self.targets(&mut md);
+        self.results(&mut md);
+        self.idle_section(&mut md);
+        self.in_process(&mut md);
+        let _ = writeln!(md, "## Charts\n\n{}", self.charts_md);
+        let _ = writeln!(md, "## Scanner alone\n\n{}", self.scan_md);
+        self.errors(&mut md);
+        md.push_str(METHOD);
+        md
+    }
+
+    fn row(&self, mode: &str, path: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.scenario.mode == mode && r.scenario.path == path && r.scenario.requests.is_none())
+    }
+
+    /// Where cork stands against the issue's targets, each plainly met or missed.
+    fn targets(&self, md: &mut String) {
+        let _ = writeln!(md, "## cork against its targets\n");
+        let _ = writeln!(md, "| target | measured | status |\n|---|---|---|");
+        let verdict = |v: Option<f64>, ok: &dyn Fn(f64) -> bool| match v {
+            None => "not measured".to_string(),
+            Some(x) if ok(x) => "**met**".to_string(),
+            Some(_) => "**missed**".to_string(),
         };
-        let _ = writeln!(md, "| {} | {} | {direct} | {via} | {ratio} | {cores} | {per_core} | {rss} | {p99} |", sc.name, sc.unit());
+        let mut line = |target: &str, measured: String, status: String| {
+            let _ = writeln!(md, "| {target} | {measured} | {status} |");
+        };
+        let mib = self.row("keepalive", "/bytes/1048576");
+        let kib = self.row("keepalive", "/bytes/1024");
+        let newconn = self.row("newconn", "/bytes/1024");
+        let pc = |r: Option<&Row>, i: usize| r.and_then(|r| r.per_core(i));
+        for (i, peer, goal, row, what) in [
+            (2, "Squid", 2.5, mib, "1 MiB keep-alive throughput per proxy core"),
+            (1, "mitmproxy", 2.5, mib, "1 MiB keep-alive throughput per proxy core"),
+            (2, "Squid", 3.0, kib, "1 KiB keep-alive req/s per proxy core"),
+            (2, "Squid", 8.0, newconn, "new bumped connections/s per proxy core"),
+        ] {
+            let r = ratio(pc(row, 0), pc(row, i));
+            line(
+                &format!("{what} ≥ {goal}× {peer}"),
+                format!("{}× (cork {} vs {} {})", opt(r, 2), opt(pc(row, 0), 1), peer, opt(pc(row, i), 1)),
+                verdict(r, &|x| x >= goal),
+            );
+        }
+        let ceiling = self.tls.pairs_per_sec;
+        let share = ratio(pc(newconn, 0), ceiling);
+        line(
+            "new bumped connections/s per core ≥ 70% of the rustls handshake-pair ceiling",
+            format!("{}% (cork {} conn/s per core vs {} pairs/s)", opt(share.map(|s| s * 100.0), 0), opt(pc(newconn, 0), 1), opt(ceiling, 0)),
+            verdict(share, &|x| x >= 0.7),
+        );
+        let per_idle = self.idle.first().and_then(|i| i.as_ref()).and_then(IdleResult::per_conn_kib);
+        line("memory ≤ 32 KiB per idle bumped connection", format!("{} KiB", opt(per_idle, 1)), verdict(per_idle, &|x| x <= 32.0));
+        let added = self.half_load.filter(|h| h.direct.failure.is_none() && h.via.failure.is_none() && h.via.requests > 0).map(|h| (h.via.p99_ms - h.direct.p99_ms) * 1000.0);
+        let measured = match self.half_load {
+            Some(h) => format!(
+                "{} µs (p99 {:.2} ms via cork vs {:.2} ms direct at {:.0} req/s)",
+                opt(added, 0),
+                h.via.p99_ms,
+                h.direct.p99_ms,
+                h.rate
+            ),
+            None => "— (cork's peak was not measured)".into(),
+        };
+        line("added p99 latency ≤ 300 µs at half load (keep-alive 1 KiB)", measured, verdict(added, &|x| x <= 300.0));
+        let _ = writeln!(md);
     }
-    if let Some(k) = idle_rss {
-        let _ = writeln!(md, "\ncork RSS after the run: {:.1} MiB.", k as f64 / 1024.0);
+
+    fn results(&self, md: &mut String) {
+        let _ = writeln!(md, "## Results\n\nThroughput as seen by the load generator:\n");
+        let _ = writeln!(md, "| scenario | unit | direct | cork | mitmproxy | squid | cork / direct |\n|---|---|---:|---:|---:|---:|---:|");
+        for row in self.rows {
+            let cells: Vec<String> = row.via.iter().map(|v| v.as_ref().map_or("not measured".into(), |(r, _)| fmt_value(r))).collect();
+            let cork_direct = row.via[0]
+                .as_ref()
+                .filter(|(r, _)| r.failure.is_none() && r.requests > 0 && row.direct.failure.is_none())
+                .and_then(|(r, _)| ratio(Some(r.value), Some(row.direct.value)));
+            let _ = writeln!(md, "| {} | {} | {} | {} | {} | {} | {} |", row.scenario.name, row.scenario.unit(), fmt_value(&row.direct), cells[0], cells[1], cells[2], opt(cork_direct, 2));
+        }
+        let _ = writeln!(md, "\nPer proxy core (the figure divided by the cores the proxy used), and cork's ratios:\n");
+        let _ = writeln!(md, "| scenario | unit | cork | mitmproxy | squid | cork / mitmproxy | cork / squid |\n|---|---|---:|---:|---:|---:|---:|");
+        for row in self.rows {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                row.scenario.name,
+                row.scenario.unit(),
+                opt(row.per_core(0), 1),
+                opt(row.per_core(1), 1),
+                opt(row.per_core(2), 1),
+                opt(ratio(row.per_core(0), row.per_core(1)), 2),
+                opt(ratio(row.per_core(0), row.per_core(2)), 2)
+            );
+        }
+        let _ = writeln!(md, "\nProxy cost — cores used (CPU seconds / wall seconds) and RSS after the scenario (MiB):\n");
+        let _ = writeln!(md, "| scenario | cork cores | mitmproxy cores | squid cores | cork RSS | mitmproxy RSS | squid RSS |\n|---|---:|---:|---:|---:|---:|---:|");
+        for row in self.rows {
+            let cores = |i: usize| row.via[i].as_ref().map_or("—".into(), |(_, c)| opt(c.cores(), 2));
+            let rss = |i: usize| {
+                row.via[i].as_ref().map_or("—".into(), |(_, c)| c.rss_kib.map_or(if c.died { "died".into() } else { "?".into() }, |k| format!("{:.1}", k as f64 / 1024.0)))
+            };
+            let _ = writeln!(md, "| {} | {} | {} | {} | {} | {} | {} |", row.scenario.name, cores(0), cores(1), cores(2), rss(0), rss(1), rss(2));
+        }
+        let _ = writeln!(md, "\nLatency p50 / p99 (ms) at full load:\n");
+        let _ = writeln!(md, "| scenario | direct | cork | mitmproxy | squid |\n|---|---|---|---|---|");
+        let lat = |r: &LoadResult| if r.failure.is_none() && r.requests > 0 { format!("{:.2} / {:.2}", r.p50_ms, r.p99_ms) } else { "—".into() };
+        for row in self.rows {
+            let via: Vec<String> = row.via.iter().map(|v| v.as_ref().map_or("—".into(), |(r, _)| lat(r))).collect();
+            let _ = writeln!(md, "| {} | {} | {} | {} | {} |", row.scenario.name, lat(&row.direct), via[0], via[1], via[2]);
+        }
+        if let Some(h) = self.half_load {
+            let _ = writeln!(
+                md,
+                "\nHalf load (keep-alive 1 KiB GET paced at {:.0} req/s, half cork's peak): p50 / p99 direct {}, via cork {}.",
+                h.rate,
+                lat(&h.direct),
+                lat(&h.via)
+            );
+        }
+        let _ = writeln!(md);
     }
-    let errors: Vec<String> = rows
-        .iter()
-        .flat_map(|r| {
-            let mut v = Vec::new();
-            if let Some(e) = &r.direct.first_error {
-                v.push(format!("- {} (direct): {e}", r.scenario.name));
-            }
-            if let Some((via, _)) = &r.via {
-                if let Some(e) = via.first_error.as_ref().or(via.failure.as_ref()) {
-                    v.push(format!("- {} (via cork): {e}", r.scenario.name));
+
+    fn idle_section(&self, md: &mut String) {
+        let _ = writeln!(md, "## Idle bumped connections\n");
+        let _ = writeln!(md, "| proxy | held / wanted | RSS before (MiB) | RSS holding (MiB) | RSS per idle connection (KiB) |\n|---|---|---:|---:|---:|");
+        let mib = |k: Option<u64>| k.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+        for (name, (r, note)) in PROXIES.iter().zip(self.idle.iter().zip(self.notes)) {
+            match r {
+                None => {
+                    let _ = writeln!(md, "| {name} | not measured: {} | | | |", note.as_deref().unwrap_or("?"));
+                }
+                Some(i) if i.failure.is_some() => {
+                    let _ = writeln!(md, "| {name} | not measured: {} | | | |", i.failure.as_deref().unwrap_or(""));
+                }
+                Some(i) => {
+                    let _ = writeln!(
+                        md,
+                        "| {name} | {} / {}{} | {} | {} | {} |",
+                        i.opened,
+                        i.wanted,
+                        if i.errors > 0 { format!(" ({} errors)", i.errors) } else { String::new() },
+                        mib(i.rss_before_kib),
+                        mib(i.rss_holding_kib),
+                        opt(i.per_conn_kib(), 1)
+                    );
                 }
             }
-            v
-        })
-        .collect();
-    if !errors.is_empty() {
-        let _ = writeln!(md, "\nFirst error seen per run:\n\n{}", errors.join("\n"));
+        }
+        let _ = writeln!(md);
     }
-    md.push_str(METHOD);
-    md
+
+    fn in_process(&self, md: &mut String) {
+        let _ = writeln!(md, "## In-process ceilings (`cork-bench-tls`, one core)\n");
+        if let Some(f) = &self.tls.failure {
+            let _ = writeln!(md, "Not measured: {f}.\n");
+            return;
+        }
+        let _ = writeln!(md, "- rustls handshake pairs (client + server, TLS 1.3, P-256, no resumption): {} pairs/s", opt(self.tls.pairs_per_sec, 0));
+        let _ = writeln!(md, "- leaf issuance, uncached (`BottleCa::issue`): {} µs", opt(self.tls.leaf_issue_us, 1));
+        let _ = writeln!(md, "- leaf issuance, cache hit (`LeafCache::get`): {} µs\n", opt(self.tls.leaf_hit_us, 3));
+    }
+
+    fn errors(&self, md: &mut String) {
+        let mut errors = Vec::new();
+        for r in self.rows {
+            if let Some(e) = &r.direct.first_error {
+                errors.push(format!("- {} (direct): {e}", r.scenario.name));
+            }
+            for (name, via) in PROXIES.iter().zip(&r.via) {
+                if let Some((v, _)) = via {
+                    if let Some(e) = v.first_error.as_ref().or(v.failure.as_ref()) {
+                        errors.push(format!("- {} (via {name}): {e}", r.scenario.name));
+                    }
+                }
+            }
+        }
+        for (name, i) in PROXIES.iter().zip(self.idle) {
+            if let Some(e) = i.as_ref().and_then(|i| i.first_error.as_ref()) {
+                errors.push(format!("- idle connections (via {name}): {e}"));
+            }
+        }
+        if !errors.is_empty() {
+            let _ = writeln!(md, "## First error seen per run\n\n{}\n", errors.join("\n"));
+        }
+    }
+}
+
+fn peers_version(which: &str) -> String {
+    match which {
+        "mitmproxy" => peers::MITMPROXY_VERSION.to_string(),
+        _ => Command::new("/usr/sbin/squid")
+            .arg("-v")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().and_then(|l| l.rsplit(' ').next()).map(str::to_owned))
+            .unwrap_or_else(|| "?".into()),
+    }
 }
 
 const METHOD: &str = "
 ## Running it
 
 ```sh
-cargo xtask bench            # full run (a few minutes), rewrites docs/bench.md
-cargo xtask bench --quick    # 1-2 minute smoke run, writes target/bench-quick.md
-cargo xtask bench --no-build --out /tmp/report.md
+cargo xtask bench            # full run (10+ minutes), rewrites docs/bench.md and docs/bench-*.png
+cargo xtask bench --quick    # 1-3 minute smoke run, writes target/bench-quick.md (+ PNGs there)
+cargo xtask bench --no-build --no-peers --out /tmp/report.md
 ```
 
-Raw figures of the last run: `target/bench-results.json`; process logs: `target/bench-run/`.
-The pieces can be used on their own:
+xtask installs what the run needs, idempotently: mitmproxy 11.0.2 into `.tools/mitmproxy-venv`,
+Debian's `squid-openssl` and `fonts-dejavu-core` (archives cached in `.tools/apt-archives`; a
+system squid the package starts is stopped). Raw figures of the last run:
+`target/bench-results.json`; configs and logs: `target/bench-run/`. The pieces can be used on
+their own:
 
 ```sh
 # The test origin: its own CA in DIR/ca.pem, one `ready https=ADDR http=ADDR` line on stdout.
@@ -798,33 +1151,57 @@ cork-origin --https 127.0.0.2:0 [--http 127.0.0.2:0] --name origin.test [--ip 12
 # Endpoints: /bytes/N, /chunked/N, POST|PUT /upload, /echo, /gzip/TEXT, /text/TEXT, /inject,
 # /status/CODE; HEAD, Expect: 100-continue, keep-alive, HTTP/1.1 and h2.
 
-# The load generator (human summary, or --json).
+# The load generator (human summary, or --json); --rate R paces it (open loop).
 cork-load https://origin.test:PORT/bytes/1024 --cacert DIR/ca.pem --connect-to 127.0.0.2:PORT \\
-    --mode keepalive|newconn|h2|idle -c 16 [--duration SECS] [--requests N] [--upload BYTES]
+    --mode keepalive|newconn|h2|idle -c 16 [--duration SECS] [--requests N] [--upload BYTES] [--rate R]
 cork-load https://origin.test:PORT/bytes/1024 --proxy http://127.0.0.1:CORK --cacert STATE/ca.pem
+
+# Handshake-pair ceiling and leaf issuance, in process (JSON).
+cork-bench-tls --seconds 3
 ```
 
 ## Method
 
 - Origin: `cork-origin` (hyper, rustls) on 127.0.0.2 with its own test CA; bodies are generated
   from a shared buffer, so the origin costs far less than a proxy.
-- Load: `cork-load` (hyper, rustls, ring), certificates verified against the origin's CA (direct)
-  or cork's per-run CA (via cork). Via cork every connection is `CONNECT origin.test:PORT` to
-  cork's listener, then TLS to cork's minted leaf; cork opens its own TLS to the origin.
+- Load: `cork-load` (hyper, rustls, ring). Through a proxy every connection is
+  `CONNECT origin.test:PORT` with SNI `origin.test`, then TLS to the proxy's minted leaf,
+  verified against that proxy's CA (cork's per-run CA, mitmproxy's `mitmproxy-ca-cert.pem` from a
+  confdir in the run directory, or a Squid CA generated with openssl in the run directory). The
+  proxy opens its own TLS to the origin and verifies it against the origin's CA (cork:
+  `upstream.extra_roots`; mitmproxy: `ssl_verify_upstream_trusted_ca`; Squid:
+  `tls_outgoing_options cafile=`).
+- Name resolution: `origin.test` is pinned to 127.0.0.2 for every proxy, each in its own way:
+  cork's `upstream.resolve`, Squid's `hosts_file`, and for mitmproxy (which resolves upstream
+  names itself and has no such option) a four-line addon (`pin_origin.py`, `server_connect`
+  hook) that swaps the address and keeps SNI and certificate check on the name. The addon runs
+  once per upstream connection.
+- Peer configuration: mitmdump in regular mode with `flow_detail=0` (no per-request log lines)
+  and defaults otherwise — it holds each body in memory before passing it on. Squid 5.7
+  (`squid-openssl`), `ssl_bump bump all` (client-first: the leaf comes from the CONNECT name, as
+  with cork), `security_file_certgen` helpers with their own db, memory cache of generated certs
+  16 MB, caching off, access log off, one process (`-N`, no SMP workers) running as `proxy`.
+  Squid does not speak HTTP/2 to clients, so the h2 scenario is not measured for it.
 - New-connection scenarios disable TLS session resumption, so each is a full handshake on both
   legs.
-- cork CPU: utime+stime from `/proc/PID/stat` before/after each scenario, divided by wall time
-  (= cores used). \"per cork core\" is the scenario's figure divided by cores used.
-- All three processes share the machine's cores, so direct and via-cork numbers are both limited
-  by the load generator too; ratios are the useful figure, absolute numbers less so. On a shared
-  build machine, other work (compilers) adds noise of tens of percent between runs.
-- Idle connections: `cork-load --mode idle` opens them through cork, one request each, and holds
-  them; cork's RSS is sampled before and while they are held. 5000 rather than 10k so cork's two
-  sockets per connection fit the container's 20k file-descriptor limit.
+- Proxy CPU: utime+stime from `/proc/PID/stat` of the proxy and its child processes (Squid's
+  certificate helpers) before/after each scenario, divided by wall time (= cores used).
+  \"per proxy core\" is the scenario's figure divided by cores used; RSS likewise sums the tree.
+- All processes share the machine's cores, so direct and proxied numbers are limited by the load
+  generator too; per-core figures and ratios are the useful ones, absolute numbers less so. On a
+  shared build machine, other work adds noise of tens of percent between runs.
+- Half load: the keep-alive 1 KiB scenario paced (`cork-load --rate`) at half the rate cork
+  reached flat out, direct and via cork; added latency = p99 via cork − p99 direct. Latency is
+  timed from each request's scheduled slot, so queueing behind a slow request counts.
+- Idle connections: `cork-load --mode idle` opens them through each proxy, one request each, and
+  holds them; the proxy's RSS is sampled before and while they are held. 5000 rather than 10k so a
+  proxy's two sockets per connection fit the container's 20k file-descriptor limit.
+- Handshake-pair ceiling: `cork-bench-tls` runs a rustls client and server handshake (TLS 1.3,
+  P-256 leaf, ring) back to back in memory on one thread — one pair is the TLS work a bumping
+  proxy does per new connection, so pairs/s is the per-core ceiling for new bumped connections.
+  Leaf issuance: `BottleCa::issue` with a fresh name each time, and `LeafCache::get` hits.
 - Scanner alone: `cork-bench-scan` (`bench_harness::scan`) scans a generated corpus with planted
   secrets and compares with `memchr::memmem` and, when installed, Hyperscan.
-- Not measured yet (planned): mitmproxy 11.0.2 and Squid ssl_bump for comparison, 10k idle
-  connections, PNG charts.
 ";
 
 fn machine_info() -> BTreeMap<&'static str, String> {
@@ -870,11 +1247,19 @@ fn write_json(path: &Path, rows: &[Row]) -> Result<()> {
                 "unit": r.scenario.unit(),
                 "direct": r.direct.raw,
                 "direct_failure": r.direct.failure,
-                "via_cork": r.via.as_ref().map(|(v, _)| v.raw.clone()),
-                "via_cork_failure": r.via.as_ref().and_then(|(v, _)| v.failure.clone()),
-                "cork_cpu_secs": r.via.as_ref().and_then(|(_, c)| c.cpu_secs),
-                "cork_elapsed_secs": r.via.as_ref().map(|(_, c)| c.elapsed_secs),
-                "cork_rss_kib": r.via.as_ref().and_then(|(_, c)| c.rss_kib),
+                "via": PROXIES.iter().zip(&r.via).map(|(name, v)| {
+                    let (res, cost) = match v {
+                        Some((res, cost)) => (Some(res), Some(cost)),
+                        None => (None, None),
+                    };
+                    (name.to_string(), serde_json::json!({
+                        "result": res.and_then(|x| x.raw.clone()),
+                        "failure": res.and_then(|x| x.failure.clone()),
+                        "cpu_secs": cost.and_then(|c| c.cpu_secs),
+                        "elapsed_secs": cost.map(|c| c.elapsed_secs),
+                        "rss_kib": cost.and_then(|c| c.rss_kib),
+                    }))
+                }).collect::<serde_json::Map<String, serde_json::Value>>(),
             })
         })
         .collect();

@@ -51,6 +51,9 @@ struct Args {
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Paced: at most this many requests per second in total (HTTP/1.1 modes).
+    #[arg(long)]
+    rate: Option<f64>,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -93,6 +96,7 @@ fn main() -> Result<()> {
     cfg.upload_bytes = args.upload;
     cfg.request_timeout = secs(args.timeout, "--timeout")?;
     cfg.resumption = args.resumption;
+    cfg.rate = args.rate;
 
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(t) = args.threads {

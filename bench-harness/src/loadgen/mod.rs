@@ -91,6 +91,9 @@ pub struct LoadConfig {
     pub request_timeout: Duration,
     /// Allow TLS session resumption (off measures a full handshake per new connection).
     pub resumption: bool,
+    /// Paced load: at most this many requests per second in total (open loop, evenly spaced).
+    /// Used to measure latency at a fixed fraction of the peak rate; `None` runs flat out.
+    pub rate: Option<f64>,
 }
 
 impl LoadConfig {
@@ -108,6 +111,7 @@ impl LoadConfig {
             upload_bytes: 0,
             request_timeout: Duration::from_secs(30),
             resumption: false,
+            rate: None,
         }
     }
 }
@@ -117,6 +121,9 @@ struct Budget {
     deadline: Option<Instant>,
     limit: Option<u64>,
     issued: AtomicU64,
+    /// Paced runs: the start and the spacing between requests, and the next request's slot.
+    pace: Option<(Instant, Duration)>,
+    paced: AtomicU64,
 }
 
 impl Budget {
@@ -127,6 +134,20 @@ impl Budget {
         match self.limit {
             Some(limit) => self.issued.fetch_add(1, Ordering::Relaxed) < limit,
             None => true,
+        }
+    }
+
+    /// Paced runs: waits for this request's slot. Latency is timed from the slot, not from
+    /// when the worker became free, so time a request waits behind a slow one is not hidden.
+    async fn wait_turn(&self) -> Instant {
+        match self.pace {
+            None => Instant::now(),
+            Some((start, every)) => {
+                let n = self.paced.fetch_add(1, Ordering::Relaxed);
+                let slot = start + every.mul_f64(n as f64);
+                tokio::time::sleep_until(slot.into()).await;
+                slot
+            }
         }
     }
 }
@@ -272,6 +293,8 @@ async fn plan(cfg: &LoadConfig) -> Result<Plan, HarnessError> {
             deadline: cfg.duration.map(|d| Instant::now() + d),
             limit: cfg.requests,
             issued: AtomicU64::new(0),
+            pace: cfg.rate.filter(|r| r.is_finite() && *r > 0.0).map(|r| (Instant::now(), Duration::from_secs_f64(1.0 / r))),
+            paced: AtomicU64::new(0),
         },
         method: if cfg.upload_bytes > 0 { Method::POST } else { Method::GET },
         path,
@@ -301,7 +324,7 @@ async fn h1_worker(plan: Arc<Plan>, new_conn: bool) -> WorkerStats {
     let mut stats = WorkerStats::default();
     let mut sender: Option<http1::SendRequest<OriginBody>> = None;
     while plan.budget.take() {
-        let started = Instant::now();
+        let started = plan.budget.wait_turn().await;
         let outcome = tokio::time::timeout(plan.timeout, async {
             if sender.as_ref().is_none_or(|s| s.is_closed()) || new_conn {
                 sender = Some(open_h1(&plan).await.map_err(|e| (e, true))?);
