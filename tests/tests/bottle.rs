@@ -625,3 +625,57 @@ fn two_bottles_use_different_cas_and_teardown_leaves_nothing() {
         assert!(!fs::read_to_string(&bundle).unwrap().contains(ca_a.trim()));
     });
 }
+
+/// A server-speaks-first TCP service (like SSH): sends a banner, then echoes one line back.
+fn banner_server(listener: TcpListener) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        listener.set_nonblocking(false).unwrap();
+        let mut served = 0;
+        if let Ok((mut conn, _)) = listener.accept() {
+            served += 1;
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+            conn.write_all(b"SSH-2.0-cork-test\r\n").unwrap();
+            let mut line = String::new();
+            let _ = BufReader::new(conn.try_clone().unwrap()).read_line(&mut line);
+            let _ = conn.write_all(format!("echo {}", line).as_bytes());
+        }
+        served
+    })
+}
+
+#[test]
+fn raw_tcp_is_refused_unless_listed_then_tunnelled_and_audited() {
+    in_isolated_netns("raw_tcp_is_refused_unless_listed_then_tunnelled_and_audited", || {
+        let s = Setup::new();
+        let listed = TcpListener::bind("127.0.0.2:0").unwrap();
+        let unlisted = TcpListener::bind("127.0.0.2:0").unwrap();
+        let (listed_port, unlisted_port) = (listed.local_addr().unwrap().port(), unlisted.local_addr().unwrap().port());
+        let extra = format!("  raw_tcp: ['127.0.0.2:{listed_port}']\n");
+        let policy = policy_for(&s.origin, &["origin.test"], &extra, "limits:\n  handshake_timeout_secs: 1\n");
+        fs::write(s.dir.path().join("policy.yaml"), policy).unwrap();
+        let server = banner_server(listed);
+        let script = format!(
+            r#"
+exec 3<>/dev/tcp/127.0.0.2/{listed_port}; read -t 20 banner <&3; echo "listed:${{banner%$'\r'}}"
+echo ping >&3; read -t 20 reply <&3; echo "reply:$reply"; exec 3<&-
+exec 4<>/dev/tcp/127.0.0.2/{unlisted_port}; read -t 20 other <&4; echo "unlisted:$other"
+exit 0
+"#
+        );
+        let name = bottle_name("rawtcp");
+        let out = run(&mut s.cork(&name, &["bash", "-c", &script]));
+        assert!(out.status.success(), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.trim(), "listed:SSH-2.0-cork-test\nreply:echo ping\nunlisted:", "{}", text(&out));
+        assert_eq!(server.join().unwrap(), 1, "the listed service saw exactly one connection");
+        assert_eq!(pending_accepts(&unlisted), 0, "the unlisted service was never reached");
+
+        let tunnel = s.find("the raw TCP tunnel", |r| r["kind"] == "steer" && r["rules"].as_array().unwrap().iter().any(|x| x == "steer.raw_tcp"));
+        assert_eq!(tunnel["verdict"], "allow");
+        assert!(tunnel["bytes_down"].as_u64().unwrap() >= "SSH-2.0-cork-test\r\necho ping\n".len() as u64, "{tunnel}");
+        assert!(tunnel["pid"].as_u64().is_some(), "{tunnel}");
+        let refused = s.find("the unlisted raw TCP", |r| r["kind"] == "steer" && r["rules"][0] == "steer.unknown_protocol");
+        assert_eq!(refused["verdict"], "block");
+        assert!(refused["reason"].as_str().unwrap().contains(&format!("127.0.0.2:{unlisted_port}")) || refused["port"] == unlisted_port, "{refused}");
+    });
+}

@@ -132,6 +132,9 @@ impl Policy {
                 HostPattern::parse(entry)?;
             }
         }
+        for entry in &self.hosts.raw_tcp {
+            crate::hosts::parse_host_port(entry)?;
+        }
         let known: Vec<String> = cork_scan::rules().map(|r| r.id.to_string()).collect();
         for grant in &self.credentials {
             for host in &grant.hosts {

@@ -17,6 +17,10 @@ pub struct HostRules {
     pub passthrough: Vec<String>,
     #[serde(default = "default_ports")]
     pub ports: Vec<u16>,
+    /// `host:port` destinations a bottle may reach with raw TCP (neither TLS nor HTTP: SSH, a
+    /// database). Tunnelled unscanned and audited; only for transparent (bottle) connections.
+    #[serde(default)]
+    pub raw_tcp: Vec<String>,
 }
 
 /// One entry of a host list.
@@ -55,6 +59,16 @@ impl HostPattern {
     }
 }
 
+/// Parses a `host:port` entry (IPv6 in brackets), with the host normalised.
+pub fn parse_host_port(entry: &str) -> Result<(String, u16), String> {
+    let bad = || format!("invalid raw_tcp entry {entry:?}: expected host:port");
+    let (host, port) = entry.trim().rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+    let host = normalize_host(host);
+    HostPattern::parse(&host).map_err(|_| bad())?;
+    Ok((host, port))
+}
+
 /// What the host rules say about a destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostVerdict {
@@ -72,6 +86,11 @@ pub fn normalize_host(host: &str) -> String {
 }
 
 impl HostRules {
+    /// The `raw_tcp` entries as (host, port). Entries were validated when the policy was read.
+    pub fn raw_tcp_entries(&self) -> impl Iterator<Item = (String, u16)> + '_ {
+        self.raw_tcp.iter().filter_map(|e| parse_host_port(e).ok())
+    }
+
     fn find<'a>(list: &'a [String], host: &str) -> Option<&'a String> {
         list.iter().find(|entry| HostPattern::parse(entry).is_ok_and(|p| p.matches(host)))
     }
@@ -103,6 +122,7 @@ mod tests {
             block: vec!["evil.cdn.example".into()],
             passthrough: vec!["pinned.example.com".into()],
             ports: vec![443],
+            raw_tcp: vec!["[::1]:22".into(), "db.example:5432".into()],
         }
     }
 
@@ -115,6 +135,15 @@ mod tests {
         assert!(matches!(r.check("cdn.example", 443), HostVerdict::Block { .. }), "the apex is not covered by *.");
         assert!(matches!(r.check("xcdn.example", 443), HostVerdict::Block { .. }));
         assert!(matches!(r.check("api.example.com.evil.test", 443), HostVerdict::Block { .. }));
+    }
+
+    #[test]
+    fn raw_tcp_entries_parse() {
+        let entries: Vec<_> = rules().raw_tcp_entries().collect();
+        assert_eq!(entries, [("::1".to_string(), 22), ("db.example".to_string(), 5432)]);
+        for bad in ["db.example", "db.example:0", "db.example:x", "bad host:22"] {
+            assert!(parse_host_port(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

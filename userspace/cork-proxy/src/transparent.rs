@@ -147,6 +147,12 @@ async fn handle(state: Arc<ProxyState>, mut stream: TcpStream, client: SocketAdd
         record.reason = Some(format!("dialled {orig} (as IPv4-mapped {dialled})"));
     }
 
+    // Checked before peeking: in most raw protocols (SSH, SMTP, databases) the server speaks
+    // first, so the client would send nothing to peek at.
+    if let Some(entry) = raw_tcp_entry(&snap, orig).await {
+        return raw_tcp(&state, stream, orig, entry, record).await;
+    }
+
     let wait = Duration::from_secs(snap.policy.limits.handshake_timeout_secs);
     let peeked = match tokio::time::timeout(wait, peek(&mut stream)).await {
         Ok(Ok(bytes)) => bytes,
@@ -162,6 +168,52 @@ async fn handle(state: Arc<ProxyState>, mut stream: TcpStream, client: SocketAdd
             refuse(&state, record, "steer.unknown_protocol", format!("neither TLS nor HTTP (first bytes {shown})"))
         }
     }
+}
+
+/// The `hosts.raw_tcp` entry that names the dialled address, if any: an IP literal equal to it,
+/// or a name that cork resolves (pins first) to it, on the same port.
+async fn raw_tcp_entry(snap: &Snapshot, orig: SocketAddr) -> Option<String> {
+    for (host, port) in snap.policy.hosts.raw_tcp_entries() {
+        if port != orig.port() {
+            continue;
+        }
+        let matches = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip == orig.ip(),
+            Err(_) => upstream::resolve(&snap.policy, &host, port).await.is_ok_and(|addrs| addrs.iter().any(|a| unmap(*a).0.ip() == orig.ip())),
+        };
+        if matches {
+            return Some(format!("{host}:{port}"));
+        }
+    }
+    None
+}
+
+/// Tunnels an allowed raw TCP connection to the address the bottle dialled (which the entry
+/// vouches for), unscanned, and audits it with the bytes moved each way.
+async fn raw_tcp(state: &ProxyState, mut stream: TcpStream, orig: SocketAddr, entry: String, mut record: AuditRecord) {
+    let started = std::time::Instant::now();
+    record.rules.push("steer.raw_tcp".into());
+    let note = format!("raw TCP allowed by hosts.raw_tcp entry {entry}; not scanned");
+    record.reason = Some(match record.reason.take() {
+        Some(r) => format!("{r}; {note}"),
+        None => note,
+    });
+    let limit = Duration::from_secs(state.snapshot().policy.upstream.connect_timeout_secs.max(1));
+    let mut upstream_io = match tokio::time::timeout(limit, TcpStream::connect(orig)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return refuse(state, record, "upstream.unreachable", format!("connecting to {orig} failed: {e}")),
+        Err(_) => return refuse(state, record, "upstream.unreachable", format!("connecting to {orig} timed out")),
+    };
+    match tokio::io::copy_bidirectional(&mut stream, &mut upstream_io).await {
+        Ok((up, down)) => {
+            record.bytes_up = up;
+            record.bytes_down = down;
+        }
+        Err(e) => record.reason = record.reason.take().map(|r| format!("{r}; ended with an error: {e}")),
+    }
+    record.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    state.metrics.bytes(record.bytes_up, record.bytes_down);
+    state.audit.write(&record);
 }
 
 /// Reads until [`classify`] can tell, or the client closes.
