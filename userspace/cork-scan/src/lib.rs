@@ -6,7 +6,7 @@
 //! holds, its exact span.
 //!
 //! # Design
-//! - A rare-literal prefilter (Aho-Corasick with SIMD) finds anchors such as `ghp_` or
+//! - A rare-literal prefilter (grouped SIMD Teddy searchers, see `anchors`) finds anchors such as `ghp_` or
 //!   `AKIA`; each rule's own small regex confirms a match in a window of bounded size around the
 //!   anchor. A single big regex over all rules would be orders of magnitude slower.
 //! - Rules without a literal (card numbers, IBANs, seed phrases, high-entropy values) are found
