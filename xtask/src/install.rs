@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 /// Debian packages the tests drive as real clients and peers.
 const TEST_APT_PACKAGES: &[&str] = &["curl", "openssl", "ca-certificates", "iproute2"];
 /// Python test clients, pinned so that runs are comparable.
-const PYTHON_PACKAGES: &[&str] = &["requests==2.32.3", "httpx==0.27.2"];
+const PYTHON_PACKAGES: &[&str] = &["requests==2.32.3", "httpx==0.27.2", "h2==4.1.0", "websockets==13.1"];
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives below the repository root").to_path_buf()

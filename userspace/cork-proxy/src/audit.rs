@@ -52,6 +52,9 @@ pub struct AuditRecord {
     pub client: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// `HTTP/2` for streams of an HTTP/2 connection; absent for HTTP/1.x exchanges.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_version: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,6 +90,7 @@ impl AuditRecord {
             request_id,
             client,
             method: None,
+            http_version: None,
             host: None,
             port: None,
             path: None,

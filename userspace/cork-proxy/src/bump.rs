@@ -4,7 +4,11 @@
 //! was checked. Then cork connects to the real destination and completes a fully verified
 //! handshake with it, and only then finishes the client's handshake with a leaf for that
 //! destination signed by this instance's CA. After that the tunnel is a series of HTTP/1.1
-//! exchanges relayed through the scanner.
+//! exchanges relayed through the scanner, or an HTTP/2 connection relayed stream by stream.
+//!
+//! ALPN is negotiated end to end: the upstream is offered what the client offered (of `h2` and
+//! `http/1.1`), and the client is given exactly what the upstream chose. A client offering `h2`
+//! gets `h2` whenever the upstream speaks it; cork never translates between the two versions.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +28,9 @@ use crate::inspect::record_block;
 use crate::state::{crypto_provider, ProxyState, Snapshot};
 use crate::upstream;
 use crate::wire::Wire;
+
+const H2: &[u8] = b"h2";
+const HTTP11: &[u8] = b"http/1.1";
 
 #[derive(Debug)]
 struct FixedLeaf(Arc<CertifiedKey>);
@@ -48,7 +55,7 @@ pub(crate) fn connection_record(state: &ProxyState, snap: &Snapshot, client: Soc
 /// closes. Every failure is audited.
 pub async fn intercept<S>(state: Arc<ProxyState>, snap: Arc<Snapshot>, client: SocketAddr, client_io: S, dest: Destination)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = &snap.policy.limits;
     let handshake = Duration::from_secs(limits.handshake_timeout_secs);
@@ -68,8 +75,21 @@ where
         }
     }
 
+    let (offers_h2, offers_h1) = match start.client_hello().alpn() {
+        Some(protocols) => protocols.fold((false, false), |(h2, h1), p| (h2 || p == H2, h1 || p == HTTP11)),
+        // No ALPN at all means HTTP/1.1.
+        None => (false, true),
+    };
+
     // Upstream first: its failure is reported to the client over the intercepted connection.
-    let upstream_result = upstream::connect_tls(&snap.policy, &snap.upstream_tls, &dest.host, dest.port).await;
+    let upstream_tls = snap.upstream_tls_for(offers_h2, offers_h1).clone();
+    let upstream_result = upstream::connect_tls(&snap.policy, &upstream_tls, &dest.host, dest.port).await;
+    let chosen: Option<Vec<u8>> = match &upstream_result {
+        Ok(stream) => stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec),
+        // Nothing upstream to mirror: the refusal is given in HTTP/1.1 when the client speaks it.
+        Err(_) if offers_h1 => Some(HTTP11.to_vec()),
+        Err(_) => None,
+    };
 
     let leaf = match LeafName::parse(&dest.host).and_then(|name| state.leaves.get(&name)) {
         Ok(leaf) => leaf,
@@ -79,12 +99,31 @@ where
         Ok(b) => b.with_no_client_auth().with_cert_resolver(Arc::new(FixedLeaf(leaf))),
         Err(e) => return connection_record(&state, &snap, client, &dest, "connection", "tls.config", &e.to_string()),
     };
-    server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Exactly the upstream's choice (or none, when the upstream chose none).
+    server_config.alpn_protocols = chosen.clone().into_iter().collect();
     let tls = match tokio::time::timeout(handshake, start.into_stream(Arc::new(server_config))).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return connection_record(&state, &snap, client, &dest, "connection", "tls.client_handshake", &e.to_string()),
         Err(_) => return connection_record(&state, &snap, client, &dest, "connection", "tls.handshake_timeout", "the client did not finish its handshake in time"),
     };
+    if chosen.as_deref() == Some(H2) {
+        match upstream_result {
+            Ok(upstream) => crate::h2relay::relay(state, snap, client, dest, tls, upstream).await,
+            Err(err) => {
+                state.metrics.error(err.rule());
+                connection_record(&state, &snap, client, &dest, "connection", err.rule(), &err.to_string());
+            }
+        }
+        return;
+    }
+    if upstream_result.is_err() && !offers_h1 {
+        // An h2-only client whose upstream failed: no common protocol to answer in.
+        if let Err(err) = &upstream_result {
+            state.metrics.error(err.rule());
+            connection_record(&state, &snap, client, &dest, "connection", err.rule(), &err.to_string());
+        }
+        return;
+    }
     let mut client_wire = Wire::new(tls);
     let exchange = Exchange { state: &state, snap: &snap, client, dest: &dest };
     let head_limits = head_limits(&snap);

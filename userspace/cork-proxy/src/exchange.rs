@@ -116,7 +116,7 @@ impl Destination {
     }
 
     /// Whether an authority (`Host` value or absolute-URI authority) names this destination.
-    fn admits(&self, authority: &str) -> bool {
+    pub(crate) fn admits(&self, authority: &str) -> bool {
         let (host, port) = split_authority(authority);
         let port_ok = match port {
             None => true,
@@ -163,7 +163,7 @@ struct Refused {
 }
 
 impl Exchange<'_> {
-    fn new_record(&self, head: &RequestHead) -> AuditRecord {
+    pub(crate) fn new_record(&self, head: &RequestHead) -> AuditRecord {
         let mut record = AuditRecord::new(&self.state.instance, "request", self.state.next_request_id(), self.client.to_string());
         record.method = Some(head.method.clone());
         record.host = Some(self.dest.host.clone());
@@ -172,7 +172,7 @@ impl Exchange<'_> {
         record
     }
 
-    fn finish(&self, mut record: AuditRecord, started: Instant, up: u64, down: u64) {
+    pub(crate) fn finish(&self, mut record: AuditRecord, started: Instant, up: u64, down: u64) {
         record.bytes_up = up;
         record.bytes_down = down;
         record.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -221,44 +221,7 @@ impl Exchange<'_> {
             }
         };
 
-        // Scan the URL and every header; redact header values in place where rules say so.
-        let url = format!("{}://{}{}", self.dest.scheme, self.dest.authority(), head.target);
-        let mut head_findings = Vec::new();
-        for finding in self.snap.engine.scan_url(&url) {
-            let mut eff = effect(mode, &finding);
-            if eff == Effect::Redact {
-                let target_start = (url.len() - head.target.len()) as u64;
-                match finding.span.clone().filter(|s| s.start >= target_start && s.end <= url.len() as u64) {
-                    Some(s) => {
-                        let mut bytes = head.target.clone().into_bytes();
-                        cork_scan::redact_in_place(&mut bytes, (s.start - target_start) as usize..(s.end - target_start) as usize);
-                        head.target = String::from_utf8_lossy(&bytes).into_owned();
-                    }
-                    None => eff = Effect::Block,
-                }
-            }
-            head_findings.push((finding, eff));
-        }
-        for header in head.headers.iter_mut() {
-            for mut finding in self.snap.engine.scan_header(&header.name, &header.value) {
-                if finding.action != cork_scan::Action::Audit && self.snap.policy.credential_granted(&self.dest.host, &finding.rule) {
-                    // The service's own credential on its way to it: recorded, not refused.
-                    finding.action = cork_scan::Action::Audit;
-                    if !record.rules.iter().any(|r| r == "credential.granted") {
-                        record.rules.push("credential.granted".into());
-                    }
-                }
-                let mut eff = effect(mode, &finding);
-                if eff == Effect::Redact {
-                    match finding.span.clone().filter(|s| s.end <= header.value.len() as u64) {
-                        Some(s) => cork_scan::redact_in_place(&mut header.value, s.start as usize..s.end as usize),
-                        None => eff = Effect::Block,
-                    }
-                }
-                head_findings.push((finding, eff));
-            }
-        }
-        record_findings(&mut record, mode, &head_findings);
+        let head_findings = self.scan_head(&mut head.target, &mut head.headers, &mut record);
         if let Some((finding, _)) = head_findings.iter().find(|(_, e)| *e == Effect::Block) {
             let reason = format!("{} found in {}", finding.rule, finding.location);
             record.reason = Some(reason.clone());
@@ -346,6 +309,50 @@ impl Exchange<'_> {
         self.finish(record, started, upstream.bytes_out - up_out0, client.bytes_out - client_out0);
         let _ = client_in0;
         after
+    }
+
+    /// Scans the URL and every header of a request, redacting in place where rules say so, and
+    /// records the findings. The caller refuses the request if any finding blocks.
+    pub(crate) fn scan_head(&self, target: &mut String, headers: &mut [Header], record: &mut AuditRecord) -> Vec<(cork_scan::Finding, Effect)> {
+        let mode = self.snap.policy.mode;
+        let url = format!("{}://{}{}", self.dest.scheme, self.dest.authority(), target);
+        let mut head_findings = Vec::new();
+        for finding in self.snap.engine.scan_url(&url) {
+            let mut eff = effect(mode, &finding);
+            if eff == Effect::Redact {
+                let target_start = (url.len() - target.len()) as u64;
+                match finding.span.clone().filter(|s| s.start >= target_start && s.end <= url.len() as u64) {
+                    Some(s) => {
+                        let mut bytes = target.as_bytes().to_vec();
+                        cork_scan::redact_in_place(&mut bytes, (s.start - target_start) as usize..(s.end - target_start) as usize);
+                        *target = String::from_utf8_lossy(&bytes).into_owned();
+                    }
+                    None => eff = Effect::Block,
+                }
+            }
+            head_findings.push((finding, eff));
+        }
+        for header in headers.iter_mut() {
+            for mut finding in self.snap.engine.scan_header(&header.name, &header.value) {
+                if finding.action != cork_scan::Action::Audit && self.snap.policy.credential_granted(&self.dest.host, &finding.rule) {
+                    // The service's own credential on its way to it: recorded, not refused.
+                    finding.action = cork_scan::Action::Audit;
+                    if !record.rules.iter().any(|r| r == "credential.granted") {
+                        record.rules.push("credential.granted".into());
+                    }
+                }
+                let mut eff = effect(mode, &finding);
+                if eff == Effect::Redact {
+                    match finding.span.clone().filter(|s| s.end <= header.value.len() as u64) {
+                        Some(s) => cork_scan::redact_in_place(&mut header.value, s.start as usize..s.end as usize),
+                        None => eff = Effect::Block,
+                    }
+                }
+                head_findings.push((finding, eff));
+            }
+        }
+        record_findings(record, mode, &head_findings);
+        head_findings
     }
 
     /// Checks a request's own claims against the destination and fixes up its target.

@@ -11,9 +11,14 @@ struct Refusal<'a> {
     request_id: &'a str,
 }
 
+/// The JSON body of a refusal, naming the rule and the request id (also used on HTTP/2 streams).
+pub fn refusal_body(error: &str, rule: &str, reason: &str, request_id: &str) -> Vec<u8> {
+    serde_json::to_vec(&Refusal { error, rule, reason, request_id }).unwrap_or_default()
+}
+
 /// A complete response with a JSON body naming the rule and the request id.
 pub fn refusal(status: u16, reason_phrase: &str, error: &str, rule: &str, reason: &str, request_id: &str, keep_alive: bool) -> Vec<u8> {
-    let body = serde_json::to_vec(&Refusal { error, rule, reason, request_id }).unwrap_or_default();
+    let body = refusal_body(error, rule, reason, request_id);
     let head = ResponseHead::new(
         status,
         reason_phrase,

@@ -26,7 +26,12 @@ pub enum StateError {
 pub struct Snapshot {
     pub policy: Policy,
     pub engine: cork_scan::Engine,
+    /// Upstream TLS offering only `http/1.1` (clients that offer no h2).
     pub upstream_tls: Arc<rustls::ClientConfig>,
+    /// The same, offering `h2` first and `http/1.1` second (clients that offer both).
+    pub upstream_tls_h2: Arc<rustls::ClientConfig>,
+    /// The same, offering only `h2` (clients that speak nothing else).
+    pub upstream_tls_h2_only: Arc<rustls::ClientConfig>,
     /// Where the policy came from, for logs: a path or `<embedded default>`.
     pub source: String,
 }
@@ -34,8 +39,27 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn build(policy: Policy, source: String) -> Result<Snapshot, StateError> {
         let engine = cork_scan::Engine::new(&policy.scan)?;
-        let upstream_tls = Arc::new(upstream_client_config(&policy)?);
-        Ok(Snapshot { policy, engine, upstream_tls, source })
+        let base = upstream_client_config(&policy)?;
+        let with_alpn = |alpn: &[&[u8]]| {
+            let mut config = base.clone();
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Arc::new(config)
+        };
+        let upstream_tls = with_alpn(&[b"http/1.1"]);
+        let upstream_tls_h2 = with_alpn(&[b"h2", b"http/1.1"]);
+        let upstream_tls_h2_only = with_alpn(&[b"h2"]);
+        Ok(Snapshot { policy, engine, upstream_tls, upstream_tls_h2, upstream_tls_h2_only, source })
+    }
+
+    /// The upstream TLS configuration that offers what the client offered (of `h2` and
+    /// `http/1.1`), so the upstream's choice can be handed to the client unchanged.
+    pub fn upstream_tls_for(&self, client_offers_h2: bool, client_offers_h1: bool) -> &Arc<rustls::ClientConfig> {
+        match (client_offers_h2, client_offers_h1) {
+            (true, true) => &self.upstream_tls_h2,
+            (true, false) => &self.upstream_tls_h2_only,
+            // No ALPN at all means HTTP/1.1.
+            _ => &self.upstream_tls,
+        }
     }
 }
 

@@ -1,0 +1,167 @@
+//! HTTP/2 through a bumped tunnel: ALPN negotiated end to end, streams relayed and scanned one by
+//! one, a blocked stream refused while its neighbours carry on, a large download intact, and
+//! malformed frames refused with an audited connection error.
+
+use cork_tests::*;
+
+const CANARY: &str = "cork-canary-h2-5d1e";
+
+fn setup() -> (Origin, Cork) {
+    let origin = Origin::start(&TEST_NAMES);
+    let cork = Cork::start(&policy_for(&origin, &["origin.test"], "", &format!("scan:\n  canaries: [{CANARY}]\n")));
+    (origin, cork)
+}
+
+fn url(origin: &Origin, path: &str) -> String {
+    format!("https://origin.test:{}{path}", origin.https.port())
+}
+
+/// curl's output with `-w '\n%{http_version}'` split into body and version.
+fn body_and_version(out: &std::process::Output) -> (String, String) {
+    let all = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, version) = all.rsplit_once('\n').unwrap_or_else(|| panic!("{}", text(out)));
+    (body.to_string(), version.to_string())
+}
+
+#[test]
+fn curl_gets_h2_end_to_end_and_the_stream_is_audited_as_http2() {
+    let (origin, cork) = setup();
+    let out = curl(&cork, &["--http2", "-w", "\n%{http_version}", &url(&origin, "/echo?via=h2")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (body, version) = body_and_version(&out);
+    assert_eq!(version, "2", "curl negotiated HTTP/2 with cork: {}", text(&out));
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(echoed["http_version"], "HTTP/2", "the origin saw HTTP/2, not a translation: {echoed}");
+    assert_eq!(echoed["query"], "via=h2");
+    let rec = cork.wait_audit("the h2 stream", |r| r["kind"] == "request" && r["path"] == "/echo");
+    assert_eq!(rec["http_version"], "HTTP/2", "{rec}");
+    assert_eq!(rec["verdict"], "allow");
+    assert_eq!(rec["status"], 200);
+}
+
+#[test]
+fn an_http11_only_client_still_gets_http11() {
+    let (origin, cork) = setup();
+    let out = curl(&cork, &["--http1.1", "-w", "\n%{http_version}", &url(&origin, "/echo")]);
+    let (body, version) = body_and_version(&out);
+    assert_eq!(version, "1.1", "{}", text(&out));
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(echoed["http_version"], "HTTP/1.1", "{echoed}");
+    let rec = cork.wait_audit("the h1 exchange", |r| r["kind"] == "request" && r["path"] == "/echo");
+    assert!(rec.get("http_version").is_none(), "HTTP/1.1 exchanges are not marked HTTP/2: {rec}");
+}
+
+#[test]
+fn a_canary_in_one_h2_stream_blocks_only_that_stream() {
+    let (origin, cork) = setup();
+    let out = run(python().arg(clients_dir().join("h2_streams.py")).args([
+        &cork.proxy_url(),
+        cork.ca_pem().to_str().unwrap(),
+        &url(&origin, "/echo"),
+        "40",
+        "17",
+        CANARY,
+    ]));
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(report["connections"], 1, "all streams shared one connection: {report}");
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 40);
+    for r in results {
+        assert_eq!(r["http_version"], "HTTP/2", "{r}");
+        if r["i"] == 17 {
+            assert_eq!(r["status"], 403, "{r}");
+            assert_eq!(r["body"]["error"], "blocked", "{r}");
+            assert_eq!(r["body"]["rule"], "canary", "{r}");
+        } else {
+            assert_eq!(r["status"], 200, "{r}");
+            assert_eq!(r["body"]["http_version"], "HTTP/2", "{r}");
+            assert_eq!(r["body"]["body"], format!("stream {} plain", r["i"]), "{r}");
+        }
+    }
+    let rec = cork.wait_audit("the blocked stream", |r| r["kind"] == "request" && r["verdict"] == "block");
+    assert_eq!(rec["http_version"], "HTTP/2");
+    assert_eq!(rec["status"], 403);
+    assert_eq!(rec["bytes_up"], 0, "the origin received nothing of the blocked stream: {rec}");
+    let allowed = cork.audit().iter().filter(|r| r["kind"] == "request" && r["verdict"] == "allow" && r["http_version"] == "HTTP/2").count();
+    assert_eq!(allowed, 40, "the first GET and 39 clean POSTs were allowed");
+}
+
+#[test]
+fn a_large_h2_download_arrives_intact() {
+    let (origin, cork) = setup();
+    const SIZE: usize = 64 * 1024 * 1024;
+    let dir = TempDir::new("h2-download");
+    let file = dir.path().join("body");
+    let out = curl(&cork, &["--http2", "-w", "%{http_version}", "-o", file.to_str().unwrap(), &url(&origin, &format!("/bytes/{SIZE}"))]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2", "{}", text(&out));
+    let got = std::fs::read(&file).unwrap();
+    assert_eq!(got.len(), SIZE);
+    assert!(got == bench_harness::origin::pattern_bytes(SIZE), "the body is the origin's pattern, byte for byte");
+    let rec = cork.wait_audit("the download", |r| r["kind"] == "request" && r["path"] == format!("/bytes/{SIZE}"));
+    assert_eq!(rec["bytes_down"], SIZE as u64, "{rec}");
+}
+
+#[test]
+fn an_h2_authority_for_another_host_is_refused_as_fronting() {
+    let (origin, cork) = setup();
+    // curl sends the Host header as :authority on HTTP/2.
+    let out = curl(&cork, &["--http2", "-H", "Host: evil.test", "-w", "\n%{http_version}", &url(&origin, "/echo")]);
+    let (body, version) = body_and_version(&out);
+    assert_eq!(version, "2", "{}", text(&out));
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(reply["rule"], "fronting.host_mismatch", "{reply}");
+    let rec = cork.wait_audit("the fronting block", |r| r["kind"] == "request" && r["verdict"] == "block");
+    assert_eq!(rec["http_version"], "HTTP/2");
+    assert_eq!(rec["status"], 403);
+}
+
+/// The GOAWAY error codes in a server's byte stream (hex in, codes out).
+fn goaway_codes(hex_bytes: &str) -> Vec<u32> {
+    let bytes = hex::decode(hex_bytes.trim()).unwrap();
+    let mut codes = Vec::new();
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let len = (bytes[at] as usize) << 16 | (bytes[at + 1] as usize) << 8 | bytes[at + 2] as usize;
+        let kind = bytes[at + 3];
+        let payload = &bytes[at + 9..(at + 9 + len).min(bytes.len())];
+        if kind == 7 && payload.len() >= 8 {
+            codes.push(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+        }
+        at += 9 + len;
+    }
+    codes
+}
+
+#[test]
+fn malformed_frames_and_hpack_garbage_end_the_connection_with_an_audited_error() {
+    let (origin, cork) = setup();
+    let target = format!("origin.test:{}", origin.https.port());
+    // HEADERS on stream 1 whose block is an HPACK index far beyond any table, and a SETTINGS
+    // frame whose length is not a multiple of 6 (FRAME_SIZE_ERROR).
+    let cases = ["000005010500000001ffffffffff", "000005040000000000aaaaaaaaaa"];
+    for frames in cases {
+        let out = run(python().arg(clients_dir().join("h2_raw.py")).args([&cork.listen.to_string(), &target, cork.ca_pem().to_str().unwrap(), frames]));
+        assert!(out.status.success(), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(stdout.contains("alpn h2"), "the origin speaks h2, so the client got h2: {stdout}");
+        let received = stdout.lines().find_map(|l| l.strip_prefix("received ")).unwrap_or("");
+        let codes = goaway_codes(received);
+        assert!(codes.len() == 1 && codes[0] != 0, "cork answered with one GOAWAY carrying an error code: {codes:?} {stdout}");
+    }
+    // The client may see the close before cork has written its line: wait for both.
+    let is_error = |r: &serde_json::Value| r["kind"] == "connection" && r["rules"][0] == "h2.protocol_error";
+    for _ in 0..200 {
+        if cork.audit().iter().filter(|r| is_error(r)).count() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let errors: Vec<_> = cork.audit().into_iter().filter(|r| is_error(r)).collect();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    // cork is still serving.
+    let out = curl(&cork, &["--http2", "-w", "\n%{http_version}", &url(&origin, "/echo")]);
+    assert_eq!(body_and_version(&out).1, "2", "{}", text(&out));
+    assert!(!cork.proc.stderr().contains("panicked"), "{}", cork.proc.stderr());
+}
