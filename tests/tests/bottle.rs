@@ -679,3 +679,39 @@ exit 0
         assert!(refused["reason"].as_str().unwrap().contains(&format!("127.0.0.2:{unlisted_port}")) || refused["port"] == unlisted_port, "{refused}");
     });
 }
+
+#[test]
+fn bottle_ls_shows_a_running_bottle_with_its_counters() {
+    in_isolated_netns("bottle_ls_shows_a_running_bottle_with_its_counters", || {
+        let s = Setup::new();
+        let https = s.origin.https.port();
+        let name = bottle_name("ls");
+        let cork = binary("cork");
+        // The command inside the bottle makes one allowed and one blocked request, then reads
+        // `cork bottle ls` (which only reads files) until its counters show both.
+        let script = format!(
+            r#"
+curl -sS -o /dev/null --resolve origin.test:{https}:127.0.0.2 https://origin.test:{https}/bytes/100
+curl -sS -o /dev/null --resolve origin.test:{https}:127.0.0.2 -d 'token={CANARY}' https://origin.test:{https}/echo
+for i in $(seq 100); do
+  row=$({cork} bottle ls | awk '$1 == "{name}"')
+  set -- $row
+  [ "$6" = 2 ] && [ "$7" = 1 ] && {{ echo "$row"; exit 0; }}
+  sleep 0.2
+done
+echo "no counters: $({cork} bottle ls)"; exit 1
+"#,
+            cork = cork.display()
+        );
+        let out = run(&mut s.cork(&name, &["bash", "-c", &script]));
+        assert!(out.status.success(), "{}", text(&out));
+        let row: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
+        assert_eq!(row[0], name);
+        assert_eq!(row[1], "running");
+        assert!(row[3].parse::<u32>().unwrap() >= 1, "the bottle's own processes are counted: {row:?}");
+        assert!(row[9].parse::<u64>().unwrap() > 100, "bytes down include the 100-byte body: {row:?}");
+        // After teardown the bottle is gone from the listing.
+        let after = run(Command::new(&cork).args(["bottle", "ls"]));
+        assert!(!String::from_utf8_lossy(&after.stdout).contains(&name), "{}", text(&after));
+    });
+}

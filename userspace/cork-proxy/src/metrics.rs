@@ -34,6 +34,15 @@ pub struct Metrics {
     reloads: AtomicU64,
 }
 
+/// A summary of the counters, as `cork bottle ls` shows them.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Totals {
+    pub requests: BTreeMap<String, u64>,
+    pub errors: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
 /// Figures owned elsewhere that the exposition includes.
 pub struct ExternalFigures {
     pub leaf_issued: u64,
@@ -72,6 +81,16 @@ impl Metrics {
     pub fn active(&self) -> ActiveGuard<'_> {
         self.active_connections.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(self)
+    }
+
+    /// Request counts by verdict label, connection-ending errors, and bytes each way.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            requests: self.requests.snapshot(),
+            errors: self.errors.snapshot().values().sum(),
+            bytes_up: self.bytes_up.load(Ordering::Relaxed),
+            bytes_down: self.bytes_down.load(Ordering::Relaxed),
+        }
     }
 
     pub fn render(&self, ext: &ExternalFigures) -> String {

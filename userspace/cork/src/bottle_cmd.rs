@@ -309,6 +309,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 socket.set_nonblocking(true)?;
                 tokio::spawn(cork_proxy::dns::serve(tokio::net::UdpSocket::from_std(socket)?, state.clone()));
             }
+            tokio::spawn(publish_status(state.clone(), status_path(&name)));
             let (stop_events, stop_rx) = tokio::sync::oneshot::channel();
             let events_task = events.map(|events| tokio::spawn(audit_deny_events(events, state.clone(), stop_rx)));
 
@@ -340,6 +341,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         trust.remove();
     }
     let _ = std::fs::remove_dir_all(&bottle_dir);
+    let _ = std::fs::remove_file(status_path(&name));
     match (outcome, teardown) {
         (Ok(code), Ok(())) => Ok(code),
         (Ok(_), Err(e)) => Err(e.context(format!("tearing down bottle {name}"))),
@@ -380,11 +382,32 @@ async fn wait_forwarding_signals(mut child: std::process::Child) -> Result<ExitC
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
+/// Where a running bottle's cork publishes its counters for `cork bottle ls`.
+fn status_path(name: &str) -> PathBuf {
+    Path::new(DEFAULT_BPFFS_ROOT).parent().unwrap_or(Path::new("/run/cork")).join("status").join(format!("{name}.json"))
+}
+
+/// Writes the bottle's counters every second (write, then rename, so readers never see half).
+async fn publish_status(state: Arc<ProxyState>, path: PathBuf) {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let tmp = path.with_extension("json.tmp");
+    loop {
+        if let Ok(json) = serde_json::to_vec(&state.metrics.totals()) {
+            if std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, &path)).is_err() {
+                tracing::debug!(path = %path.display(), "could not publish the bottle's counters");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 fn ls() -> Result<()> {
     let bpffs = Path::new(DEFAULT_BPFFS_ROOT);
     let parent = cork_bottle::bottles_parent()?;
     let names = cork_bottle::list_bottles(bpffs)?;
-    println!("{:<32} {:<8} {:<14} {:>6} {:>8}", "NAME", "STATE", "LOADER", "PROCS", "PINS");
+    println!("{:<32} {:<8} {:<14} {:>6} {:>5} {:>8} {:>8} {:>8} {:>12} {:>12}", "NAME", "STATE", "LOADER", "PROCS", "PINS", "REQUESTS", "BLOCKED", "REFUSED", "BYTES_UP", "BYTES_DOWN");
     for name in names {
         let cgroup = parent.join(&name);
         let procs = cork_bottle::bottle_processes(&cgroup).map(|p| p.len().to_string()).unwrap_or_else(|_| "-".into());
@@ -393,7 +416,17 @@ fn ls() -> Result<()> {
         let alive = loader.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
         let state = if alive { "running" } else { "stale" };
         let loader = loader.map(|p| format!("{p}{}", if alive { "" } else { " (dead)" })).unwrap_or_else(|| "-".into());
-        println!("{name:<32} {state:<8} {loader:<14} {procs:>6} {pins:>8}");
+        let totals: Option<cork_proxy::metrics::Totals> =
+            std::fs::read(status_path(&name)).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).filter(|_| alive);
+        let figures = match totals {
+            Some(t) => {
+                let blocked = t.requests.get("block").copied().unwrap_or(0);
+                let requests: u64 = t.requests.values().sum();
+                format!("{requests:>8} {blocked:>8} {:>8} {:>12} {:>12}", t.errors, t.bytes_up, t.bytes_down)
+            }
+            None => format!("{:>8} {:>8} {:>8} {:>12} {:>12}", "-", "-", "-", "-", "-"),
+        };
+        println!("{name:<32} {state:<8} {loader:<14} {procs:>6} {pins:>5} {figures}");
     }
     Ok(())
 }
