@@ -1101,7 +1101,9 @@ impl Report<'_> {
             }
             for (name, via) in PROXIES.iter().zip(&r.via) {
                 if let Some((v, _)) = via {
-                    if let Some(e) = v.first_error.as_ref().or(v.failure.as_ref()) {
+                    // "not measured" lines already stand in the tables.
+                    let failure = v.failure.as_ref().filter(|f| !f.starts_with("not measured"));
+                    if let Some(e) = v.first_error.as_ref().or(failure) {
                         errors.push(format!("- {} (via {name}): {e}", r.scenario.name));
                     }
                 }

@@ -34,7 +34,15 @@ pub fn ensure_font() -> Result<()> {
     result
 }
 
-const COLORS: [RGBColor; 4] = [RGBColor(214, 96, 40), RGBColor(70, 120, 190), RGBColor(110, 160, 80), RGBColor(150, 150, 150)];
+/// One colour per target, the same in every panel.
+fn color(name: &str) -> RGBColor {
+    match name {
+        "cork" => RGBColor(214, 96, 40),
+        "mitmproxy" => RGBColor(70, 120, 190),
+        "squid" => RGBColor(110, 160, 80),
+        _ => RGBColor(150, 150, 150),
+    }
+}
 
 /// Draws the panels in a grid (two columns), one bar per proxy, values printed on the bars.
 pub fn bar_panels(path: &Path, title: &str, panels: &[Panel]) -> Result<()> {
@@ -75,11 +83,11 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>
         .y_label_formatter(&|y| short(*y))
         .label_style(("sans-serif", 15))
         .draw()?;
-    for (i, (_, value)) in panel.bars.iter().enumerate() {
+    for (i, (name, value)) in panel.bars.iter().enumerate() {
         let x = i as f64;
         match value {
             Some(v) => {
-                chart.draw_series(std::iter::once(Rectangle::new([(x + 0.2, 0.0), (x + 0.8, *v)], COLORS[i % COLORS.len()].filled())))?;
+                chart.draw_series(std::iter::once(Rectangle::new([(x + 0.2, 0.0), (x + 0.8, *v)], color(name).filled())))?;
                 chart.draw_series(std::iter::once(Text::new(short(*v), (x + 0.3, v + top * 0.03), ("sans-serif", 16))))?;
             }
             None => {
@@ -91,7 +99,9 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>
 }
 
 fn short(v: f64) -> String {
-    if v >= 10_000.0 {
+    if v == 0.0 {
+        "0".into()
+    } else if v >= 10_000.0 {
         format!("{:.0}k", v / 1000.0)
     } else if v >= 100.0 {
         format!("{v:.0}")
