@@ -5,6 +5,7 @@ mod bench;
 mod ebpf;
 mod fuzz;
 mod install;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -32,6 +33,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Prove cork-ktls on a real kTLS kernel (Debian 6.1) booted in QEMU.
+    Vm {
+        /// Keep the staged guest root in .tools/vm/root.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Run the benchmark harness.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -47,5 +54,6 @@ fn main() -> Result<()> {
         Cmd::BuildEbpf => ebpf::build().map(|_| ()),
         Cmd::Bench { args } => bench::run(&args),
         Cmd::Fuzz { args } => fuzz::run(&args),
+        Cmd::Vm { keep } => vm::run(keep),
     }
 }

@@ -339,7 +339,27 @@ fn expect_fallback(id: &Identity, cs: CipherSuite, needle: &str) -> Result<()> {
     Ok(())
 }
 
+/// Writes `status` to QEMU's isa-debug-exit port (0xf4), which ends the VM with
+/// `(status << 1) | 1`. `/init` calls this after the test, as the kernel has no /dev/port.
+fn qemu_exit(status: u8) -> ! {
+    // SAFETY: ioperm only changes this process's I/O permission bitmap.
+    if unsafe { libc::ioperm(0xf4, 4, 1) } != 0 {
+        eprintln!("[guest] ioperm(0xf4): {}", io::Error::last_os_error());
+        std::process::exit(2);
+    }
+    // SAFETY: port 0xf4 is QEMU's isa-debug-exit device, which the VM is started with.
+    unsafe { std::arch::asm!("out dx, al", in("dx") 0xf4u16, in("al") status) };
+    eprintln!("[guest] isa-debug-exit did not stop the VM");
+    std::process::exit(2);
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, status] = &args[..] {
+        if flag == "--qemu-exit" {
+            qemu_exit(if status == "0" { 0 } else { 1 });
+        }
+    }
     let id = identity();
     let mut checks = Checks { failed: 0 };
     println!("[guest] kernel {}", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim());
