@@ -100,7 +100,8 @@ fn a_large_h2_download_arrives_intact() {
     assert_eq!(got.len(), SIZE);
     assert!(got == bench_harness::origin::pattern_bytes(SIZE), "the body is the origin's pattern, byte for byte");
     let rec = cork.wait_audit("the download", |r| r["kind"] == "request" && r["path"] == format!("/bytes/{SIZE}"));
-    assert_eq!(rec["bytes_down"], SIZE as u64, "{rec}");
+    let down = rec["bytes_down"].as_u64().unwrap();
+    assert!(down > SIZE as u64 && down < SIZE as u64 + 4096, "the body plus a head: {rec}");
 }
 
 #[test]

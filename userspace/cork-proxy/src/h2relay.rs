@@ -244,6 +244,7 @@ async fn relay_stream(conn: &Conn, request: Request<RecvStream>, respond: h2::se
         Err(reason) => refuse!(400, "bad_request", "http.malformed", reason, cork_policy::Mode::Enforce),
     };
     let request_meta = meta_of(&parts.headers);
+    let up_head = head_size(parts.method.as_str().len() + conn.dest.authority().len() + target.len() + 16, upstream_request.headers());
 
     let mut upstream = match upstream.ready().await {
         Ok(u) => u,
@@ -267,7 +268,7 @@ async fn relay_stream(conn: &Conn, request: Request<RecvStream>, respond: h2::se
     let up_bytes = match relay_body(&mut body, &mut scan, &decide, snap, true, limits.body_buffer_bytes, idle, &mut open_upstream).await {
         Ok(BodyEnd::Complete { findings, bytes }) => {
             record_findings(&mut record, mode, &findings);
-            bytes
+            up_head + bytes
         }
         Ok(BodyEnd::Blocked { findings, sink }) => {
             record_findings(&mut record, mode, &findings);
@@ -308,6 +309,7 @@ async fn relay_stream(conn: &Conn, request: Request<RecvStream>, respond: h2::se
     let (resp_parts, mut resp_body) = response.into_parts();
     record.status = Some(resp_parts.status.as_u16());
     let response_meta = meta_of(&resp_parts.headers);
+    let down_head = head_size(16, &resp_parts.headers);
     let mut head = Response::new(());
     *head.status_mut() = resp_parts.status;
     *head.headers_mut() = resp_parts.headers;
@@ -322,18 +324,19 @@ async fn relay_stream(conn: &Conn, request: Request<RecvStream>, respond: h2::se
     let down_bytes = match relay_body(&mut resp_body, &mut scan, &decide, snap, false, limits.body_buffer_bytes, idle, &mut open_client).await {
         Ok(BodyEnd::Complete { findings, bytes }) => {
             record_findings(&mut record, mode, &findings);
-            bytes
+            down_head + bytes
         }
         Ok(BodyEnd::Blocked { findings, sink }) => {
             record_findings(&mut record, mode, &findings);
             let (finding, _) = findings.iter().find(|(_, e)| *e == Effect::Block).expect("blocked relays carry a blocking finding");
             let mut reason = format!("{} found in the response {}", finding.rule, finding.location);
             let rule = finding.rule.clone();
-            let mut down = 0;
+            let down;
             match sink {
                 // The head is out already: resetting the stream is the only way left.
                 Some(mut sink) => {
                     sink.send_reset(Reason::CANCEL);
+                    down = down_head;
                     reason.push_str("; the response stream was reset mid-body");
                 }
                 None => {
@@ -360,6 +363,12 @@ async fn relay_stream(conn: &Conn, request: Request<RecvStream>, respond: h2::se
         }
     };
     ex.finish(record, started, up_bytes, down_bytes);
+}
+
+/// A head's uncompressed size (names, values, and a pseudo-header line's worth), so audit byte
+/// counts mean roughly what they mean for HTTP/1.1: head plus body.
+fn head_size(first_line: usize, headers: &HeaderMap) -> u64 {
+    (first_line + headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>()) as u64
 }
 
 /// The content type and encoding a body scanner needs.
