@@ -117,6 +117,16 @@ fn passthrough_hosts_are_tunnelled_without_interception() {
     assert_eq!(rec["verdict"], "allow");
     assert!(rec["bytes_down"].as_u64().unwrap() > 10);
     assert_eq!(cork.metric("cork_leaf_certificates_issued_total"), 0);
+
+    // A larger body through the tunnel arrives intact, and splice(2) carried it in the kernel.
+    let big = format!("https://pinned.test:{}/bytes/20000000", origin.https.port());
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "120", "--proxy", &cork.proxy_url(), "--cacert"]).arg(&origin.ca).arg(&big);
+    let out = run(&mut cmd);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.stdout == bench_pattern(20_000_000), "the 20 MB body differs (got {} bytes)", out.stdout.len());
+    assert_eq!(cork.metric("cork_connections_total{kind=\"tunnel_splice\"}"), 2, "{}", cork.admin_get("/metrics"));
+    assert_eq!(cork.metric("cork_connections_total{kind=\"tunnel_copy\"}"), 0);
 }
 
 #[test]

@@ -24,6 +24,7 @@ pub mod h2relay;
 pub mod inspect;
 pub mod metrics;
 pub mod respond;
+pub mod splice;
 pub mod state;
 pub mod transparent;
 pub mod tunnel;

@@ -204,10 +204,11 @@ async fn raw_tcp(state: &ProxyState, mut stream: TcpStream, orig: SocketAddr, en
         Ok(Err(e)) => return refuse(state, record, "upstream.unreachable", format!("connecting to {orig} failed: {e}")),
         Err(_) => return refuse(state, record, "upstream.unreachable", format!("connecting to {orig} timed out")),
     };
-    match tokio::io::copy_bidirectional(&mut stream, &mut upstream_io).await {
-        Ok((up, down)) => {
+    match crate::splice::relay(&mut stream, &mut upstream_io).await {
+        Ok((up, down, path)) => {
             record.bytes_up = up;
             record.bytes_down = down;
+            state.metrics.connection(&format!("raw_tcp_{}", path.as_str()));
         }
         Err(e) => record.reason = record.reason.take().map(|r| format!("{r}; ended with an error: {e}")),
     }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cork_policy::normalize_host;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::audit::AuditRecord;
 use crate::bump::connection_record;
@@ -58,10 +59,7 @@ pub(crate) async fn read_client_hello<S: AsyncRead + Unpin>(io: &mut S, mut raw:
     }
 }
 
-pub async fn passthrough<S>(state: Arc<ProxyState>, snap: Arc<Snapshot>, client: SocketAddr, mut client_io: S, already_read: Vec<u8>, dest: Destination)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub async fn passthrough(state: Arc<ProxyState>, snap: Arc<Snapshot>, client: SocketAddr, mut client_io: TcpStream, already_read: Vec<u8>, dest: Destination) {
     let started = Instant::now();
     let handshake = Duration::from_secs(snap.policy.limits.handshake_timeout_secs);
     let (raw, hello) = match tokio::time::timeout(handshake, read_client_hello(&mut client_io, already_read)).await {
@@ -92,13 +90,14 @@ where
     record.rules.push("host.passthrough".into());
     let copied = async {
         upstream_io.write_all(&raw).await?;
-        tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await
+        crate::splice::relay(&mut client_io, &mut upstream_io).await
     }
     .await;
     match copied {
-        Ok((up, down)) => {
+        Ok((up, down, path)) => {
             record.bytes_up = up + raw.len() as u64;
             record.bytes_down = down;
+            state.metrics.connection(&format!("tunnel_{}", path.as_str()));
         }
         Err(e) => record.reason = Some(format!("tunnel ended with an error: {e}")),
     }
