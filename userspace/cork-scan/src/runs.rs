@@ -55,12 +55,16 @@ static CLASS: [u8; 256] = {
 };
 
 /// Per-block bitmasks: bit `i` of `token` says byte `i` of the block is a token byte, etc.
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
 struct Masks {
     token: u64,
     digit: u64,
     word: u64,
     high: u64,
+    /// ASCII letters.
+    alpha: u64,
+    /// The separators a numeric region may hold besides letters: space `-:,.` and backslash.
+    numsep: u64,
 }
 
 #[inline]
@@ -72,6 +76,47 @@ fn masks(block: &[u8]) -> Masks {
             return unsafe { simd::masks_avx2(block) };
         }
     }
+    masks_scalar(block)
+}
+
+/// The masks of every 64-byte block of `hay` (the last one zero-padded), then one empty block so
+/// that [`mask_at`] may read past the end. One classification pass; the region scans below
+/// only shift and combine these words.
+fn block_masks(hay: &[u8]) -> Vec<Masks> {
+    let mut out = Vec::with_capacity(hay.len() / 64 + 2);
+    let full = hay.len() / 64 * 64;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 presence was just checked.
+            unsafe { simd::fill_avx2(&hay[..full], &mut out) };
+        }
+    }
+    if out.len() < full / 64 {
+        out.extend(hay[..full].chunks_exact(64).map(masks_scalar));
+    }
+    if full < hay.len() {
+        let mut buf = [0u8; 64];
+        buf[..hay.len() - full].copy_from_slice(&hay[full..]);
+        out.push(masks(&buf));
+    }
+    out.push(Masks::default());
+    out
+}
+
+/// The class bits `pick` selects for the 64 bytes from `p`; bytes past the end have none.
+#[inline(always)]
+fn mask_at(blocks: &[Masks], p: usize, pick: impl Fn(&Masks) -> u64) -> u64 {
+    let (b, o) = (p / 64, p % 64);
+    let get = |k: usize| blocks.get(k).map_or(0, &pick);
+    if o == 0 {
+        get(b)
+    } else {
+        get(b) >> o | get(b + 1) << (64 - o)
+    }
+}
+
+fn masks_scalar(block: &[u8]) -> Masks {
     let mut m = Masks::default();
     for (i, &b) in block.iter().enumerate() {
         let c = CLASS[b as usize];
@@ -79,6 +124,8 @@ fn masks(block: &[u8]) -> Masks {
         m.digit |= u64::from(c & D != 0) << i;
         m.word |= u64::from(c & W != 0) << i;
         m.high |= u64::from(c & H != 0) << i;
+        m.alpha |= u64::from(b.is_ascii_alphabetic()) << i;
+        m.numsep |= u64::from(matches!(b, b' ' | b'-' | b':' | b',' | b'.' | b'\\')) << i;
     }
     m
 }
@@ -97,36 +144,52 @@ mod simd {
 
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn half(v: __m256i) -> (u32, u32, u32, u32) {
+    unsafe fn half(v: __m256i) -> (u32, u32, u32, u32, u32, u32) {
         let eq = |c: u8| _mm256_cmpeq_epi8(v, _mm256_set1_epi8(c as i8));
         let digit = in_range(v, b'0', b'9');
         let lower = in_range(v, b'a', b'z');
         let upper = in_range(v, b'A', b'Z');
+        let (dash, dot, space, comma) = (eq(b'-'), eq(b'.'), eq(b' '), eq(b','));
         let punct = _mm256_or_si256(
             _mm256_or_si256(_mm256_or_si256(eq(b'+'), eq(b'/')), _mm256_or_si256(eq(b'='), eq(b'_'))),
-            _mm256_or_si256(_mm256_or_si256(eq(b'-'), eq(b'.')), eq(b'%')),
+            _mm256_or_si256(_mm256_or_si256(dash, dot), eq(b'%')),
         );
-        let token = _mm256_or_si256(_mm256_or_si256(digit, lower), _mm256_or_si256(upper, punct));
-        let sep = _mm256_or_si256(_mm256_or_si256(eq(b' '), eq(b'\n')), _mm256_or_si256(_mm256_or_si256(eq(b'\t'), eq(b'\r')), eq(b',')));
+        let alpha = _mm256_or_si256(lower, upper);
+        let token = _mm256_or_si256(_mm256_or_si256(digit, alpha), punct);
+        let sep = _mm256_or_si256(_mm256_or_si256(space, eq(b'\n')), _mm256_or_si256(_mm256_or_si256(eq(b'\t'), eq(b'\r')), comma));
         let word = _mm256_or_si256(lower, sep);
+        let numsep = _mm256_or_si256(_mm256_or_si256(_mm256_or_si256(space, dash), _mm256_or_si256(eq(b':'), comma)), _mm256_or_si256(dot, eq(b'\\')));
         (
             _mm256_movemask_epi8(token) as u32,
             _mm256_movemask_epi8(digit) as u32,
             _mm256_movemask_epi8(word) as u32,
             _mm256_movemask_epi8(v) as u32,
+            _mm256_movemask_epi8(alpha) as u32,
+            _mm256_movemask_epi8(numsep) as u32,
         )
     }
 
     /// # Safety
+    /// Requires AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn fill_avx2(hay: &[u8], out: &mut Vec<Masks>) {
+        for block in hay.chunks_exact(64) {
+            out.push(masks_avx2(block));
+        }
+    }
+
+    /// # Safety
     /// Requires AVX2 and `block.len() == 64`.
+    // Not inlined: inlined into the fill loop, LLVM rebuilt the vectors byte by byte.
+    #[inline(never)]
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn masks_avx2(block: &[u8]) -> Masks {
         let lo = _mm256_loadu_si256(block.as_ptr() as *const __m256i);
         let hi = _mm256_loadu_si256(block.as_ptr().add(32) as *const __m256i);
-        let (t0, d0, w0, h0) = half(lo);
-        let (t1, d1, w1, h1) = half(hi);
+        let (t0, d0, w0, h0, a0, n0) = half(lo);
+        let (t1, d1, w1, h1, a1, n1) = half(hi);
         let join = |a: u32, b: u32| u64::from(a) | u64::from(b) << 32;
-        Masks { token: join(t0, t1), digit: join(d0, d1), word: join(w0, w1), high: join(h0, h1) }
+        Masks { token: join(t0, t1), digit: join(d0, d1), word: join(w0, w1), high: join(h0, h1), alpha: join(a0, a1), numsep: join(n0, n1) }
     }
 }
 
@@ -145,41 +208,57 @@ fn is_delim(b: u8) -> bool {
 
 /// Walks `hay` and calls `f` once per region, in order of their start. Regions of different
 /// kinds may overlap; each region is reported once.
-pub(crate) fn walk(hay: &[u8], mut f: impl FnMut(Region)) {
+pub(crate) fn walk(hay: &[u8], mut f: impl FnMut(Region, &Classes)) {
     let n = hay.len();
     let mut token_done = 0; // token regions have been reported up to here
     let mut numeric_done = 0;
     let mut words_done = 0;
     let mut high_done = 0;
+    let blocks = block_masks(hay);
+    let classes = Classes(&blocks);
+    let mut f = |r: Region| f(r, &classes);
     let mut prev = Masks::default();
     let mut block_start = 0;
     while block_start < n {
         let end = (block_start + 64).min(n);
-        let m = masks(&hay[block_start..end]);
+        let m = blocks[block_start / 64];
         let valid = if end - block_start == 64 { u64::MAX } else { (1u64 << (end - block_start)) - 1 };
         // A run of 16 token bytes either lies inside this block, or crosses from the last one.
         let token_here = has_run16(m.token & valid)
             || (prev.token.leading_ones() + (m.token & valid).trailing_ones() >= MIN_TOKEN as u32);
         if token_here && block_start + 64 > token_done {
             let from = (block_start.saturating_sub(64)).max(token_done);
-            token_done = scan_token_runs(hay, from, token_done, end, &mut f);
+            token_done = scan_token_runs(hay, &blocks, from, token_done, end, &mut f);
         }
         let digits = (m.digit & valid).count_ones() + prev.digit.count_ones();
         if digits as usize >= MIN_DIGITS && end > numeric_done {
             let from = block_start.saturating_sub(64).max(numeric_done);
-            numeric_done = scan_numeric(hay, from, end, &mut f);
+            numeric_done = scan_numeric(hay, &blocks, from, end, &mut f);
         }
         let word_here = prev.word.leading_ones() + (m.word & valid).trailing_ones() >= MIN_WORDS_REGION as u32
             || has_run32(m.word & valid);
         if word_here && end > words_done {
             let from = block_start.saturating_sub(64).max(words_done);
-            words_done = scan_words(hay, from, words_done, end, &mut f);
+            words_done = scan_words(hay, &blocks, from, words_done, end, &mut f);
         }
         if m.high & valid != 0 && end > high_done {
-            high_done = scan_high(hay, block_start.max(high_done), end, &mut f);
+            high_done = scan_high(hay, &blocks, block_start.max(high_done), end, &mut f);
         }
         prev = m;
         block_start = end;
+    }
+}
+
+/// The walk's class bitmasks, handed to the region callback so it can split a region further
+/// (into words, segments) without another pass over its bytes.
+pub(crate) struct Classes<'a>(&'a [Masks]);
+
+impl Classes<'_> {
+    /// Bit `k` says byte `p + k` of the walked slice is an ASCII letter or digit (none past
+    /// its end).
+    #[inline]
+    pub fn alnum_at(&self, p: usize) -> u64 {
+        mask_at(self.0, p, |m| m.alpha | m.digit)
     }
 }
 
@@ -193,23 +272,48 @@ fn has_run32(m: u64) -> bool {
     x & (x >> 16) != 0
 }
 
+/// First position at or after `i` whose byte is in the class `pick` selects (or past `hay`).
+#[inline]
+fn next_in(blocks: &[Masks], mut i: usize, limit: usize, pick: impl Fn(&Masks) -> u64) -> usize {
+    while i < limit {
+        let m = mask_at(blocks, i, &pick);
+        if m != 0 {
+            return i + m.trailing_zeros() as usize;
+        }
+        i += 64;
+    }
+    i
+}
+
+/// First position at or after `i` whose byte is not in the class (at most `hay.len()`).
+#[inline]
+fn run_end(blocks: &[Masks], n: usize, mut i: usize, pick: impl Fn(&Masks) -> u64) -> usize {
+    loop {
+        let ones = mask_at(blocks, i, &pick).trailing_ones() as usize;
+        i += ones;
+        if ones < 64 || i >= n {
+            return i.min(n);
+        }
+    }
+}
+
 /// Reports token runs that start in `[from, to)`; returns where reporting is complete.
-fn scan_token_runs(hay: &[u8], from: usize, floor: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
+fn scan_token_runs(hay: &[u8], blocks: &[Masks], from: usize, floor: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
     let mut i = from;
     // Back up to the start of a run we are inside of (runs before `floor` were reported).
     while i > floor && CLASS[hay[i - 1] as usize] & T != 0 {
         i -= 1;
     }
     let mut done = from;
-    while i < to {
-        if CLASS[hay[i] as usize] & T == 0 {
-            i += 1;
-            continue;
+    // Runs are found with the class bitmasks: a trailing-zeros jump to the next token byte and
+    // a trailing-ones jump over the run, 64 bytes per step.
+    loop {
+        i = next_in(blocks, i, to, |m| m.token);
+        if i >= to {
+            break;
         }
         let start = i;
-        while i < hay.len() && CLASS[hay[i] as usize] & T != 0 {
-            i += 1;
-        }
+        i = run_end(blocks, hay.len(), i, |m| m.token);
         if i - start >= MIN_TOKEN {
             f(Region::Token(start..i));
         }
@@ -218,62 +322,94 @@ fn scan_token_runs(hay: &[u8], from: usize, floor: usize, to: usize, f: &mut imp
     done.max(to.min(hay.len()))
 }
 
-fn scan_numeric(hay: &[u8], from: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
-    let mut i = from;
+/// Bits `k` of `x` where `x` has `len` (1..=64) set bits ending at `k`, counting the `carry`
+/// set bits that directly precede bit 0 (`carry` < 64).
+#[inline]
+fn runs_ending(x: u64, carry: u32, len: u32) -> u64 {
+    let below = if carry == 0 { 0 } else { u64::MAX << (64 - carry) };
+    let y = (x as u128) << 64 | below as u128;
+    // Doubling: after each step bit k says the `w` bits ending at k are all set.
+    let mut acc = y;
+    let mut w = 1;
+    while w * 2 <= len {
+        acc &= acc << w;
+        w *= 2;
+    }
+    if w < len {
+        acc &= acc << (len - w);
+    }
+    (acc >> 64) as u64
+}
+
+/// How far the numeric region that starts at the digit `i` extends: `(stop, digits, last)`,
+/// where `stop` is the first byte not taken, `digits` the digits before it and `last` the
+/// last of them. A region is digits, letters and `` -:,.\`` with no more than six bytes
+/// between digits; contiguous alphanumerics longer than the longest IBAN (34) stop it, as
+/// they are a token (base64, hashes), which the token pass owns.
+fn numeric_extent(blocks: &[Masks], i: usize) -> (usize, usize, usize) {
+    let mut p = i;
+    let mut count = 0usize;
+    let mut last = i;
+    let mut alnum_carry = 0u32; // alphanumerics directly before `p`, from `i` on
+    let mut gap_carry = 0u32; // non-digits directly before `p`, after the last digit
+    loop {
+        let digit = mask_at(blocks, p, |m| m.digit);
+        let alnum = mask_at(blocks, p, |m| m.alpha | m.digit);
+        let allowed = alnum | mask_at(blocks, p, |m| m.numsep);
+        let stop = !allowed | runs_ending(!digit, gap_carry, 7) | runs_ending(alnum, alnum_carry, 35);
+        let (take, stop_at) = if stop != 0 {
+            let k = stop.trailing_zeros();
+            ((1u64 << k) - 1, Some(p + k as usize))
+        } else {
+            (u64::MAX, None)
+        };
+        let d = digit & take;
+        count += d.count_ones() as usize;
+        if d != 0 {
+            last = p + 63 - d.leading_zeros() as usize;
+        }
+        if let Some(s) = stop_at {
+            return (s, count, last);
+        }
+        // No stop in this block, so both carries are shorter than their limits.
+        alnum_carry = alnum.leading_ones();
+        gap_carry = (!digit).leading_ones();
+        p += 64;
+    }
+}
+
+fn scan_numeric(hay: &[u8], blocks: &[Masks], from: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
     let n = hay.len();
+    let mut i = from;
     let mut done = from;
-    while i < to {
-        if !hay[i].is_ascii_digit() {
-            i += 1;
-            continue;
+    loop {
+        i = next_in(blocks, i, to, |m| m.digit);
+        if i >= to {
+            break;
         }
-        // Extend over digits, gaps of up to six separator or letter bytes (IBAN groups).
-        let start = i.saturating_sub(4);
-        let mut last = i;
-        let mut count = 0usize;
-        let mut j = i;
-        // Contiguous alphanumerics longer than the longest IBAN are a token (base64, hashes),
-        // which the token pass owns.
-        let mut alnum = 0usize;
-        while j < n {
-            let b = hay[j];
-            alnum = if b.is_ascii_alphanumeric() { alnum + 1 } else { 0 };
-            if alnum > 34 {
-                break;
-            }
-            if b.is_ascii_digit() {
-                count += 1;
-                last = j;
-            } else if !(matches!(b, b' ' | b'-' | b':' | b',' | b'.' | b'\\' | b'x' | b'X') || b.is_ascii_alphabetic()) || j - last > 6 {
-                break;
-            }
-            j += 1;
-        }
-        let end = (last + 1).min(n);
+        let (stop, count, last) = numeric_extent(blocks, i);
         if count >= MIN_DIGITS - 2 {
-            f(Region::Numeric(start..end));
+            f(Region::Numeric(i.saturating_sub(4)..(last + 1).min(n)));
         }
-        i = j.max(i + 1);
+        i = stop.max(i + 1);
         done = i;
     }
     done.max(to)
 }
 
-fn scan_words(hay: &[u8], from: usize, floor: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
+fn scan_words(hay: &[u8], blocks: &[Masks], from: usize, floor: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
     let mut i = from;
     while i > floor && CLASS[hay[i - 1] as usize] & W != 0 {
         i -= 1;
     }
     let mut done = from;
-    while i < to {
-        if CLASS[hay[i] as usize] & W == 0 {
-            i += 1;
-            continue;
+    loop {
+        i = next_in(blocks, i, to, |m| m.word);
+        if i >= to {
+            break;
         }
         let start = i;
-        while i < hay.len() && CLASS[hay[i] as usize] & W != 0 {
-            i += 1;
-        }
+        i = run_end(blocks, hay.len(), i, |m| m.word);
         if i - start >= MIN_WORDS_REGION {
             f(Region::Words(start..i));
         }
@@ -282,13 +418,13 @@ fn scan_words(hay: &[u8], from: usize, floor: usize, to: usize, f: &mut impl FnM
     done.max(to)
 }
 
-fn scan_high(hay: &[u8], from: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
+fn scan_high(hay: &[u8], blocks: &[Masks], from: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
     let mut i = from;
     let mut done = from;
-    while i < to {
-        if hay[i] < 0x80 {
-            i += 1;
-            continue;
+    loop {
+        i = next_in(blocks, i, to, |m| m.high);
+        if i >= to {
+            break;
         }
         let mut s = i;
         while s > 0 && !is_delim(hay[s - 1]) && i - s < 512 {
@@ -319,12 +455,194 @@ fn scan_high(hay: &[u8], from: usize, to: usize, f: &mut impl FnMut(Region)) -> 
 }
 
 #[cfg(test)]
+mod reference {
+    //! The byte-at-a-time walk the mask-driven one replaced, kept to test that both report the
+    //! same regions in the same order.
+    use super::*;
+
+    /// Walks `hay` and calls `f` once per region, in order of their start. Regions of different
+    /// kinds may overlap; each region is reported once.
+    pub(crate) fn walk(hay: &[u8], mut f: impl FnMut(Region)) {
+        let n = hay.len();
+        let mut token_done = 0; // token regions have been reported up to here
+        let mut numeric_done = 0;
+        let mut words_done = 0;
+        let mut high_done = 0;
+        let mut prev = Masks::default();
+        let mut block_start = 0;
+        while block_start < n {
+            let end = (block_start + 64).min(n);
+            let m = masks(&hay[block_start..end]);
+            let valid = if end - block_start == 64 { u64::MAX } else { (1u64 << (end - block_start)) - 1 };
+            // A run of 16 token bytes either lies inside this block, or crosses from the last one.
+            let token_here = has_run16(m.token & valid)
+                || (prev.token.leading_ones() + (m.token & valid).trailing_ones() >= MIN_TOKEN as u32);
+            if token_here && block_start + 64 > token_done {
+                let from = (block_start.saturating_sub(64)).max(token_done);
+                token_done = scan_token_runs(hay, from, token_done, end, &mut f);
+            }
+            let digits = (m.digit & valid).count_ones() + prev.digit.count_ones();
+            if digits as usize >= MIN_DIGITS && end > numeric_done {
+                let from = block_start.saturating_sub(64).max(numeric_done);
+                numeric_done = scan_numeric(hay, from, end, &mut f);
+            }
+            let word_here = prev.word.leading_ones() + (m.word & valid).trailing_ones() >= MIN_WORDS_REGION as u32
+                || has_run32(m.word & valid);
+            if word_here && end > words_done {
+                let from = block_start.saturating_sub(64).max(words_done);
+                words_done = scan_words(hay, from, words_done, end, &mut f);
+            }
+            if m.high & valid != 0 && end > high_done {
+                high_done = scan_high(hay, block_start.max(high_done), end, &mut f);
+            }
+            prev = m;
+            block_start = end;
+        }
+    }
+
+    /// Whether `m` has a run of at least 32 set bits.
+    #[inline]
+    fn has_run32(m: u64) -> bool {
+        let x = m & (m >> 1);
+        let x = x & (x >> 2);
+        let x = x & (x >> 4);
+        let x = x & (x >> 8);
+        x & (x >> 16) != 0
+    }
+
+    /// Reports token runs that start in `[from, to)`; returns where reporting is complete.
+    fn scan_token_runs(hay: &[u8], from: usize, floor: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
+        let mut i = from;
+        // Back up to the start of a run we are inside of (runs before `floor` were reported).
+        while i > floor && CLASS[hay[i - 1] as usize] & T != 0 {
+            i -= 1;
+        }
+        let mut done = from;
+        while i < to {
+            if CLASS[hay[i] as usize] & T == 0 {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < hay.len() && CLASS[hay[i] as usize] & T != 0 {
+                i += 1;
+            }
+            if i - start >= MIN_TOKEN {
+                f(Region::Token(start..i));
+            }
+            done = i;
+        }
+        done.max(to.min(hay.len()))
+    }
+
+    fn scan_numeric(hay: &[u8], from: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
+        let mut i = from;
+        let n = hay.len();
+        let mut done = from;
+        while i < to {
+            if !hay[i].is_ascii_digit() {
+                i += 1;
+                continue;
+            }
+            // Extend over digits, gaps of up to six separator or letter bytes (IBAN groups).
+            let start = i.saturating_sub(4);
+            let mut last = i;
+            let mut count = 0usize;
+            let mut j = i;
+            // Contiguous alphanumerics longer than the longest IBAN are a token (base64, hashes),
+            // which the token pass owns.
+            let mut alnum = 0usize;
+            while j < n {
+                let b = hay[j];
+                alnum = if b.is_ascii_alphanumeric() { alnum + 1 } else { 0 };
+                if alnum > 34 {
+                    break;
+                }
+                if b.is_ascii_digit() {
+                    count += 1;
+                    last = j;
+                } else if !(matches!(b, b' ' | b'-' | b':' | b',' | b'.' | b'\\' | b'x' | b'X') || b.is_ascii_alphabetic()) || j - last > 6 {
+                    break;
+                }
+                j += 1;
+            }
+            let end = (last + 1).min(n);
+            if count >= MIN_DIGITS - 2 {
+                f(Region::Numeric(start..end));
+            }
+            i = j.max(i + 1);
+            done = i;
+        }
+        done.max(to)
+    }
+
+    fn scan_words(hay: &[u8], from: usize, floor: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
+        let mut i = from;
+        while i > floor && CLASS[hay[i - 1] as usize] & W != 0 {
+            i -= 1;
+        }
+        let mut done = from;
+        while i < to {
+            if CLASS[hay[i] as usize] & W == 0 {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < hay.len() && CLASS[hay[i] as usize] & W != 0 {
+                i += 1;
+            }
+            if i - start >= MIN_WORDS_REGION {
+                f(Region::Words(start..i));
+            }
+            done = i;
+        }
+        done.max(to)
+    }
+
+    fn scan_high(hay: &[u8], from: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
+        let mut i = from;
+        let mut done = from;
+        while i < to {
+            if hay[i] < 0x80 {
+                i += 1;
+                continue;
+            }
+            let mut s = i;
+            while s > 0 && !is_delim(hay[s - 1]) && i - s < 512 {
+                s -= 1;
+            }
+            let mut e = i;
+            while e < hay.len() && !is_delim(hay[e]) && e - i < 2048 {
+                e += 1;
+            }
+            // Invisible characters are often placed between words too: join neighbours across one
+            // delimiter when the next word also carries non-ASCII bytes.
+            while e < hay.len() && e + 1 < hay.len() && is_delim(hay[e]) && e - i < 2048 {
+                let mut k = e + 1;
+                while k < hay.len() && !is_delim(hay[k]) && k - e < 512 {
+                    k += 1;
+                }
+                if hay[e + 1..k].iter().any(|&b| b >= 0x80) {
+                    e = k;
+                } else {
+                    break;
+                }
+            }
+            f(Region::NonAscii(s.max(done)..e));
+            i = e.max(i + 1);
+            done = i;
+        }
+        done.max(to)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     fn regions(s: &[u8]) -> Vec<Region> {
         let mut v = Vec::new();
-        walk(s, |r| v.push(r));
+        walk(s, |r, _| v.push(r));
         v
     }
 
@@ -336,6 +654,85 @@ mod tests {
             s.extend_from_slice(&[b' '; 70]);
             let found: Vec<_> = regions(&s).into_iter().filter_map(|r| match r { Region::Token(t) => Some(t), _ => None }).collect();
             assert_eq!(found, vec![pad..pad + 40], "pad {pad}");
+        }
+    }
+
+    /// Random bytes drawn from an alphabet that exercises every class and boundary rule.
+    fn random_input(rng: &mut crate::template::Rng, n: usize, alphabet: &[u8]) -> Vec<u8> {
+        (0..n).map(|_| if rng.below(50) == 0 { rng.next_u64() as u8 } else { alphabet[rng.below(alphabet.len())] }).collect()
+    }
+
+    /// The mask-driven walk reports exactly the regions, in exactly the order, of the
+    /// byte-at-a-time walk it replaced.
+    #[test]
+    fn walk_matches_reference() {
+        let mut rng = crate::template::Rng::new(7);
+        let mut seen = [0usize; 4];
+        let alphabets: [&[u8]; 6] = [
+            b"0123456789 -",
+            b"0123456789abcdefXYZx -:,.\\/+",
+            b"abcdefghijklmnopqrstuvwxyz ,\n",
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-.%",
+            b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ      ",
+            b"ab1 \xe2\x80\x8b\"<>`'.=%",
+        ];
+        for round in 0..3000 {
+            let n = rng.below(if round % 10 == 0 { 3000 } else { 400 });
+            let alpha = alphabets[round % alphabets.len()];
+            let mut s = random_input(&mut rng, n, alpha);
+            // Mix in a second alphabet for part of the input.
+            if n > 0 && round % 3 == 0 {
+                let at = rng.below(n);
+                let other = alphabets[rng.below(alphabets.len())];
+                for b in &mut s[at..] {
+                    *b = other[(*b as usize) % other.len()];
+                }
+            }
+            let mut fast = Vec::new();
+            walk(&s, |r, c| {
+                // The classes handed out agree with the bytes.
+                if let Region::Token(t) = &r {
+                    let m = c.alnum_at(t.start);
+                    for (k, &b) in s[t.start..].iter().take(64).enumerate() {
+                        assert_eq!(m >> k & 1 == 1, b.is_ascii_alphanumeric());
+                    }
+                }
+                fast.push(r)
+            });
+            let mut slow = Vec::new();
+            reference::walk(&s, |r| slow.push(r));
+            assert_eq!(fast, slow, "round {round}: {:?}", String::from_utf8_lossy(&s));
+            for r in &fast {
+                seen[match r { Region::Token(_) => 0, Region::Numeric(_) => 1, Region::Words(_) => 2, Region::NonAscii(_) => 3 }] += 1;
+            }
+        }
+        // The inputs must exercise every kind of region.
+        assert!(seen.iter().all(|&c| c > 100), "{seen:?}");
+    }
+
+    #[test]
+    fn simd_masks_match_scalar() {
+        let mut rng = crate::template::Rng::new(9);
+        for _ in 0..2000 {
+            let block: Vec<u8> = (0..64).map(|_| if rng.below(2) == 0 { rng.next_u64() as u8 } else { rng.below(128) as u8 }).collect();
+            assert_eq!(masks(&block), masks_scalar(&block));
+        }
+    }
+
+    #[test]
+    fn runs_ending_counts_carry() {
+        for carry in 0..40u32 {
+            for len in 1..=40u32 {
+                for x in [0u64, u64::MAX, 0xF0F0_FFFF_0000_FFFF, 0x0123_4567_89AB_CDEF, !1, 1] {
+                    let got = runs_ending(x, carry, len);
+                    let mut want = 0u64;
+                    for k in 0..64i64 {
+                        let all = (k - len as i64 + 1..=k).all(|b| if b >= 0 { x >> b & 1 == 1 } else { -b <= carry as i64 });
+                        want |= u64::from(all) << k;
+                    }
+                    assert_eq!(got, want, "x {x:#x} carry {carry} len {len}");
+                }
+            }
         }
     }
 

@@ -67,6 +67,8 @@ pub(crate) struct Compiled {
     allow: Vec<Vec<u8>>,
     injection: InjectionDetector,
     discord: Regex,
+    /// [`SECRET_WORDS`], ASCII case-insensitive.
+    secret_words: AhoCorasick,
     idx: BuiltinIdx,
     /// Longest span any rule can match; the streaming overlap.
     pub max_match: usize,
@@ -166,6 +168,10 @@ impl Compiled {
             allow,
             injection: InjectionDetector::new(),
             discord,
+            secret_words: AhoCorasickBuilder::new()
+                .ascii_case_insensitive(true)
+                .build(SECRET_WORDS)
+                .map_err(|e| BuildError::Rule { rule: "generic.secret_assignment".into(), reason: e.to_string() })?,
             idx,
             max_match: max_match.min(8192),
         })
@@ -204,8 +210,8 @@ impl Compiled {
             }
         }
         let mut layers: Vec<(Layer, Range<usize>, usize)> = Vec::new();
-        runs::walk(hay, |region| match region {
-            Region::Token(r) => self.token_run(hay, r, dir, out, &mut layers),
+        runs::walk(hay, |region, classes| match region {
+            Region::Token(r) => self.token_run(hay, classes, r, dir, out, &mut layers),
             Region::Numeric(r) => {
                 if dir == Direction::Egress {
                     self.numeric(hay, r.clone(), out);
@@ -334,22 +340,24 @@ impl Compiled {
         None
     }
 
-    fn token_run(&self, hay: &[u8], r: Range<usize>, dir: Direction, out: &mut Vec<Hit>, layers: &mut Vec<(Layer, Range<usize>, usize)>) {
+    #[allow(clippy::too_many_arguments)]
+    fn token_run(&self, hay: &[u8], classes: &runs::Classes, r: Range<usize>, dir: Direction, out: &mut Vec<Hit>, layers: &mut Vec<(Layer, Range<usize>, usize)>) {
         let run = &hay[r.clone()];
         if memchr::memchr(b'%', run).is_some() {
             layers.push((Layer::Url, r.clone(), 0));
         }
-        // Segments of the base64 alphabets (dots and percent signs split them).
+        // Segments of the base64 alphabets (dots and percent signs split them); memchr, as the
+        // long runs of base64 bodies would otherwise be walked byte by byte here.
         let mut s = 0;
         while s < run.len() {
-            let len = run[s..].iter().take_while(|&&b| b != b'.' && b != b'%').count();
+            let len = memchr::memchr2(b'.', b'%', &run[s..]).unwrap_or(run.len() - s);
             if len >= runs::MIN_TOKEN {
                 let seg = s..s + len;
-                self.segment(hay, r.start + seg.start..r.start + seg.end, dir, out, layers);
+                self.segment(hay, classes, r.start + seg.start..r.start + seg.end, dir, out, layers);
             }
             s += len + 1;
         }
-        if dir == Direction::Egress && self.on(self.idx.discord) && run.iter().filter(|&&b| b == b'.').count() >= 2 {
+        if dir == Direction::Egress && self.on(self.idx.discord) && memchr::memchr_iter(b'.', run).nth(1).is_some() {
             for piece in run.split(|b| matches!(b, b'%' | b'/' | b'=' | b'+')) {
                 if self.discord.is_match(piece) {
                     let start = r.start + (piece.as_ptr() as usize - run.as_ptr() as usize);
@@ -360,14 +368,29 @@ impl Compiled {
     }
 
     /// One segment of `[A-Za-z0-9+/=_-]` of at least 16 bytes.
-    fn segment(&self, hay: &[u8], r: Range<usize>, dir: Direction, out: &mut Vec<Hit>, layers: &mut Vec<(Layer, Range<usize>, usize)>) {
+    #[allow(clippy::too_many_arguments)]
+    fn segment(&self, hay: &[u8], classes: &runs::Classes, r: Range<usize>, dir: Direction, out: &mut Vec<Hit>, layers: &mut Vec<(Layer, Range<usize>, usize)>) {
         let seg = &hay[r.clone()];
         let is_hex = seg.iter().all(u8::is_ascii_hexdigit);
         if dir == Direction::Egress {
             // Alphanumeric words inside the segment: Twilio keys and WIF keys are whole words.
+            // Word edges come from the walk's class bitmasks (trailing zeros/ones), not bytes.
             let mut i = 0;
             while i < seg.len() {
-                let len = seg[i..].iter().take_while(|b| b.is_ascii_alphanumeric()).count();
+                let m = classes.alnum_at(r.start + i);
+                if m & 1 == 0 {
+                    i += m.trailing_zeros() as usize;
+                    continue;
+                }
+                let mut len = 0;
+                loop {
+                    let ones = classes.alnum_at(r.start + i + len).trailing_ones() as usize;
+                    len += ones;
+                    if ones < 64 || i + len >= seg.len() {
+                        break;
+                    }
+                }
+                let len = len.min(seg.len() - i);
                 let w = &seg[i..i + len];
                 let at = r.start + i;
                 if len == 34 && w.starts_with(b"SK") && w[2..].iter().all(u8::is_ascii_hexdigit) && self.on(self.idx.twilio) && validate::shannon_entropy(&w[2..]) > 3.0 {
@@ -376,17 +399,20 @@ impl Compiled {
                 if (len == 51 || len == 52) && matches!(w[0], b'5' | b'K' | b'L' | b'9' | b'c') && self.on(self.idx.wif) && validate::bitcoin_wif_valid(w) {
                     out.push(Hit { rule: self.idx.wif, span: at..at + len, layers: Vec::new() });
                 }
-                i += len.max(1);
+                i += len;
             }
             if self.on(self.idx.generic) {
                 self.generic(hay, r.clone(), is_hex, out);
             }
         }
         // Decoding candidates: `name=value` pieces are split at `=` (padding ends a piece too).
-        let mut off = 0;
-        for piece in seg.split(|&b| b == b'=') {
-            let pr = r.start + off..r.start + off + piece.len();
-            off += piece.len() + 1;
+        let mut next = 0;
+        while next <= seg.len() {
+            let off = next;
+            let len = memchr::memchr(b'=', &seg[off..]).unwrap_or(seg.len() - off);
+            next = off + len + 1;
+            let piece = &seg[off..off + len];
+            let pr = r.start + off..r.start + off + len;
             if piece.len() < runs::MIN_TOKEN {
                 continue;
             }
@@ -438,8 +464,8 @@ impl Compiled {
                 r.start - back.len() + name_start..r.start - back.len() + name_end
             }
         };
-        let name = hay[name].to_ascii_lowercase();
-        if !SECRET_WORDS.iter().any(|w| memchr::memmem::find(&name, w).is_some()) {
+        // One case-insensitive automaton instead of a lowercased copy and a memmem per word.
+        if !self.secret_words.is_match(&hay[name]) {
             return;
         }
         if validate::is_uuid(value) || validate::is_placeholder(value) {
@@ -466,17 +492,21 @@ impl Compiled {
                     i += 1;
                     continue;
                 }
-                let mut digits = Vec::with_capacity(19);
+                // A stack buffer: this runs at every digit group of every numeric region.
+                let mut buf = [0u8; 19];
+                let mut nd = 0;
                 let mut j = i;
                 let mut sep = None;
                 let mut best = None;
-                while j < region.len() && digits.len() < 19 {
+                while j < region.len() && nd < 19 {
                     let b = region[j];
                     if b.is_ascii_digit() {
-                        digits.push(b);
+                        buf[nd] = b;
+                        nd += 1;
+                        let digits = &buf[..nd];
                         j += 1;
                         let boundary = j == region.len() || !region[j].is_ascii_alphanumeric();
-                        if boundary && digits.len() >= 13 && validate::luhn_valid(&digits) && validate::card_issuer_known(&digits) {
+                        if boundary && digits.len() >= 13 && validate::luhn_valid(digits) && validate::card_issuer_known(digits) {
                             let after = r.start + j;
                             let follows_digit = after < hay.len() && hay[after].is_ascii_digit();
                             if !follows_digit {
@@ -517,16 +547,18 @@ impl Compiled {
                     i += 1;
                     continue;
                 }
-                let mut compact = Vec::with_capacity(34);
+                let mut buf = [0u8; 34];
+                let mut nc = 0;
                 let mut j = i;
                 let mut found = None;
-                while j < region.len() && compact.len() < 34 {
+                while j < region.len() && nc < 34 {
                     let b = region[j];
                     if b.is_ascii_uppercase() || b.is_ascii_digit() {
-                        compact.push(b);
+                        buf[nc] = b;
+                        nc += 1;
                         j += 1;
                         let boundary = r.start + j >= hay.len() || !hay[r.start + j].is_ascii_alphanumeric();
-                        if boundary && validate::iban_valid(&compact) {
+                        if boundary && validate::iban_valid(&buf[..nc]) {
                             found = Some(j);
                         }
                     } else if b == b' ' && j + 1 < region.len() && region[j + 1].is_ascii_alphanumeric() {
