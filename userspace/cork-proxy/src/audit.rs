@@ -46,7 +46,7 @@ impl QuerySummary {
 pub struct AuditRecord {
     pub time: String,
     pub instance: String,
-    /// `request`, `connect`, `tunnel`, `connection` or `reload`.
+    /// `request`, `connect`, `tunnel`, `connection`, `websocket` or `reload`.
     pub kind: &'static str,
     pub request_id: String,
     pub client: String,
@@ -79,6 +79,9 @@ pub struct AuditRecord {
     /// The process that opened the connection, when known (transparent mode in a bottle).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// Counts and the ending of a WebSocket session (`kind: websocket`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<crate::websocket::WsSummary>,
 }
 
 impl AuditRecord {
@@ -105,6 +108,7 @@ impl AuditRecord {
             bytes_down: 0,
             duration_ms: 0.0,
             pid: None,
+            websocket: None,
         }
     }
 
