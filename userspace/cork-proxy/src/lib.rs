@@ -32,6 +32,7 @@ pub mod tunnel;
 pub mod upstream;
 pub mod websocket;
 pub mod wire;
+pub mod ws_endpoint;
 
 pub use audit::{AuditLog, AuditRecord, Verdict};
 pub use state::{ProxyState, Snapshot, StateError};
