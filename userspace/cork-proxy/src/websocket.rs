@@ -253,6 +253,9 @@ struct Shared<'a> {
     allowed_findings: std::sync::Mutex<Vec<(Finding, Effect)>>,
 }
 
+/// Frames larger than this leave a read buffer worth releasing once they are relayed.
+const LARGE_FRAME: usize = 1024 * 1024;
+
 /// At most this many let-through findings are kept for one session's record.
 const MAX_RECORDED_FINDINGS: usize = 64;
 
@@ -414,6 +417,7 @@ async fn pump<R: AsyncRead, D: AsyncWrite, B: AsyncWrite>(shared: &Shared<'_>, d
     };
     let mut asm = Assembler::new(shared.limit);
     let mut held: Option<Held> = None;
+    let mut large_frame = false;
     loop {
         // Every complete frame in the buffer.
         loop {
@@ -433,10 +437,16 @@ async fn pump<R: AsyncRead, D: AsyncWrite, B: AsyncWrite>(shared: &Shared<'_>, d
                 Err(e) => fatal!(Fatal::protocol(&e, Some(header.opcode.name()))),
             };
             let frame = &buf[..frame_len];
-            let mut payload = frame[header.header_len..].to_vec();
-            if let Some(key) = header.mask {
-                ws::apply_mask(&mut payload, key, 0);
-            }
+            // Client payloads are unmasked into a copy for the scanner; server payloads are read
+            // in place. Either way the original frame is what gets forwarded.
+            let payload: std::borrow::Cow<'_, [u8]> = match header.mask {
+                Some(key) => {
+                    let mut copy = frame[header.header_len..].to_vec();
+                    ws::apply_mask(&mut copy, key, 0);
+                    copy.into()
+                }
+                None => frame[header.header_len..].into(),
+            };
             let kind_name = match role {
                 FrameRole::Control(op) => op.name(),
                 FrameRole::Data { kind, .. } => kind.name(),
@@ -510,6 +520,12 @@ async fn pump<R: AsyncRead, D: AsyncWrite, B: AsyncWrite>(shared: &Shared<'_>, d
                 }
             }
             src.consume(frame_len);
+            large_frame |= frame_len > LARGE_FRAME;
+        }
+        // A read buffer grown for a large frame is not kept for the rest of a long session.
+        if large_frame && src.buffered().is_empty() {
+            src.release_if_empty();
+            large_frame = false;
         }
 
         match src.fill_within(shared.idle).await {
