@@ -148,10 +148,12 @@ where
     strip_hop_by_hop(&mut response.headers);
     response.headers.push(Header::new("Connection", "Upgrade"));
     response.headers.push(Header::new("Upgrade", "websocket"));
+    record.status = Some(101);
     if client.send(&response.to_bytes()).await.is_err() || client.flush().await.is_err() {
+        record_block(&mut record, cork_policy::Mode::Enforce, "io.write_failed", "the client went away before the 101 reached it");
+        finish(ex, record, client, upstream);
         return After::Close;
     }
-    record.status = Some(101);
     if !stripped.is_empty() {
         record.rules.push("websocket.extensions_stripped".into());
     }
