@@ -1,9 +1,11 @@
 """A real WebSocket client for cork's tests: Python `websockets` through cork, or raw frames.
 
-Usage: ws_client.py [--proxy HOST:PORT --cork-ca PEM] [--no-compression] URL SCENARIO [ARGS...]
+Usage: ws_client.py [--proxy HOST:PORT [--cork-ca PEM | --forward]] [--no-compression] URL SCENARIO [ARGS...]
 
 With --proxy the client opens a CONNECT tunnel to URL's host through cork and speaks TLS inside
-it, trusting only cork's CA. Without it, URL is dialled directly (cork's `/ws?url=` form).
+it, trusting only cork's CA; with --forward as well (raw scenarios, ws:// URLs) it sends the
+upgrade to cork in absolute form, as a plain-HTTP forward-proxy request. Without --proxy, URL is
+dialled directly (cork's `/ws?url=` form).
 Prints one JSON report on stdout. Scenarios:
   echo                   a text and a binary message, each echoed
   text MSG               one text message; the reply or the close that follows
@@ -11,7 +13,7 @@ Prints one JSON report on stdout. Scenarios:
   binary N FRAGS         N pseudo-random bytes as FRAGS fragments (1: one frame), echoed
   inject                 sends "go", collects what comes back until the connection closes
   raw KIND [ARG]         hand-made frames after a hand-made handshake: invalid_utf8,
-                         oversized, unmasked, compressed SECRET
+                         oversized, unmasked, compressed SECRET, text MSG
 """
 import argparse
 import base64
@@ -147,15 +149,19 @@ def read_frame(sock):
 
 
 def raw(args, url):
-    port = url.port or 443
-    if args.proxy:
+    port = url.port or (443 if url.scheme == "wss" else 80)
+    path = url.path or "/"
+    if url.query:
+        path += "?" + url.query
+    if args.proxy and args.forward:
+        phost, pport = args.proxy.rsplit(":", 1)
+        sock = socket.create_connection((phost, int(pport)), timeout=TIMEOUT)
+        path = f"http://{url.netloc}{path}"
+    elif args.proxy:
         sock, ctx = tunnel(args.proxy, url.hostname, port, args.cork_ca)
         sock = ctx.wrap_socket(sock, server_hostname=url.hostname)
     else:
         sock = socket.create_connection((url.hostname, port), timeout=TIMEOUT)
-    path = url.path or "/"
-    if url.query:
-        path += "?" + url.query
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
         f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -175,6 +181,8 @@ def raw(args, url):
         sock.sendall(bytes([0x82, 0x80 | 127]) + struct.pack("!Q", 1 << 36) + os.urandom(4) + b"x" * 1024)
     elif kind == "unmasked":
         sock.sendall(frame(0x1, b"not masked", mask=False))
+    elif kind == "text":
+        sock.sendall(frame(0x1, rest[0].encode()))
     elif kind == "compressed":
         c = zlib.compressobj(wbits=-15)
         data = c.compress(rest[0].encode()) + c.flush(zlib.Z_SYNC_FLUSH)
@@ -190,6 +198,10 @@ def raw(args, url):
                 report["close_reason"] = data[2:].decode("utf-8", "replace")
                 break
             report["frames"].append({"opcode": opcode, "len": len(data)})
+            if opcode == 0x1 and kind == "text":
+                # The echo came back: close the session properly and wait for the answer.
+                report["reply"] = data.decode()
+                sock.sendall(frame(0x8, struct.pack("!H", 1000)))
     except (EOFError, ConnectionError, ssl.SSLError, socket.timeout) as e:
         report["error"] = type(e).__name__
     return report
@@ -200,6 +212,7 @@ def main():
     p.add_argument("--proxy")
     p.add_argument("--cork-ca")
     p.add_argument("--no-compression", action="store_true")
+    p.add_argument("--forward", action="store_true")
     p.add_argument("url")
     p.add_argument("scenario")
     p.add_argument("args", nargs="*")

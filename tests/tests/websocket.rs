@@ -25,6 +25,15 @@ struct WsOrigin {
 
 impl WsOrigin {
     fn start() -> WsOrigin {
+        WsOrigin::start_with(&[])
+    }
+
+    /// A plain `ws://` origin.
+    fn start_plain() -> WsOrigin {
+        WsOrigin::start_with(&["--plain"])
+    }
+
+    fn start_with(extra: &[&str]) -> WsOrigin {
         let dir = TempDir::new("ws-origin");
         let ca = TestCa::generate().unwrap();
         let leaf = ca.issue_server(&["origin.test".into(), "evil.test".into()], &[]).unwrap();
@@ -33,7 +42,7 @@ impl WsOrigin {
         std::fs::write(&cert, &leaf.cert_pem).unwrap();
         std::fs::write(&key, &leaf.key_pem).unwrap();
         let mut cmd = python();
-        cmd.arg(clients_dir().join("ws_origin.py")).arg("127.0.0.2").arg(&cert).arg(&key).arg(&log);
+        cmd.arg(clients_dir().join("ws_origin.py")).arg("127.0.0.2").arg(&cert).arg(&key).arg(&log).args(extra);
         let (proc, lines) = spawn_with_ready_line(cmd, &dir.path().join("stderr"), |l| l.starts_with("ready "));
         let port = lines.last().and_then(|l| l.strip_prefix("ready port=")).and_then(|p| p.parse().ok()).expect("the origin's port");
         WsOrigin { _proc: proc, port, ca: ca_path, log, _dir: dir }
@@ -54,9 +63,14 @@ impl WsOrigin {
 }
 
 fn policy(origin: &WsOrigin, limits: &str) -> String {
+    policy_ports(origin, &[origin.port], limits)
+}
+
+fn policy_ports(origin: &WsOrigin, ports: &[u16], limits: &str) -> String {
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
     format!(
         "hosts:\n  allow: [origin.test]\n  block: [evil.test]\n  ports: [{}]\nupstream:\n  extra_roots: [{}]\n  resolve: {{origin.test: 127.0.0.2, evil.test: 127.0.0.2}}\nscan:\n  canaries: [{CANARY}]\n{limits}",
-        origin.port,
+        ports.join(", "),
         origin.ca.display()
     )
 }
@@ -258,6 +272,36 @@ fn the_ws_url_endpoint_relays_scans_and_applies_host_rules() {
     assert!(bad["status_line"].as_str().unwrap().starts_with("HTTP/1.1 400"), "{bad}");
     let records = cork.audit();
     assert_eq!(ws_record(&records, "/echo").len(), 2, "{records:#?}");
+}
+
+#[test]
+fn plain_ws_through_forward_proxying_and_the_ws_url_endpoint_is_scanned_too() {
+    let tls_origin = WsOrigin::start();
+    let origin = WsOrigin::start_plain();
+    let cork = Cork::start(&policy_ports(&tls_origin, &[tls_origin.port, origin.port], ""));
+    let url = format!("ws://origin.test:{}/echo", origin.port);
+    let forward = |msg: &str| -> Value {
+        let mut cmd = python();
+        cmd.arg(clients_dir().join("ws_client.py")).args(["--proxy", &cork.listen.to_string(), "--forward", &url, "raw", "text", msg]);
+        report(&mut cmd)
+    };
+    let r = forward("plain hello");
+    assert!(r["status_line"].as_str().unwrap().starts_with("HTTP/1.1 101"), "{r}");
+    assert_eq!(r["reply"], "plain hello", "{r}");
+    assert_eq!(r["close_code"], 1000, "the close handshake was relayed: {r}");
+    let r = forward(&format!("plain {CANARY}"));
+    assert!(r.get("reply").is_none(), "{r}");
+    assert_eq!(r["close_code"], 1008, "{r}");
+    let r = direct_client(&cork, &url, &["text", &format!("direct {CANARY}")]);
+    assert_eq!(r["close_code"], 1008, "{r}");
+    let r = direct_client(&cork, &url, &["text", "direct hello"]);
+    assert_eq!(r["reply"], "direct hello", "{r}");
+    let got: Vec<String> = origin.received("/echo").iter().map(|m| m["text"].as_str().unwrap().to_string()).collect();
+    assert_eq!(got, ["plain hello", "direct hello"], "only clean messages reached the origin");
+    let records = cork.audit();
+    let sessions = ws_record(&records, "/echo");
+    assert_eq!(sessions.len(), 4, "{records:#?}");
+    assert_eq!(sessions.iter().filter(|r| r["verdict"] == "block" && r["rules"][0] == "canary").count(), 2, "{sessions:#?}");
 }
 
 #[test]
