@@ -9,7 +9,8 @@
 //! - [`bump`] intercepts TLS: ClientHello first, verified upstream handshake second, leaf last.
 //! - [`tunnel`] passes TLS through for pinned clients, checking only names.
 //! - [`exchange`] relays one HTTP/1.1 exchange, with [`body`] streaming bodies through the scanner.
-//! - [`websocket`] relays WebSocket sessions message by message after an HTTP/1.1 upgrade.
+//! - [`websocket`] relays WebSocket sessions message by message after an HTTP/1.1 upgrade;
+//!   [`ws_endpoint`] serves the same relay as `GET /ws?url=` on the explicit listener.
 //! - [`h2relay`] relays HTTP/2 stream by stream when both sides negotiated `h2`.
 //! - [`audit`] and [`metrics`] record every decision.
 
