@@ -58,18 +58,18 @@ fn a_canary_in_one_h2_stream_blocks_only_that_stream() {
         &cork.proxy_url(),
         cork.ca_pem().to_str().unwrap(),
         &url(&origin, "/echo"),
-        "40",
-        "17",
+        "100",
+        "57",
         CANARY,
     ]));
     assert!(out.status.success(), "{}", text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
     assert_eq!(report["connections"], 1, "all streams shared one connection: {report}");
     let results = report["results"].as_array().unwrap();
-    assert_eq!(results.len(), 40);
+    assert_eq!(results.len(), 100);
     for r in results {
         assert_eq!(r["http_version"], "HTTP/2", "{r}");
-        if r["i"] == 17 {
+        if r["i"] == 57 {
             assert_eq!(r["status"], 403, "{r}");
             assert_eq!(r["body"]["error"], "blocked", "{r}");
             assert_eq!(r["body"]["rule"], "canary", "{r}");
@@ -84,22 +84,56 @@ fn a_canary_in_one_h2_stream_blocks_only_that_stream() {
     assert_eq!(rec["status"], 403);
     assert_eq!(rec["bytes_up"], 0, "the origin received nothing of the blocked stream: {rec}");
     let allowed = cork.audit().iter().filter(|r| r["kind"] == "request" && r["verdict"] == "allow" && r["http_version"] == "HTTP/2").count();
-    assert_eq!(allowed, 40, "the first GET and 39 clean POSTs were allowed");
+    assert_eq!(allowed, 100, "the first GET and 99 clean POSTs were allowed");
+}
+
+/// SHA-256 of the origin's `/bytes/N` pattern, computed in pieces so that 1 GiB never sits in memory.
+fn pattern_sha256(size: usize) -> String {
+    use sha2::{Digest, Sha256};
+    // The pattern's period (64 bytes) divides 1 MiB, so 1 MiB blocks line up with it.
+    let block = bench_harness::origin::pattern_bytes(1 << 20);
+    let mut hasher = Sha256::new();
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(block.len());
+        hasher.update(&block[..n]);
+        left -= n;
+    }
+    hex::encode(hasher.finalize())
+}
+
+fn file_sha256(path: &std::path::Path) -> (u64, String) {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    (total, hex::encode(hasher.finalize()))
 }
 
 #[test]
-fn a_large_h2_download_arrives_intact() {
+fn a_one_gib_h2_download_arrives_intact() {
     let (origin, cork) = setup();
-    const SIZE: usize = 64 * 1024 * 1024;
+    const SIZE: usize = 1 << 30;
     let dir = TempDir::new("h2-download");
     let file = dir.path().join("body");
     let out = curl(&cork, &["--http2", "-w", "%{http_version}", "-o", file.to_str().unwrap(), &url(&origin, &format!("/bytes/{SIZE}"))]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "2", "{}", text(&out));
-    let got = std::fs::read(&file).unwrap();
-    assert_eq!(got.len(), SIZE);
-    assert!(got == bench_harness::origin::pattern_bytes(SIZE), "the body is the origin's pattern, byte for byte");
+    let (len, sum) = file_sha256(&file);
+    assert_eq!(len, SIZE as u64);
+    assert_eq!(sum, pattern_sha256(SIZE), "the body is the origin's pattern, byte for byte");
     let rec = cork.wait_audit("the download", |r| r["kind"] == "request" && r["path"] == format!("/bytes/{SIZE}"));
+    assert_eq!(rec["http_version"], "HTTP/2");
     let down = rec["bytes_down"].as_u64().unwrap();
     assert!(down > SIZE as u64 && down < SIZE as u64 + 4096, "the body plus a head: {rec}");
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 /// Debian packages the tests drive as real clients and peers.
-const TEST_APT_PACKAGES: &[&str] = &["curl", "openssl", "ca-certificates", "iproute2"];
+const TEST_APT_PACKAGES: &[&str] = &["curl", "openssl", "ca-certificates", "iproute2", "nghttp2-client"];
 /// Python test clients, pinned so that runs are comparable.
 const PYTHON_PACKAGES: &[&str] = &["requests==2.32.3", "httpx==0.27.2", "h2==4.1.0", "websockets==13.1"];
 
