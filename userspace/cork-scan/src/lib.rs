@@ -42,6 +42,7 @@ mod config;
 pub mod decompress;
 mod decode;
 pub mod exchange;
+pub mod html;
 mod inject;
 mod runs;
 mod scanner;
