@@ -200,3 +200,44 @@ fn malformed_frames_and_hpack_garbage_end_the_connection_with_an_audited_error()
     assert_eq!(body_and_version(&out).1, "2", "{}", text(&out));
     assert!(!cork.proc.stderr().contains("panicked"), "{}", cork.proc.stderr());
 }
+
+/// HEADERS for `GET /` on `stream` (END_STREAM | END_HEADERS), with `authority` as a literal.
+fn get_headers_frame(stream: u32, authority: &str) -> Vec<u8> {
+    // :method GET, :scheme https, :path / (static table), then :authority as a literal.
+    let mut block = vec![0x82, 0x87, 0x84, 0x01, authority.len() as u8];
+    block.extend_from_slice(authority.as_bytes());
+    let mut frame = vec![0, 0, block.len() as u8, 0x1, 0x5];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(&block);
+    frame
+}
+
+#[test]
+fn a_rapid_reset_flood_is_stopped_with_goaway_and_audited() {
+    let (origin, cork) = setup();
+    let target = format!("origin.test:{}", origin.https.port());
+    // CVE-2023-44487: open a stream and cancel it at once, over and over.
+    let mut frames = Vec::new();
+    for i in 0..2000u32 {
+        let stream = 2 * i + 1;
+        frames.extend(get_headers_frame(stream, &target));
+        frames.extend_from_slice(&[0, 0, 4, 0x3, 0]);
+        frames.extend_from_slice(&stream.to_be_bytes());
+        frames.extend_from_slice(&8u32.to_be_bytes()); // CANCEL
+    }
+    let mut cmd = python();
+    cmd.arg(clients_dir().join("h2_raw.py")).args([&cork.listen.to_string(), &target, cork.ca_pem().to_str().unwrap(), "-"]);
+    let out = run_with_input(&mut cmd, Some(hex::encode(&frames).into_bytes()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let received = stdout.lines().find_map(|l| l.strip_prefix("received ")).unwrap_or("");
+    let codes = goaway_codes(received);
+    assert_eq!(codes, vec![0xb], "one GOAWAY with ENHANCE_YOUR_CALM ({} bytes back)", received.len() / 2);
+    let rec = cork.wait_audit("the flood", |r| r["kind"] == "connection" && r["verdict"] == "block");
+    assert!(rec["rules"][0].as_str().unwrap().starts_with("h2."), "{rec}");
+    let served = cork.audit().iter().filter(|r| r["kind"] == "request").count();
+    assert!(served < 100, "the flood was cut long before its 2000 streams: {served} requests");
+    // cork is still serving.
+    let out = curl(&cork, &["--http2", "-w", "\n%{http_version}", &url(&origin, "/echo")]);
+    assert_eq!(body_and_version(&out).1, "2", "{}", text(&out));
+}
