@@ -104,8 +104,8 @@ pub fn run_cork(args: &[String]) -> Result<()> {
     Err(cmd.exec()).context("starting cork")
 }
 
-/// `cargo xtask test`: installs what the tests need, builds the binaries they run, and runs
-/// every test in the workspace.
+/// `cargo xtask test`: installs what the tests need, builds the binaries they run, runs every
+/// test in the workspace, then the benchmark harness's `--quick` smoke run.
 pub fn test_all() -> Result<()> {
     step("checking test dependencies");
     ensure_apt(TEST_APT_PACKAGES)?;
@@ -126,5 +126,8 @@ pub fn test_all() -> Result<()> {
             // Steering tests must run here, never skip for want of the object.
             .env("CORK_REQUIRE_STEERING_TESTS", "1"),
     )?;
+    // The harness must keep working as the code changes; nothing here asserts speed.
+    step("benchmark smoke run: cargo xtask bench --quick (report in target/bench-quick.md)");
+    crate::bench::run(&["--quick".to_string()])?;
     Ok(())
 }
