@@ -76,7 +76,9 @@ impl Drop for Proc {
     }
 }
 
-fn spawn_with_ready_line(mut cmd: Command, stderr_path: &Path, ready: impl Fn(&str) -> bool) -> (Proc, Vec<String>) {
+/// Spawns `cmd` and waits (up to 60 s) for a stdout line that `ready` accepts; returns the lines
+/// read so far. Stdout keeps being drained afterwards.
+pub fn spawn_with_ready_line(mut cmd: Command, stderr_path: &Path, ready: impl Fn(&str) -> bool) -> (Proc, Vec<String>) {
     let stderr = std::fs::File::create(stderr_path).unwrap();
     cmd.stdout(Stdio::piped()).stderr(stderr).stdin(Stdio::null());
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));

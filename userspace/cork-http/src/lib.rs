@@ -12,11 +12,13 @@
 //! - heads over the configured size or header count.
 //!
 //! [`head`] parses and re-serialises heads, [`framing`] decides how a body is delimited, and
-//! [`chunked`] decodes and encodes chunked bodies incrementally.
+//! [`chunked`] decodes and encodes chunked bodies incrementally. [`ws`] parses and builds
+//! WebSocket frames (RFC 6455) for upgraded connections.
 
 pub mod chunked;
 pub mod framing;
 pub mod head;
+pub mod ws;
 
 pub use framing::BodyFraming;
 pub use head::{Header, HeadError, Limits, RequestHead, ResponseHead};

@@ -70,6 +70,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub body_buffer_bytes: usize,
     pub leaf_cache_entries: usize,
+    /// Largest WebSocket message (all fragments together) cork buffers and scans before relaying.
+    pub websocket_message_bytes: usize,
 }
 
 impl Default for Limits {
@@ -83,6 +85,7 @@ impl Default for Limits {
             max_connections: 4096,
             body_buffer_bytes: 1024 * 1024,
             leaf_cache_entries: 4096,
+            websocket_message_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -159,6 +162,7 @@ impl Policy {
             ("max_headers", l.max_headers),
             ("max_connections", l.max_connections),
             ("leaf_cache_entries", l.leaf_cache_entries),
+            ("websocket_message_bytes", l.websocket_message_bytes),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("limits.{name} must be greater than zero"));

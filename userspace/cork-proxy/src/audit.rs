@@ -46,7 +46,7 @@ impl QuerySummary {
 pub struct AuditRecord {
     pub time: String,
     pub instance: String,
-    /// `request`, `connect`, `tunnel`, `connection` or `reload`.
+    /// `request`, `connect`, `tunnel`, `connection`, `websocket` or `reload`.
     pub kind: &'static str,
     pub request_id: String,
     pub client: String,
@@ -82,6 +82,9 @@ pub struct AuditRecord {
     /// `fetch` for hops of the `/fetch` endpoint; absent for proxied traffic.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via: Option<&'static str>,
+    /// Counts and the ending of a WebSocket session (`kind: websocket`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<crate::websocket::WsSummary>,
 }
 
 impl AuditRecord {
@@ -109,6 +112,7 @@ impl AuditRecord {
             duration_ms: 0.0,
             pid: None,
             via: None,
+            websocket: None,
         }
     }
 

@@ -233,6 +233,10 @@ impl Exchange<'_> {
             return if body_pending || !head.keep_alive() { After::Close } else { After::KeepAlive };
         }
 
+        if crate::websocket::is_upgrade(&head) {
+            return crate::websocket::upgrade(self, client, upstream, head, framing, record, started).await;
+        }
+
         // `Expect: 100-continue` is answered here once the head is allowed; the body is then
         // scanned before the origin sees the request, so the origin is not asked to expect it.
         let expects_continue = header_tokens(&head.headers, "expect").iter().any(|t| t == "100-continue");
@@ -402,7 +406,7 @@ impl Exchange<'_> {
         Ok(framing)
     }
 
-    async fn relay_response<C, U>(
+    pub(crate) async fn relay_response<C, U>(
         &self,
         client: &mut Wire<C>,
         upstream: &mut Wire<U>,

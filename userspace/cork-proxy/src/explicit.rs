@@ -1,5 +1,5 @@
 //! The explicit proxy listener: `CONNECT host:port` (intercepted or passed through) and
-//! absolute-URI forward proxying of plain HTTP.
+//! absolute-URI forward proxying of plain HTTP, plus cork's own endpoints (`/ws?url=`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +50,8 @@ async fn handle(state: Arc<ProxyState>, stream: TcpStream, client: SocketAddr) {
     } else if head.target.starts_with("http://") {
         state.metrics.connection("forward");
         forward(state, snap, client, wire, head).await
+    } else if crate::ws_endpoint::is_route(&head.target) {
+        crate::ws_endpoint::serve(state, snap, client, wire, head).await
     } else {
         state.metrics.connection("invalid");
         let (rule, reason) = if head.target.starts_with("https://") {

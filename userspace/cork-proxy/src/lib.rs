@@ -9,6 +9,7 @@
 //! - [`bump`] intercepts TLS: ClientHello first, verified upstream handshake second, leaf last.
 //! - [`tunnel`] passes TLS through for pinned clients, checking only names.
 //! - [`exchange`] relays one HTTP/1.1 exchange, with [`body`] streaming bodies through the scanner.
+//! - [`websocket`] relays WebSocket sessions message by message after an HTTP/1.1 upgrade.
 //! - [`h2relay`] relays HTTP/2 stream by stream when both sides negotiated `h2`.
 //! - [`audit`] and [`metrics`] record every decision.
 
@@ -30,7 +31,9 @@ pub mod state;
 pub mod transparent;
 pub mod tunnel;
 pub mod upstream;
+pub mod websocket;
 pub mod wire;
+pub mod ws_endpoint;
 
 pub use audit::{AuditLog, AuditRecord, Verdict};
 pub use state::{ProxyState, Snapshot, StateError};

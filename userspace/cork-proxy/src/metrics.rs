@@ -28,6 +28,8 @@ pub struct Metrics {
     connections: LabelledCounter,
     findings: LabelledCounter,
     errors: LabelledCounter,
+    websocket_messages: LabelledCounter,
+    websocket_blocked: LabelledCounter,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
     active_connections: AtomicI64,
@@ -68,6 +70,16 @@ impl Metrics {
         self.errors.add(kind, 1);
     }
 
+    /// A WebSocket data message relayed, by direction (`to_server`, `to_client`).
+    pub fn websocket_message(&self, direction: &str) {
+        self.websocket_messages.add(direction, 1);
+    }
+
+    /// A WebSocket session ended by a blocked message, by the message's direction.
+    pub fn websocket_blocked(&self, direction: &str) {
+        self.websocket_blocked.add(direction, 1);
+    }
+
     pub fn bytes(&self, up: u64, down: u64) {
         self.bytes_up.fetch_add(up, Ordering::Relaxed);
         self.bytes_down.fetch_add(down, Ordering::Relaxed);
@@ -105,6 +117,8 @@ impl Metrics {
         family(&mut out, "cork_connections_total", "Client connections by how they were handled.", "kind", self.connections.snapshot());
         family(&mut out, "cork_findings_total", "Scanner findings by rule.", "rule", self.findings.snapshot());
         family(&mut out, "cork_errors_total", "Connections ended by an error, by kind.", "kind", self.errors.snapshot());
+        family(&mut out, "cork_websocket_messages_total", "WebSocket data messages relayed, by direction.", "direction", self.websocket_messages.snapshot());
+        family(&mut out, "cork_websocket_blocked_total", "WebSocket sessions closed for a blocked message, by direction.", "direction", self.websocket_blocked.snapshot());
         let simple = [
             ("cork_bytes_up_total", "counter", "Bytes sent upstream (plaintext or tunnelled).", self.bytes_up.load(Ordering::Relaxed) as i64),
             ("cork_bytes_down_total", "counter", "Bytes sent back to clients.", self.bytes_down.load(Ordering::Relaxed) as i64),

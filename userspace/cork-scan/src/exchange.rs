@@ -5,13 +5,13 @@
 //! {"kind":"request","method":"POST","url":"https://api.example.com/v1","headers":[["content-type","application/json"]],"body":"{...}"}
 //! {"kind":"response","url":"https://example.com/","status":200,"headers":[],"body_base64":"..."}
 //! {"kind":"mcp","direction":"to_server","server":"fs","message":{}}
-//! {"kind":"websocket","url":"wss://x.test/","direction":"to_server","frames":["..."]}
+//! {"kind":"websocket","url":"wss://x.test/","direction":"to_server","frames":["...",{"opcode":"text","fin":false,"payload":"..."},{"opcode":"continuation","payload":"..."}]}
 //! ```
 //! Output, one line per input line:
 //! ```json
 //! {"line":1,"verdict":"block","findings":[{"rule":"github.pat_classic","severity":"critical","location":"body.json","action":"block"}],"redacted":null}
 //! ```
-//! `verdict` is `allow`, `redact`, `block`, `unsupported` (MCP and WebSocket for now) or
+//! `verdict` is `allow`, `redact`, `block`, `unsupported` (MCP for now) or
 //! `error` (malformed line; counted as blocked). `redacted` holds the masked URL, headers and
 //! body when the verdict is `redact`.
 
@@ -203,6 +203,21 @@ fn error_line(line: u64, error: String) -> (&'static str, Vec<u8>) {
     ("error", serde_json::to_vec(&out).unwrap_or_else(|_| b"{\"verdict\":\"error\"}".to_vec()))
 }
 
+/// The verdict line for a WebSocket exchange. cork's relay cannot rewrite a held message, so a
+/// finding that asks for redaction blocks it, and the line says `block`.
+fn websocket_line(line: u64, session: Option<&str>, findings: &[Finding]) -> (&'static str, Vec<u8>) {
+    let verdict = match findings.iter().map(|f| f.action).max() {
+        Some(Action::Block | Action::Redact) => "block",
+        _ => "allow",
+    };
+    let findings = findings
+        .iter()
+        .map(|f| FindingOut { rule: &f.rule, severity: f.severity, action: f.action, location: &f.location, encoding: &f.encoding })
+        .collect();
+    let out = LineOut { line, session, verdict, error: None, findings, redacted: None };
+    (verdict, serde_json::to_vec(&out).unwrap_or_default())
+}
+
 fn body_bytes(body: Option<String>, body_base64: Option<String>) -> Result<Vec<u8>, String> {
     match (body, body_base64) {
         (Some(_), Some(_)) => Err("both body and body_base64 given".into()),
@@ -227,7 +242,13 @@ fn judge(line: u64, x: Exchange, engine: &Engine) -> (&'static str, Vec<u8>) {
             Ok(b) => (session, url.unwrap_or_default(), headers, b, false),
             Err(e) => return error_line(line, e),
         },
-        Exchange::Mcp { session, .. } | Exchange::Websocket { session, .. } => {
+        Exchange::Websocket { session, url: _, direction, frames } => {
+            return match crate::websocket::scan_frames(engine, &direction, &frames) {
+                Ok(findings) => websocket_line(line, session.as_deref(), &findings),
+                Err(e) => error_line(line, e),
+            };
+        }
+        Exchange::Mcp { session, .. } => {
             let out = LineOut { line, session: session.as_deref(), verdict: "unsupported", error: None, findings: Vec::new(), redacted: None };
             return ("unsupported", serde_json::to_vec(&out).unwrap_or_default());
         }

@@ -50,6 +50,7 @@ mod stream;
 pub mod template;
 pub mod url;
 pub mod validate;
+mod websocket;
 
 #[cfg(feature = "corpus")]
 pub mod corpus;
