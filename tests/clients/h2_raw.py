@@ -3,13 +3,14 @@ TLS handshake with cork's CA offering only `h2`, sends the connection preface fo
 frames given as hex, and prints what came back as hex (or `closed` notes). Used for malformed
 frames and HPACK garbage that real clients never send.
 
-Usage: h2_raw.py PROXY TARGET CA HEX_FRAMES"""
+Usage: h2_raw.py PROXY TARGET CA HEX_FRAMES   (HEX_FRAMES "-" reads them from stdin)"""
 import socket
 import ssl
 import sys
 
 proxy_host, proxy_port = sys.argv[1].rsplit(":", 1)
-target, ca, frames = sys.argv[2], sys.argv[3], bytes.fromhex(sys.argv[4])
+target, ca = sys.argv[2], sys.argv[3]
+frames = bytes.fromhex(sys.stdin.read().strip() if sys.argv[4] == "-" else sys.argv[4])
 
 sock = socket.create_connection((proxy_host, int(proxy_port)), timeout=30)
 sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())

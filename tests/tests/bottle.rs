@@ -382,6 +382,37 @@ fn node_fetch_ignores_proxies_yet_is_bumped_in_a_bottle() {
 }
 
 #[test]
+fn h2load_in_a_bottle_speaks_h2_through_transparent_mode() {
+    in_isolated_netns("h2load_in_a_bottle_speaks_h2_through_transparent_mode", || {
+        let h2load = Path::new("/usr/bin/h2load");
+        if !h2load.exists() {
+            assert!(!must_run(), "h2load is missing: cargo xtask test installs nghttp2-client");
+            println!("SKIPPED: no h2load");
+            return;
+        }
+        let s = Setup::new();
+        // h2load offers only h2 over ALPN, so every request below is an HTTP/2 stream.
+        const REQUESTS: usize = 300;
+        let url = format!("{}/bytes/1536", s.https_base());
+        let out = run(&mut s.cork_with_dns(&bottle_name("h2load"), &["/usr/bin/h2load", "-n", "300", "-c", "3", "-m", "20", &url]));
+        assert!(out.status.success(), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("Application protocol: h2"), "{}", text(&out));
+        assert!(stdout.contains(&format!("requests: {REQUESTS} total, {REQUESTS} started, {REQUESTS} done, {REQUESTS} succeeded, 0 failed")), "{}", text(&out));
+        assert!(stdout.contains(&format!("status codes: {REQUESTS} 2xx")), "{}", text(&out));
+        let audit = s.audit();
+        let streams: Vec<&Value> = audit.iter().filter(|r| r["kind"] == "request" && r["path"] == "/bytes/1536").collect();
+        assert_eq!(streams.len(), REQUESTS, "one audit record per stream");
+        for r in &streams {
+            assert_eq!((r["verdict"].as_str(), r["http_version"].as_str(), r["status"].as_u64()), (Some("allow"), Some("HTTP/2"), Some(200)), "{r}");
+            assert!(r["pid"].as_u64().is_some(), "the stream is tied to h2load's pid: {r}");
+        }
+        let steers = audit.iter().filter(|r| r["kind"] == "steer" && r["verdict"] == "allow" && r["port"] == s.origin.https.port()).count();
+        assert_eq!(steers, 3, "h2load's three connections were steered");
+    });
+}
+
+#[test]
 fn quic_raw_sockets_dns_and_bad_first_bytes_are_refused_and_logged() {
     in_isolated_netns("quic_raw_sockets_dns_and_bad_first_bytes_are_refused_and_logged", || {
         let s = Setup::new();

@@ -58,18 +58,18 @@ fn a_canary_in_one_h2_stream_blocks_only_that_stream() {
         &cork.proxy_url(),
         cork.ca_pem().to_str().unwrap(),
         &url(&origin, "/echo"),
-        "40",
-        "17",
+        "100",
+        "57",
         CANARY,
     ]));
     assert!(out.status.success(), "{}", text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
     assert_eq!(report["connections"], 1, "all streams shared one connection: {report}");
     let results = report["results"].as_array().unwrap();
-    assert_eq!(results.len(), 40);
+    assert_eq!(results.len(), 100);
     for r in results {
         assert_eq!(r["http_version"], "HTTP/2", "{r}");
-        if r["i"] == 17 {
+        if r["i"] == 57 {
             assert_eq!(r["status"], 403, "{r}");
             assert_eq!(r["body"]["error"], "blocked", "{r}");
             assert_eq!(r["body"]["rule"], "canary", "{r}");
@@ -84,22 +84,56 @@ fn a_canary_in_one_h2_stream_blocks_only_that_stream() {
     assert_eq!(rec["status"], 403);
     assert_eq!(rec["bytes_up"], 0, "the origin received nothing of the blocked stream: {rec}");
     let allowed = cork.audit().iter().filter(|r| r["kind"] == "request" && r["verdict"] == "allow" && r["http_version"] == "HTTP/2").count();
-    assert_eq!(allowed, 40, "the first GET and 39 clean POSTs were allowed");
+    assert_eq!(allowed, 100, "the first GET and 99 clean POSTs were allowed");
+}
+
+/// SHA-256 of the origin's `/bytes/N` pattern, computed in pieces so that 1 GiB never sits in memory.
+fn pattern_sha256(size: usize) -> String {
+    use sha2::{Digest, Sha256};
+    // The pattern's period (64 bytes) divides 1 MiB, so 1 MiB blocks line up with it.
+    let block = bench_harness::origin::pattern_bytes(1 << 20);
+    let mut hasher = Sha256::new();
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(block.len());
+        hasher.update(&block[..n]);
+        left -= n;
+    }
+    hex::encode(hasher.finalize())
+}
+
+fn file_sha256(path: &std::path::Path) -> (u64, String) {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    (total, hex::encode(hasher.finalize()))
 }
 
 #[test]
-fn a_large_h2_download_arrives_intact() {
+fn a_one_gib_h2_download_arrives_intact() {
     let (origin, cork) = setup();
-    const SIZE: usize = 64 * 1024 * 1024;
+    const SIZE: usize = 1 << 30;
     let dir = TempDir::new("h2-download");
     let file = dir.path().join("body");
     let out = curl(&cork, &["--http2", "-w", "%{http_version}", "-o", file.to_str().unwrap(), &url(&origin, &format!("/bytes/{SIZE}"))]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "2", "{}", text(&out));
-    let got = std::fs::read(&file).unwrap();
-    assert_eq!(got.len(), SIZE);
-    assert!(got == bench_harness::origin::pattern_bytes(SIZE), "the body is the origin's pattern, byte for byte");
+    let (len, sum) = file_sha256(&file);
+    assert_eq!(len, SIZE as u64);
+    assert_eq!(sum, pattern_sha256(SIZE), "the body is the origin's pattern, byte for byte");
     let rec = cork.wait_audit("the download", |r| r["kind"] == "request" && r["path"] == format!("/bytes/{SIZE}"));
+    assert_eq!(rec["http_version"], "HTTP/2");
     let down = rec["bytes_down"].as_u64().unwrap();
     assert!(down > SIZE as u64 && down < SIZE as u64 + 4096, "the body plus a head: {rec}");
 }
@@ -165,4 +199,45 @@ fn malformed_frames_and_hpack_garbage_end_the_connection_with_an_audited_error()
     let out = curl(&cork, &["--http2", "-w", "\n%{http_version}", &url(&origin, "/echo")]);
     assert_eq!(body_and_version(&out).1, "2", "{}", text(&out));
     assert!(!cork.proc.stderr().contains("panicked"), "{}", cork.proc.stderr());
+}
+
+/// HEADERS for `GET /` on `stream` (END_STREAM | END_HEADERS), with `authority` as a literal.
+fn get_headers_frame(stream: u32, authority: &str) -> Vec<u8> {
+    // :method GET, :scheme https, :path / (static table), then :authority as a literal.
+    let mut block = vec![0x82, 0x87, 0x84, 0x01, authority.len() as u8];
+    block.extend_from_slice(authority.as_bytes());
+    let mut frame = vec![0, 0, block.len() as u8, 0x1, 0x5];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(&block);
+    frame
+}
+
+#[test]
+fn a_rapid_reset_flood_is_stopped_with_goaway_and_audited() {
+    let (origin, cork) = setup();
+    let target = format!("origin.test:{}", origin.https.port());
+    // CVE-2023-44487: open a stream and cancel it at once, over and over.
+    let mut frames = Vec::new();
+    for i in 0..2000u32 {
+        let stream = 2 * i + 1;
+        frames.extend(get_headers_frame(stream, &target));
+        frames.extend_from_slice(&[0, 0, 4, 0x3, 0]);
+        frames.extend_from_slice(&stream.to_be_bytes());
+        frames.extend_from_slice(&8u32.to_be_bytes()); // CANCEL
+    }
+    let mut cmd = python();
+    cmd.arg(clients_dir().join("h2_raw.py")).args([&cork.listen.to_string(), &target, cork.ca_pem().to_str().unwrap(), "-"]);
+    let out = run_with_input(&mut cmd, Some(hex::encode(&frames).into_bytes()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let received = stdout.lines().find_map(|l| l.strip_prefix("received ")).unwrap_or("");
+    let codes = goaway_codes(received);
+    assert_eq!(codes, vec![0xb], "one GOAWAY with ENHANCE_YOUR_CALM ({} bytes back)", received.len() / 2);
+    let rec = cork.wait_audit("the flood", |r| r["kind"] == "connection" && r["verdict"] == "block");
+    assert!(rec["rules"][0].as_str().unwrap().starts_with("h2."), "{rec}");
+    let served = cork.audit().iter().filter(|r| r["kind"] == "request").count();
+    assert!(served < 100, "the flood was cut long before its 2000 streams: {served} requests");
+    // cork is still serving.
+    let out = curl(&cork, &["--http2", "-w", "\n%{http_version}", &url(&origin, "/echo")]);
+    assert_eq!(body_and_version(&out).1, "2", "{}", text(&out));
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 /// Debian packages the tests drive as real clients and peers.
-const TEST_APT_PACKAGES: &[&str] = &["curl", "openssl", "ca-certificates", "iproute2"];
+const TEST_APT_PACKAGES: &[&str] = &["curl", "openssl", "ca-certificates", "iproute2", "nghttp2-client"];
 /// Python test clients, pinned so that runs are comparable.
 const PYTHON_PACKAGES: &[&str] = &["requests==2.32.3", "httpx==0.27.2", "h2==4.1.0", "websockets==13.1"];
 
@@ -104,8 +104,8 @@ pub fn run_cork(args: &[String]) -> Result<()> {
     Err(cmd.exec()).context("starting cork")
 }
 
-/// `cargo xtask test`: installs what the tests need, builds the binaries they run, and runs
-/// every test in the workspace.
+/// `cargo xtask test`: installs what the tests need, builds the binaries they run, runs every
+/// test in the workspace, then the benchmark harness's `--quick` smoke run.
 pub fn test_all() -> Result<()> {
     step("checking test dependencies");
     ensure_apt(TEST_APT_PACKAGES)?;
@@ -126,5 +126,8 @@ pub fn test_all() -> Result<()> {
             // Steering tests must run here, never skip for want of the object.
             .env("CORK_REQUIRE_STEERING_TESTS", "1"),
     )?;
+    // The harness must keep working as the code changes; nothing here asserts speed.
+    step("benchmark smoke run: cargo xtask bench --quick (report in target/bench-quick.md)");
+    crate::bench::run(&["--quick".to_string()])?;
     Ok(())
 }

@@ -40,8 +40,10 @@ pub async fn handle(req: Request<Incoming>) -> Result<Resp, Infallible> {
             "text/html; charset=utf-8",
         ),
         ("status", Some(code)) if is_get => status(code),
+        ("html", Some(t)) if is_get => with_type(Response::new(OriginBody::full(decode(t))), "text/html; charset=utf-8"),
+        ("redirect", Some(to)) if is_get => redirect(&decode(to)),
         ("", None) if is_get => text(StatusCode::OK, "cork bench origin\n".into()),
-        ("bytes" | "chunked" | "upload" | "gzip" | "text" | "inject" | "status", _) => {
+        ("bytes" | "chunked" | "upload" | "gzip" | "text" | "inject" | "status" | "html" | "redirect", _) => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into())
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
@@ -117,6 +119,15 @@ fn status(code: &str) -> Resp {
         }
         None => text(StatusCode::BAD_REQUEST, "status must be 200..=599\n".into()),
     }
+}
+
+/// `302 Found` to `to` (for redirect-following clients such as cork's `/fetch`).
+fn redirect(to: &str) -> Resp {
+    let mut r = text(StatusCode::FOUND, format!("see {to}\n"));
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
 }
 
 fn gzip(s: &str) -> Resp {

@@ -79,6 +79,9 @@ pub struct AuditRecord {
     /// The process that opened the connection, when known (transparent mode in a bottle).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// `fetch` for hops of the `/fetch` endpoint; absent for proxied traffic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<&'static str>,
     /// Counts and the ending of a WebSocket session (`kind: websocket`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub websocket: Option<crate::websocket::WsSummary>,
@@ -108,6 +111,7 @@ impl AuditRecord {
             bytes_down: 0,
             duration_ms: 0.0,
             pid: None,
+            via: None,
             websocket: None,
         }
     }

@@ -14,7 +14,7 @@ use crate::exchange::{head_limits, read_head, split_authority, After, Destinatio
 use crate::inspect::record_block;
 use crate::state::{ProxyState, Snapshot};
 use crate::wire::{Prefixed, Wire};
-use crate::{bump, respond, tunnel, upstream};
+use crate::{bump, fetch, respond, tunnel, upstream};
 
 /// Serves explicit-proxy clients on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
@@ -44,6 +44,9 @@ async fn handle(state: Arc<ProxyState>, stream: TcpStream, client: SocketAddr) {
     if head.method.eq_ignore_ascii_case("CONNECT") {
         state.metrics.connection("connect");
         connect(state, snap, client, wire, head).await
+    } else if fetch::is_fetch(&head) {
+        state.metrics.connection("fetch");
+        fetch::serve(state.clone(), snap, client, &mut wire, &head).await;
     } else if head.target.starts_with("http://") {
         state.metrics.connection("forward");
         forward(state, snap, client, wire, head).await

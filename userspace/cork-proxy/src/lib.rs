@@ -22,6 +22,7 @@ pub mod bump;
 pub mod dns;
 pub mod exchange;
 pub mod explicit;
+pub mod fetch;
 pub mod h2relay;
 pub mod inspect;
 pub mod metrics;

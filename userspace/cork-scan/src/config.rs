@@ -71,6 +71,8 @@ pub struct ScanConfig {
     /// Also allow the well-known documentation examples (AWS's `AKIAIOSFODNN7EXAMPLE`, …).
     pub allow_documentation_examples: bool,
     pub limits: Limits,
+    /// MCP scanning: tool policy, poisoning, drift and chains (see [`crate::mcp`]).
+    pub mcp: crate::mcp::McpConfig,
 }
 
 impl Default for ScanConfig {
@@ -82,6 +84,7 @@ impl Default for ScanConfig {
             allow_values: Vec::new(),
             allow_documentation_examples: true,
             limits: Limits::default(),
+            mcp: crate::mcp::McpConfig::default(),
         }
     }
 }

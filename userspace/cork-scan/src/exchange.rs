@@ -11,16 +11,25 @@
 //! ```json
 //! {"line":1,"verdict":"block","findings":[{"rule":"github.pat_classic","severity":"critical","location":"body.json","action":"block"}],"redacted":null}
 //! ```
-//! `verdict` is `allow`, `redact`, `block`, `unsupported` (MCP for now) or
-//! `error` (malformed line; counted as blocked). `redacted` holds the masked URL, headers and
-//! body when the verdict is `redact`.
+//! `verdict` is `allow`, `redact`, `block` or `error` (malformed line; counted as blocked).
+//! `redacted` holds the masked URL, headers and body when the verdict is `redact`.
+//!
+//! `mcp` lines are JSON-RPC messages (or batches) between an MCP client and the server named by
+//! `server`; `direction` is `to_server` or `to_client`. Lines with the same `session` and
+//! `server` are one [`crate::mcp::McpSession`], judged in order (lines without `session` share
+//! one anonymous session per server), so tool listings, rug pulls, unlisted tools and chains are
+//! seen across lines. Their findings carry a `reason`.
 
 use std::io::{BufRead, Write};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use crate::mcp::{McpDirection, McpSession};
 use crate::{redact_in_place, Action, BodyMeta, Engine, Finding};
+
+/// MCP sessions kept at most; a line that would open one more is an error.
+pub const MAX_MCP_SESSIONS: usize = 10_000;
 
 /// Longest line accepted; longer lines get an `error` verdict.
 pub const MAX_LINE: usize = 64 << 20;
@@ -108,6 +117,8 @@ struct FindingOut<'a> {
     location: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     encoding: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -170,6 +181,7 @@ pub fn scan_jsonl(mut reader: impl BufRead, mut writer: impl Write, engine: &Eng
     let mut summary = ScanSummary::default();
     let mut buf = Vec::new();
     let mut line_no = 0u64;
+    let mut mcp_sessions: std::collections::HashMap<(Option<String>, String), McpSession> = std::collections::HashMap::new();
     while let Some(read) = read_line(&mut reader, &mut buf).map_err(ExchangeError::Read)? {
         line_no += 1;
         let trimmed = buf.trim_ascii();
@@ -181,6 +193,7 @@ pub fn scan_jsonl(mut reader: impl BufRead, mut writer: impl Write, engine: &Eng
             Err(len) => error_line(line_no, format!("line of {len} bytes exceeds {MAX_LINE}")),
             Ok(()) => match serde_json::from_slice::<Exchange>(trimmed) {
                 Err(e) => error_line(line_no, format!("malformed exchange: {e}")),
+                Ok(Exchange::Mcp { session, direction, server, message }) => judge_mcp(line_no, session, &direction, server, &message, engine, &mut mcp_sessions),
                 Ok(x) => judge(line_no, x, engine),
             },
         };
@@ -212,7 +225,7 @@ fn websocket_line(line: u64, session: Option<&str>, findings: &[Finding]) -> (&'
     };
     let findings = findings
         .iter()
-        .map(|f| FindingOut { rule: &f.rule, severity: f.severity, action: f.action, location: &f.location, encoding: &f.encoding })
+        .map(|f| FindingOut { rule: &f.rule, severity: f.severity, action: f.action, location: &f.location, encoding: &f.encoding, reason: None })
         .collect();
     let out = LineOut { line, session, verdict, error: None, findings, redacted: None };
     (verdict, serde_json::to_vec(&out).unwrap_or_default())
@@ -249,6 +262,7 @@ fn judge(line: u64, x: Exchange, engine: &Engine) -> (&'static str, Vec<u8>) {
             };
         }
         Exchange::Mcp { session, .. } => {
+            // MCP lines are judged by `judge_mcp`, which keeps their session.
             let out = LineOut { line, session: session.as_deref(), verdict: "unsupported", error: None, findings: Vec::new(), redacted: None };
             return ("unsupported", serde_json::to_vec(&out).unwrap_or_default());
         }
@@ -307,9 +321,58 @@ fn judge(line: u64, x: Exchange, engine: &Engine) -> (&'static str, Vec<u8>) {
         error: None,
         findings: findings
             .iter()
-            .map(|f| FindingOut { rule: &f.rule, severity: f.severity, action: f.action, location: &f.location, encoding: &f.encoding })
+            .map(|f| FindingOut { rule: &f.rule, severity: f.severity, action: f.action, location: &f.location, encoding: &f.encoding, reason: None })
             .collect(),
         redacted,
+    };
+    (verdict, serde_json::to_vec(&out).unwrap_or_default())
+}
+
+fn judge_mcp(
+    line: u64,
+    session: Option<String>,
+    direction: &str,
+    server: String,
+    message: &serde_json::Value,
+    engine: &Engine,
+    sessions: &mut std::collections::HashMap<(Option<String>, String), McpSession>,
+) -> (&'static str, Vec<u8>) {
+    let dir = match direction {
+        "to_server" => McpDirection::ToServer,
+        "to_client" => McpDirection::ToClient,
+        other => return error_line(line, format!("direction must be to_server or to_client, not {other:?}")),
+    };
+    let key = (session, server);
+    if !sessions.contains_key(&key) && sessions.len() >= MAX_MCP_SESSIONS {
+        return error_line(line, format!("more than {MAX_MCP_SESSIONS} MCP sessions"));
+    }
+    let mcp = sessions.entry(key.clone()).or_insert_with(|| McpSession::new(engine, &key.1));
+    // Through bytes, so the message-size limit applies as it does on the wire.
+    let raw = serde_json::to_vec(message).unwrap_or_default();
+    let obs = mcp.observe(dir, &raw);
+    let worst = obs.findings().map(|f| f.finding.action).max();
+    let verdict = match worst {
+        Some(Action::Block) => "block",
+        Some(Action::Redact) => "redact",
+        _ => "allow",
+    };
+    let out = LineOut {
+        line,
+        session: key.0.as_deref(),
+        verdict,
+        error: None,
+        findings: obs
+            .findings()
+            .map(|f| FindingOut {
+                rule: &f.finding.rule,
+                severity: f.finding.severity,
+                action: f.finding.action,
+                location: &f.finding.location,
+                encoding: &f.finding.encoding,
+                reason: Some(&f.reason),
+            })
+            .collect(),
+        redacted: None,
     };
     (verdict, serde_json::to_vec(&out).unwrap_or_default())
 }

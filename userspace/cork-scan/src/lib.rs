@@ -42,9 +42,12 @@ mod config;
 pub mod decompress;
 mod decode;
 pub mod exchange;
+pub mod html;
 mod inject;
+pub mod mcp;
 mod runs;
 mod scanner;
+pub mod shell;
 mod stream;
 pub mod template;
 pub mod url;
@@ -155,6 +158,7 @@ pub(crate) struct Inner {
     compiled: Compiled,
     actions: Vec<Option<Action>>,
     limits: Limits,
+    mcp: Arc<mcp::McpPolicy>,
 }
 
 /// The compiled rule set. Cheap to share: clone the `Arc` or borrow; `Send + Sync`.
@@ -182,7 +186,8 @@ impl Engine {
             return Err(BuildError::Rule { rule: "limits".into(), reason: "max_decode_depth above 8".into() });
         }
         let compiled = Compiled::new(enabled, &cfg.canaries, allow)?;
-        Ok(Engine { inner: Arc::new(Inner { compiled, actions, limits: cfg.limits.clone() }) })
+        let mcp = mcp::McpPolicy::new(&cfg.mcp).map_err(|e| BuildError::Rule { rule: "mcp".into(), reason: e.to_string() })?;
+        Ok(Engine { inner: Arc::new(Inner { compiled, actions, limits: cfg.limits.clone(), mcp: Arc::new(mcp) }) })
     }
 
     /// Scans a request URL: scheme, CRLF, traversal, SSRF, length, entropy, DNS labels and DLP
@@ -226,6 +231,11 @@ impl Engine {
             out.extend(self.inner.builtin(Builtin::DnsLabelExfil, "dns", None));
         }
         out
+    }
+
+    /// The compiled MCP settings, shared by every [`mcp::McpSession`] of this engine.
+    pub fn mcp_policy(&self) -> &mcp::McpPolicy {
+        &self.inner.mcp
     }
 
     /// The effective action of a rule under this configuration (`None`: off or unknown).

@@ -27,13 +27,14 @@ fn verdicts_per_line() {
     .join("\n");
     let (summary, lines) = run(&input);
     let verdicts: Vec<&str> = lines.iter().map(|l| l["verdict"].as_str().unwrap()).collect();
-    assert_eq!(verdicts, ["allow", "block", "redact", "block", "unsupported", "error", "error", "block"]);
+    assert_eq!(verdicts, ["allow", "block", "redact", "block", "block", "error", "error", "block"]);
+    assert_eq!(lines[4]["findings"][0]["rule"], "mcp.malformed");
     assert_eq!(lines[1]["findings"][0]["rule"], "github.pat_classic");
     assert_eq!(lines[1]["session"], "s1");
     assert_eq!(lines[2]["redacted"]["body"], "{\"card\":\"****************\"}");
     assert_eq!(lines[7]["findings"][0]["rule"], "url.ssrf");
     assert_eq!(lines[7]["line"], 9);
-    assert_eq!((summary.lines, summary.allowed, summary.redacted, summary.blocked, summary.unsupported, summary.errors), (8, 1, 1, 3, 1, 2));
+    assert_eq!((summary.lines, summary.allowed, summary.redacted, summary.blocked, summary.unsupported, summary.errors), (8, 1, 1, 4, 0, 2));
     assert!(summary.any_blocked());
     let (clean, _) = run(r#"{"kind":"request","url":"https://x.test/","headers":[],"body_base64":"aGVsbG8="}"#);
     assert!(!clean.any_blocked());

@@ -2,6 +2,8 @@
 
 mod bottle_cmd;
 mod config_cmd;
+mod mcp_cmd;
+mod mcp_http;
 mod run;
 mod scan_cmd;
 mod setup;
@@ -28,6 +30,9 @@ enum Command {
     /// Run a command in a bottle (transparent steering by eBPF), list or remove bottles.
     #[command(subcommand)]
     Bottle(bottle_cmd::BottleCommand),
+    /// MCP: relay a server through cork's MCP checks (`cork mcp proxy`).
+    #[command(subcommand)]
+    Mcp(mcp_cmd::McpCommand),
     /// Scan recorded exchanges (JSON lines) offline and print a verdict for each.
     Scan {
         /// Input file of JSON lines, or `-` for standard input.
@@ -61,6 +66,7 @@ fn main() -> std::process::ExitCode {
         Command::Config(ConfigCommand::Check { file }) => config_cmd::check(&file),
         Command::Scan { input, config } => scan_cmd::scan(&input, config.as_deref()),
         Command::Bottle(command) => bottle_cmd::main(command),
+        Command::Mcp(command) => mcp_cmd::main(command),
     };
     match result {
         Ok(code) => code,
