@@ -388,9 +388,15 @@ struct Held {
     kind: Opcode,
     /// The original frames, forwarded once the whole message is clean.
     frames: Vec<u8>,
+    /// Header bytes among `frames`: the message limit counts payload, so tiny fragments are
+    /// bounded separately.
+    header_bytes: usize,
     scan: BodyScan,
     findings: Vec<(Finding, Effect)>,
 }
+
+/// Frame headers a held message may add on top of its payload limit (some 75 000 fragments).
+const MAX_HELD_HEADER_BYTES: usize = 1024 * 1024;
 
 /// Relays frames from `src` to `dst` (the other side's writer), closing `back` (the sender's own
 /// writer) too when the session must end.
@@ -489,9 +495,14 @@ async fn pump<R: AsyncRead, D: AsyncWrite, B: AsyncWrite>(shared: &Shared<'_>, d
                 }
                 FrameRole::Data { kind, first, last } => {
                     if first {
-                        held = Some(Held { kind, frames: Vec::new(), scan: new_scan(), findings: Vec::new() });
+                        held = Some(Held { kind, frames: Vec::new(), header_bytes: 0, scan: new_scan(), findings: Vec::new() });
                     }
                     let h = held.as_mut().expect("a data frame either starts a message or continues the held one");
+                    h.header_bytes += header.header_len;
+                    if h.header_bytes > MAX_HELD_HEADER_BYTES {
+                        let reason = format!("a {} message in more fragments than cork holds ({MAX_HELD_HEADER_BYTES} bytes of frame headers)", h.kind.name());
+                        fatal!(Fatal::failure(close_code::MESSAGE_TOO_BIG, "websocket.message_too_big", reason));
+                    }
                     let mut found = h.scan.push(&payload);
                     if last {
                         found.extend(h.scan.finish());
@@ -742,6 +753,30 @@ mod tests {
         .await;
         assert_eq!(record["websocket"]["direction"], "to_client", "{record}");
         assert_eq!(record["rules"][0], "injection.instruction_override", "{record}");
+    }
+
+    #[tokio::test]
+    async fn a_message_in_too_many_tiny_fragments_is_refused() {
+        let record = session(|mut client, mut origin| async move {
+            // 200 000 one-byte fragments: 200 KB of payload, far under the limit, but 1.2 MB of
+            // frame headers that cork would have to hold.
+            let mut frames = encode_frame(false, Opcode::Binary, b"x", Some(KEY));
+            for _ in 0..200_000 {
+                frames.extend_from_slice(&encode_frame(false, Opcode::Continuation, b"x", Some(KEY)));
+            }
+            // Cork stops reading once it refuses, so the write is abandoned when the close arrives.
+            let (h, payload) = tokio::select! {
+                _ = client.write_all(&frames) => read_frame(&mut origin, Role::Client).await,
+                close = read_frame(&mut origin, Role::Client) => close,
+            };
+            assert_eq!(h.opcode, Opcode::Close, "nothing of the message was forwarded");
+            assert_eq!(&payload[..2], &1009u16.to_be_bytes());
+            let (h, payload) = read_frame(&mut client, Role::Server).await;
+            assert_eq!(h.opcode, Opcode::Close);
+            assert_eq!(&payload[..2], &1009u16.to_be_bytes());
+        })
+        .await;
+        assert_eq!(record["rules"][0], "websocket.message_too_big", "{record}");
     }
 
     #[tokio::test]
