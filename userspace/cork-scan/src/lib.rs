@@ -43,6 +43,7 @@ pub mod decompress;
 mod decode;
 pub mod exchange;
 mod inject;
+pub mod a2a;
 pub mod mcp;
 mod runs;
 mod scanner;

@@ -80,7 +80,7 @@ pub enum McpMode {
 }
 
 impl McpMode {
-    fn action(self) -> Option<Action> {
+    pub(crate) fn action(self) -> Option<Action> {
         match self {
             McpMode::Block => Some(Action::Block),
             McpMode::Audit => Some(Action::Audit),
@@ -442,7 +442,7 @@ impl PendingMap {
     }
 }
 
-fn id_key(id: &Value) -> Option<String> {
+pub(crate) fn id_key(id: &Value) -> Option<String> {
     match id {
         Value::String(s) => Some(format!("s:{s}")),
         Value::Number(n) => Some(format!("n:{n}")),
@@ -831,7 +831,7 @@ fn hidden_char(c: char) -> bool {
 }
 
 /// String values (not keys) of a JSON value, depth first, up to `cap` bytes in all.
-fn collect_strings(v: &Value, out: &mut Vec<String>, cap: usize) {
+pub(crate) fn collect_strings(v: &Value, out: &mut Vec<String>, cap: usize) {
     fn walk(v: &Value, out: &mut Vec<String>, left: &mut usize) {
         if *left == 0 {
             return;
@@ -861,7 +861,7 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// SHA-256 over the canonical JSON (sorted keys) of what a tool promises: title, description,
 /// schemas and annotations.
-fn tool_hash(tool: &Value) -> [u8; 32] {
+pub(crate) fn tool_hash(tool: &Value) -> [u8; 32] {
     let mut h = Sha256::new();
     for key in ["title", "description", "inputSchema", "outputSchema", "annotations"] {
         h.update(key.as_bytes());
@@ -872,7 +872,7 @@ fn tool_hash(tool: &Value) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn canonical(v: &Value, h: &mut Sha256) {
+pub(crate) fn canonical(v: &Value, h: &mut Sha256) {
     match v {
         Value::Object(o) => {
             let mut keys: Vec<&String> = o.keys().collect();
@@ -899,7 +899,7 @@ fn canonical(v: &Value, h: &mut Sha256) {
 }
 
 /// The message's JSON-RPC shape, or why it has none.
-fn classify(msg: &Value) -> Result<MessageKind, String> {
+pub(crate) fn classify(msg: &Value) -> Result<MessageKind, String> {
     let Some(obj) = msg.as_object() else { return Err("a JSON-RPC message must be an object".into()) };
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Err("missing or wrong \"jsonrpc\": \"2.0\"".into());
@@ -956,7 +956,7 @@ pub(crate) fn mcp_finding(rule: &str, severity: Severity, action: Action, locati
 
 /// An engine finding moved to an MCP location. Redaction is not possible inside a JSON-RPC
 /// message that is judged whole, so `redact` becomes `block`.
-fn relocate(mut f: Finding, location: &str, reason: String) -> McpFinding {
+pub(crate) fn relocate(mut f: Finding, location: &str, reason: String) -> McpFinding {
     f.location = location.to_string();
     f.span = None;
     if f.action == Action::Redact {
