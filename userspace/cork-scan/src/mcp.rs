@@ -705,6 +705,10 @@ impl McpSession {
             if let Some(action) = cfg.poisoning.action() {
                 if let Some(why) = self.poisoning(tool) {
                     v.findings.push(mcp_finding("mcp.tool_poisoning", Severity::Critical, action, "mcp.tools/list.tools", format!("tool {name}: {why}")));
+                    if action == Action::Block {
+                        // Never part of the inventory: a later call to it is an unlisted call.
+                        continue;
+                    }
                 }
             }
             let hash = tool_hash(tool);
@@ -1037,6 +1041,7 @@ mod tests {
             let o = list(&mut s, 1, json!([tool("add", desc)]));
             assert_eq!(rules(&o), ["mcp.tool_poisoning"], "{desc}");
             assert!(o.blocked());
+            assert_eq!(rules(&call(&mut s, 2, "add", json!({"a":1,"b":2}))), ["mcp.unlisted_tool"], "a refused tool stays unlisted");
         }
         // Poison hidden in a parameter description counts too.
         let mut s = session();
