@@ -407,6 +407,7 @@ impl Exchange<'_> {
         Ok(framing)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn relay_response<C, U>(
         &self,
         client: &mut Wire<C>,

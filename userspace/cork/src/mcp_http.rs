@@ -387,12 +387,15 @@ pub async fn stdio_bridge(relay: Arc<Relay>, upstream: Upstream, max: usize) -> 
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// Relays by session id, and the ids in the order they came (to forget the oldest).
+type SessionMap = (HashMap<String, Arc<Relay>>, std::collections::VecDeque<String>);
+
 /// Per-`Mcp-Session-Id` relays of the reverse proxy.
 struct Sessions {
     engine: cork_scan::Engine,
     name: String,
     audit: AuditSink,
-    map: Mutex<(HashMap<String, Arc<Relay>>, std::collections::VecDeque<String>)>,
+    map: Mutex<SessionMap>,
 }
 
 impl Sessions {
