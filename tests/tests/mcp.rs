@@ -406,3 +406,25 @@ fn reverse_proxy_checks_each_post_with_per_session_state() {
     assert!(!server.received().contains("evil.test"));
     drop(proc);
 }
+
+fn fetch_card(cork: &Cork, server: &HttpServer) -> Value {
+    let out = curl(cork, &["-s", &format!("https://mcp.test:{}/.well-known/agent-card.json", server.port)]);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)))
+}
+
+#[test]
+fn bumped_a2a_agent_card_drift_and_poisoning_are_refused() {
+    let server = HttpServer::start(&["--card-drift"]);
+    let cork = cork_in_front_of(&server);
+    assert_eq!(fetch_card(&cork, &server)["name"], "Weather Agent");
+    let refused = fetch_card(&cork, &server);
+    assert_eq!(refused["rule"], "a2a.card_drift", "{refused}");
+    let rec = cork.wait_audit("the drifted card", |r| r["kind"] == "request" && r["verdict"] == "block");
+    assert!(rec["reason"].as_str().unwrap().contains("changed within the session"), "{rec}");
+
+    let server = HttpServer::start(&["--card-poison"]);
+    let cork = cork_in_front_of(&server);
+    let refused = fetch_card(&cork, &server);
+    assert_eq!(refused["rule"], "a2a.card_poisoning", "{refused}");
+}

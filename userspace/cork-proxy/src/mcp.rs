@@ -15,6 +15,10 @@
 //!
 //! Sessions are kept per (client address, host, `Mcp-Session-Id`) in [`McpSessions`], so tool
 //! listings, rug pulls and chains are followed across requests and connections.
+//!
+//! A2A Agent Cards (`GET /.well-known/agent-card.json`, or the older `agent.json`) are judged the
+//! same way: the answer (bounded likewise) goes to the [`A2aSession`] of (client address, host),
+//! which checks it for poisoning and for drift from the card first seen there.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -22,6 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use cork_http::RequestHead;
 use cork_policy::Mode;
+use cork_scan::a2a::A2aSession;
 use cork_scan::mcp::{McpDirection, McpSession};
 use cork_scan::{Action, Finding, Severity};
 
@@ -39,28 +44,56 @@ pub struct McpSessions {
     inner: Mutex<Sessions>,
 }
 
-#[derive(Default)]
 struct Sessions {
-    map: HashMap<Key, Arc<Mutex<McpSession>>>,
+    mcp: Bounded<McpSession>,
+    a2a: Bounded<A2aSession>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions { mcp: Bounded { map: HashMap::new(), order: VecDeque::new() }, a2a: Bounded { map: HashMap::new(), order: VecDeque::new() } }
+    }
+}
+
+/// Sessions by key, forgetting the oldest beyond [`MAX_SESSIONS`].
+struct Bounded<T> {
+    map: HashMap<Key, Arc<Mutex<T>>>,
     order: VecDeque<Key>,
 }
 
-impl McpSessions {
-    fn get(&self, key: Key, engine: &cork_scan::Engine) -> Arc<Mutex<McpSession>> {
-        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(found) = s.map.get(&key) {
+impl<T> Bounded<T> {
+    fn get(&mut self, key: Key, make: impl FnOnce() -> T) -> Arc<Mutex<T>> {
+        if let Some(found) = self.map.get(&key) {
             return found.clone();
         }
-        let session = Arc::new(Mutex::new(McpSession::new(engine, &key.1)));
-        s.map.insert(key.clone(), session.clone());
-        s.order.push_back(key);
-        while s.order.len() > MAX_SESSIONS {
-            if let Some(old) = s.order.pop_front() {
-                s.map.remove(&old);
+        let session = Arc::new(Mutex::new(make()));
+        self.map.insert(key.clone(), session.clone());
+        self.order.push_back(key);
+        while self.order.len() > MAX_SESSIONS {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
             }
         }
         session
     }
+}
+
+impl McpSessions {
+    fn mcp(&self, key: Key, engine: &cork_scan::Engine) -> Arc<Mutex<McpSession>> {
+        let host = key.1.clone();
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).mcp.get(key, || McpSession::new(engine, &host))
+    }
+
+    fn a2a(&self, key: Key, engine: &cork_scan::Engine) -> Arc<Mutex<A2aSession>> {
+        let host = key.1.clone();
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).a2a.get(key, || A2aSession::new(engine, &host))
+    }
+}
+
+/// Whether a request fetches an A2A Agent Card.
+pub fn is_agent_card_request(head: &RequestHead) -> bool {
+    let path = head.target.split(['?', '#']).next().unwrap_or("");
+    head.method.eq_ignore_ascii_case("GET") && (path == cork_scan::a2a::AGENT_CARD_PATH || path == "/.well-known/agent.json")
 }
 
 fn header_str<'a>(head: &'a RequestHead, name: &str) -> Option<&'a str> {
@@ -85,33 +118,47 @@ pub fn is_mcp_request(head: &RequestHead) -> bool {
     }
 }
 
-/// One MCP exchange: its session, and the policy mode for effects.
+/// One MCP exchange (or Agent Card fetch): its session, and the policy mode for effects.
 pub struct McpExchange {
-    session: Arc<Mutex<McpSession>>,
+    session: Followed,
     mode: Mode,
+}
+
+#[derive(Clone)]
+enum Followed {
+    Mcp(Arc<Mutex<McpSession>>),
+    /// An Agent Card fetch, with the card's location.
+    Card(Arc<Mutex<A2aSession>>, String),
 }
 
 impl McpExchange {
     /// Recognises an MCP request and prepares it (drops `Accept-Encoding`). `None` for other
     /// requests, which are left untouched.
     pub fn start(sessions: &McpSessions, engine: &cork_scan::Engine, mode: Mode, client: IpAddr, host: &str, head: &mut RequestHead) -> Option<McpExchange> {
-        if !is_mcp_request(head) {
+        let session = if is_mcp_request(head) {
+            let id = header_str(head, "mcp-session-id").unwrap_or("").to_string();
+            Followed::Mcp(sessions.mcp((client, host.to_string(), id), engine))
+        } else if is_agent_card_request(head) {
+            let location = format!("https://{host}{}", head.target);
+            Followed::Card(sessions.a2a((client, host.to_string(), String::new()), engine), location)
+        } else {
             return None;
-        }
-        let id = header_str(head, "mcp-session-id").unwrap_or("").to_string();
+        };
         head.headers.retain(|h| !h.is("accept-encoding"));
-        let session = sessions.get((client, host.to_string(), id), engine);
         Some(McpExchange { session, mode })
     }
 
     /// The check for the request body: one JSON-RPC message or batch, to the server.
     pub fn request_check(&self, limit: usize) -> McpBodyCheck {
-        McpBodyCheck::new(self.session.clone(), self.mode, McpDirection::ToServer, Framing::Json, limit)
+        let framing = if matches!(self.session, Followed::Card(..)) { Framing::Ignore } else { Framing::Json };
+        McpBodyCheck::new(self.session.clone(), self.mode, McpDirection::ToServer, framing, limit)
     }
 
     /// The check for the response body, by its content type and coding.
     pub fn response_check(&self, content_type: Option<&str>, content_encoding: Option<&str>, limit: usize) -> McpBodyCheck {
         let framing = match content_type.map(media_type).as_deref() {
+            // A card is judged whatever it claims to be; a non-JSON card is malformed.
+            _ if matches!(self.session, Followed::Card(..)) => Framing::Json,
             Some("application/json") => Framing::Json,
             Some("text/event-stream") => Framing::EventStream,
             // Other responses (errors, 202 Accepted) carry no JSON-RPC.
@@ -134,7 +181,7 @@ enum Framing {
 
 /// Judges a body's JSON-RPC with the session, beside the scanner.
 pub struct McpBodyCheck {
-    session: Arc<Mutex<McpSession>>,
+    session: Followed,
     mode: Mode,
     dir: McpDirection,
     framing: Framing,
@@ -147,7 +194,7 @@ pub struct McpBodyCheck {
 }
 
 impl McpBodyCheck {
-    fn new(session: Arc<Mutex<McpSession>>, mode: Mode, dir: McpDirection, framing: Framing, limit: usize) -> McpBodyCheck {
+    fn new(session: Followed, mode: Mode, dir: McpDirection, framing: Framing, limit: usize) -> McpBodyCheck {
         McpBodyCheck { session, mode, dir, framing, limit, pending: Vec::new(), stopped: false, refuse_all: None, reasons: Vec::new() }
     }
 
@@ -160,8 +207,11 @@ impl McpBodyCheck {
     }
 
     fn judge(&mut self, message: &[u8], out: &mut Vec<(Finding, Effect)>) {
-        let obs = self.session.lock().unwrap_or_else(|p| p.into_inner()).observe(self.dir, message);
-        for m in &obs.messages {
+        let messages = match &self.session {
+            Followed::Mcp(s) => s.lock().unwrap_or_else(|p| p.into_inner()).observe(self.dir, message).messages,
+            Followed::Card(s, location) => vec![s.lock().unwrap_or_else(|p| p.into_inner()).observe_card(location, message)],
+        };
+        for m in &messages {
             if m.blocked() {
                 self.reasons.push(m.block_reason());
             }
