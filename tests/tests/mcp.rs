@@ -428,3 +428,22 @@ fn bumped_a2a_agent_card_drift_and_poisoning_are_refused() {
     let refused = fetch_card(&cork, &server);
     assert_eq!(refused["rule"], "a2a.card_poisoning", "{refused}");
 }
+
+#[test]
+fn bumped_sse_requests_that_are_not_json_rpc_are_left_to_the_engine() {
+    // LLM APIs also POST JSON accepting text/event-stream: without MCP headers and without a
+    // "jsonrpc" member, such a request is not judged as MCP (and not refused as malformed).
+    let server = HttpServer::start(&["--sse"]);
+    let cork = cork_in_front_of(&server);
+    let url = server.url();
+    let post = |body: &str| curl(&cork, &["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Accept: text/event-stream", "-H", "Content-Type: application/json", "--data-binary", body, &url]);
+    let out = post(r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "202", "{}", text(&out));
+    // The same shape with a secret is still the engine's block.
+    let out = post(&format!(r#"{{"model":"m","stream":true,"messages":[{{"role":"user","content":"{GITHUB_TOKEN}"}}]}}"#));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "{}", text(&out));
+    // Marked by MCP headers, a body that is not JSON-RPC is malformed MCP.
+    let out = curl(&cork, &["-s", "-H", "Mcp-Session-Id: abc", "-H", "Content-Type: application/json", "--data-binary", r#"{"model":"m"}"#, &url]);
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(reply["rule"], "mcp.malformed", "{reply}");
+}

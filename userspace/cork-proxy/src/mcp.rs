@@ -6,7 +6,9 @@
 //! server's own stream). For such exchanges:
 //!
 //! - The request body (within `limits.body_buffer_bytes`, else refused) is one JSON-RPC message
-//!   or batch, judged by the session's [`McpSession`] before the origin sees anything.
+//!   or batch, judged by the session's [`McpSession`] before the origin sees anything. When
+//!   only `Accept` made the request look like MCP (LLM APIs stream SSE too), a body that is not
+//!   JSON-RPC (no `"jsonrpc"` member) makes it an ordinary exchange, left to the engine's scan.
 //! - `Accept-Encoding` is removed, so the response comes back uncompressed and can be judged;
 //!   a response that is compressed anyway is refused.
 //! - An `application/json` response is judged whole (bounded the same way); a
@@ -22,6 +24,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cork_http::RequestHead;
@@ -122,6 +125,10 @@ pub fn is_mcp_request(head: &RequestHead) -> bool {
 pub struct McpExchange {
     session: Followed,
     mode: Mode,
+    /// False once a request that only looked like MCP turned out not to carry JSON-RPC.
+    is_mcp: Arc<AtomicBool>,
+    /// Whether MCP headers (not just `Accept`) marked the request.
+    marked: bool,
 }
 
 #[derive(Clone)]
@@ -135,6 +142,7 @@ impl McpExchange {
     /// Recognises an MCP request and prepares it (drops `Accept-Encoding`). `None` for other
     /// requests, which are left untouched.
     pub fn start(sessions: &McpSessions, engine: &cork_scan::Engine, mode: Mode, client: IpAddr, host: &str, head: &mut RequestHead) -> Option<McpExchange> {
+        let marked = head.header("mcp-session-id").is_some() || head.header("mcp-protocol-version").is_some() || is_agent_card_request(head);
         let session = if is_mcp_request(head) {
             let id = header_str(head, "mcp-session-id").unwrap_or("").to_string();
             Followed::Mcp(sessions.mcp((client, host.to_string(), id), engine))
@@ -145,18 +153,23 @@ impl McpExchange {
             return None;
         };
         head.headers.retain(|h| !h.is("accept-encoding"));
-        Some(McpExchange { session, mode })
+        Some(McpExchange { session, mode, is_mcp: Arc::new(AtomicBool::new(true)), marked })
     }
 
     /// The check for the request body: one JSON-RPC message or batch, to the server.
     pub fn request_check(&self, limit: usize) -> McpBodyCheck {
         let framing = if matches!(self.session, Followed::Card(..)) { Framing::Ignore } else { Framing::Json };
-        McpBodyCheck::new(self.session.clone(), self.mode, McpDirection::ToServer, framing, limit)
+        let mut check = McpBodyCheck::new(self.session.clone(), self.mode, McpDirection::ToServer, framing, limit);
+        if !self.marked {
+            check.tentative = Some(self.is_mcp.clone());
+        }
+        check
     }
 
     /// The check for the response body, by its content type and coding.
     pub fn response_check(&self, content_type: Option<&str>, content_encoding: Option<&str>, limit: usize) -> McpBodyCheck {
         let framing = match content_type.map(media_type).as_deref() {
+            _ if !self.is_mcp.load(Ordering::Relaxed) => Framing::Ignore,
             // A card is judged whatever it claims to be; a non-JSON card is malformed.
             _ if matches!(self.session, Followed::Card(..)) => Framing::Json,
             Some("application/json") => Framing::Json,
@@ -191,11 +204,13 @@ pub struct McpBodyCheck {
     stopped: bool,
     refuse_all: Option<String>,
     reasons: Vec<String>,
+    /// Set when only `Accept` marked the request: cleared if the body is not JSON-RPC.
+    tentative: Option<Arc<AtomicBool>>,
 }
 
 impl McpBodyCheck {
     fn new(session: Followed, mode: Mode, dir: McpDirection, framing: Framing, limit: usize) -> McpBodyCheck {
-        McpBodyCheck { session, mode, dir, framing, limit, pending: Vec::new(), stopped: false, refuse_all: None, reasons: Vec::new() }
+        McpBodyCheck { session, mode, dir, framing, limit, pending: Vec::new(), stopped: false, refuse_all: None, reasons: Vec::new(), tentative: None }
     }
 
     fn refuse(&mut self, why: String) -> Vec<(Finding, Effect)> {
@@ -244,6 +259,15 @@ impl McpBodyCheck {
             }
         }
         events
+    }
+}
+
+/// Whether a body is JSON with a `"jsonrpc"` member (in the object, or the first of a batch).
+fn looks_like_json_rpc(body: &[u8]) -> bool {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(o)) => o.contains_key("jsonrpc"),
+        Ok(serde_json::Value::Array(a)) => a.first().and_then(|m| m.as_object()).is_some_and(|o| o.contains_key("jsonrpc")),
+        _ => false,
     }
 }
 
@@ -296,6 +320,12 @@ impl BodyCheck for McpBodyCheck {
                 }
                 if done {
                     let body = std::mem::take(&mut self.pending);
+                    if let Some(flag) = &self.tentative {
+                        if !looks_like_json_rpc(&body) {
+                            flag.store(false, Ordering::Relaxed);
+                            return out;
+                        }
+                    }
                     // An empty body (a 202 to a notification) carries no message.
                     if !body.trim_ascii().is_empty() {
                         self.judge(&body, &mut out);
@@ -336,5 +366,13 @@ mod tests {
         assert_eq!(find_event_end(b"data: a\n"), None);
         assert_eq!(event_data(b"event: message\ndata: {\"a\":\ndata: 1}\nid: 3"), b"{\"a\":\n1}");
         assert_eq!(event_data(b": comment"), b"");
+    }
+
+    #[test]
+    fn json_rpc_is_told_from_other_json() {
+        assert!(looks_like_json_rpc(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#));
+        assert!(looks_like_json_rpc(br#"[{"jsonrpc":"2.0","method":"x"}]"#));
+        assert!(!looks_like_json_rpc(br#"{"model":"m","stream":true,"messages":[]}"#));
+        assert!(!looks_like_json_rpc(b"not json"));
     }
 }
