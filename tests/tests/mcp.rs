@@ -19,6 +19,11 @@ struct Run {
 
 /// Runs `steps` through `cork mcp proxy -- python mcp_server.py FLAGS`.
 fn drive(flags: &[&str], steps: &[Value]) -> Run {
+    drive_with(None, flags, steps)
+}
+
+/// The same, with a policy file for `--config`.
+fn drive_with(policy: Option<&str>, flags: &[&str], steps: &[Value]) -> Run {
     let dir = TempDir::new("mcp");
     let steps_path = dir.path().join("steps.json");
     std::fs::write(&steps_path, serde_json::to_vec(steps).unwrap()).unwrap();
@@ -27,7 +32,13 @@ fn drive(flags: &[&str], steps: &[Value]) -> Run {
     let py = std::env::var("CORK_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut cmd = python();
     cmd.arg(clients_dir().join("mcp_client.py")).arg(&steps_path).arg("--").arg(binary("cork"));
-    cmd.args(["mcp", "proxy", "--name", "test-server", "--audit"]).arg(&audit).arg("--").arg(&py);
+    cmd.args(["mcp", "proxy", "--name", "test-server", "--audit"]).arg(&audit);
+    if let Some(policy) = policy {
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(&path, policy).unwrap();
+        cmd.arg("--config").arg(path);
+    }
+    cmd.arg("--").arg(&py);
     cmd.arg(clients_dir().join("mcp_server.py")).arg("--log").arg(&log).args(flags);
     let out = run(&mut cmd);
     assert!(out.status.success(), "{}", text(&out));
@@ -446,4 +457,38 @@ fn bumped_sse_requests_that_are_not_json_rpc_are_left_to_the_engine() {
     let out = curl(&cork, &["-s", "-H", "Mcp-Session-Id: abc", "-H", "Content-Type: application/json", "--data-binary", r#"{"model":"m"}"#, &url]);
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
     assert_eq!(reply["rule"], "mcp.malformed", "{reply}");
+}
+
+const POLICY_HOSTS: &str = "hosts:\n  allow: [example.com]\n  ports: [443]\n";
+
+#[test]
+fn the_policy_file_configures_tool_rules() {
+    let policy = format!(
+        "{POLICY_HOSTS}scan:\n  mcp:\n    tools:\n      deny: [\"run_*\"]\n      deny_arguments:\n        - {{name: no_readme, tools: [read_file], pattern: 'README'}}\n"
+    );
+    let mut steps = init();
+    steps.push(call(2, "run_shell", json!({"command":"ls"})));
+    steps.push(call(3, "read_file", json!({"path":"README.md"})));
+    steps.push(call(4, "read_file", json!({"path":"src/main.rs"})));
+    let run = drive_with(Some(&policy), &[], &steps);
+    let (_, message) = refusal(&run.replies[3]);
+    assert!(message.contains("mcp.tool_denied") && message.contains("mcp.tools.deny"), "{message}");
+    let (_, message) = refusal(&run.replies[4]);
+    assert!(message.contains("mcp.argument_denied") && message.contains("no_readme"), "{message}");
+    assert!(tool_text(&run.replies[5]).contains("src/main.rs"));
+}
+
+#[test]
+fn bad_mcp_settings_are_refused_with_their_location() {
+    let dir = TempDir::new("mcp-config");
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, format!("{POLICY_HOSTS}scan:\n  mcp:\n    drift: sometimes\n")).unwrap();
+    let out = run(Command::new(binary("cork")).args(["config", "check"]).arg(&path));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("policy.yaml:") && err.contains("sometimes"), "{err}");
+    std::fs::write(&path, format!("{POLICY_HOSTS}scan:\n  mcp:\n    tools:\n      deny_arguments: [{{name: broken, pattern: '('}}]\n")).unwrap();
+    let out = run(Command::new(binary("cork")).args(["mcp", "proxy", "--config"]).arg(&path).args(["--", "true"]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("deny_arguments[broken]"), "{}", text(&out));
 }
