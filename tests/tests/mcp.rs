@@ -492,3 +492,16 @@ fn bad_mcp_settings_are_refused_with_their_location() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("deny_arguments[broken]"), "{}", text(&out));
 }
+
+#[test]
+fn a_server_request_carrying_injection_is_answered_by_cork_not_relayed() {
+    let mut steps = init();
+    steps.push(call(2, "add", json!({"a":1,"b":2})));
+    let run = drive(&["--sample"], &steps);
+    // The client only ever sees the answer to its call; the sampling request stayed with cork,
+    // which answered the server with an error naming the rule.
+    let text = tool_text(&run.replies[3]);
+    assert!(text.starts_with("sampling answered: ") && text.contains("blocked by cork") && text.contains("injection.instruction_override"), "{text}");
+    let rec = run.audit.iter().find(|r| r["method"] == "sampling/createMessage").unwrap();
+    assert_eq!((rec["direction"].as_str(), rec["verdict"].as_str()), (Some("to_client"), Some("block")));
+}
