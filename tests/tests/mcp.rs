@@ -505,3 +505,17 @@ fn a_server_request_carrying_injection_is_answered_by_cork_not_relayed() {
     let rec = run.audit.iter().find(|r| r["method"] == "sampling/createMessage").unwrap();
     assert_eq!((rec["direction"].as_str(), rec["verdict"].as_str()), (Some("to_client"), Some("block")));
 }
+
+#[test]
+fn an_overlong_line_is_refused_without_being_buffered_whole() {
+    let mut steps = init();
+    let big = format!("{{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"tools/call\",\"params\":{{\"name\":\"read_file\",\"arguments\":{{\"path\":\"{}\"}}}}}}", "a".repeat(5 << 20));
+    steps.push(json!({"raw": big}));
+    steps.push(json!({"jsonrpc":"2.0","id":10,"method":"ping"}));
+    let run = drive(&[], &steps);
+    let (code, message) = refusal(&run.replies[3]);
+    assert_eq!(code, -32600);
+    assert!(message.contains("mcp.malformed") && message.contains("max_message_bytes"), "{message}");
+    assert_eq!(run.replies[4]["id"], 10, "the relay keeps serving");
+    assert!(!run.server_log.contains("\"id\": 9"));
+}
