@@ -20,6 +20,7 @@ Scripted behaviour:
 Usage:
   mcp_server.py [--log F] [flags]                                   # stdio
   mcp_server.py --http 127.0.0.1:0 [--cert C --key K] [--log F] [flags]  # prints "ready port=N"
+  mcp_server.py --http 127.0.0.1:0 --h2 --cert C --key K [flags]          # HTTP/2 only (ALPN h2)
 """
 import argparse
 import json
@@ -213,6 +214,75 @@ def serve_http(server, args):
     httpd.serve_forever()
 
 
+def http_answer(server, args, method, path, body):
+    """(status, headers, body) for one HTTP request, whatever the HTTP version."""
+    if method == "GET":
+        if path == "/.well-known/agent-card.json":
+            return 200, [("content-type", "application/json")], json.dumps(server.card()).encode()
+        return 405, [], b""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return 400, [("content-type", "application/json")], json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}}).encode()
+    reply = server.handle_any(payload)
+    extra = []
+    if isinstance(payload, dict) and payload.get("method") == "initialize":
+        extra.append(("mcp-session-id", uuid.uuid4().hex))
+    if reply is None:
+        return 202, extra, b""
+    if args.sse:
+        return 200, [("content-type", "text/event-stream")] + extra, f"event: message\ndata: {json.dumps(reply)}\n\n".encode()
+    return 200, [("content-type", "application/json")] + extra, json.dumps(reply).encode()
+
+
+def serve_h2(server, args):
+    import socket
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    host, port = args.http.rsplit(":", 1)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(args.cert, args.key)
+    ctx.set_alpn_protocols(["h2"])
+    listener = socket.create_server((host, int(port)))
+    print(f"ready port={listener.getsockname()[1]}", flush=True)
+
+    def handle(raw):
+        try:
+            tls = ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.initiate_connection()
+        tls.sendall(conn.data_to_send())
+        streams = {}
+        while True:
+            try:
+                data = tls.recv(65535)
+            except OSError:
+                return
+            if not data:
+                return
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.RequestReceived):
+                    streams[ev.stream_id] = [dict(ev.headers), b""]
+                elif isinstance(ev, h2.events.DataReceived):
+                    streams[ev.stream_id][1] += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    headers, body = streams.pop(ev.stream_id)
+                    status, extra, out = http_answer(server, args, headers[":method"], headers[":path"], body)
+                    conn.send_headers(ev.stream_id, [(":status", str(status)), ("content-length", str(len(out)))] + extra, end_stream=not out)
+                    if out:
+                        conn.send_data(ev.stream_id, out, end_stream=True)
+            tls.sendall(conn.data_to_send())
+
+    while True:
+        raw, _ = listener.accept()
+        threading.Thread(target=handle, args=(raw,), daemon=True).start()
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--http")
@@ -224,11 +294,14 @@ def main():
     p.add_argument("--inject", action="store_true")
     p.add_argument("--sse", action="store_true")
     p.add_argument("--sample", action="store_true")
+    p.add_argument("--h2", action="store_true")
     p.add_argument("--card-drift", action="store_true")
     p.add_argument("--card-poison", action="store_true")
     args = p.parse_args()
     server = Server(args)
-    if args.http:
+    if args.http and args.h2:
+        serve_h2(server, args)
+    elif args.http:
         serve_http(server, args)
     else:
         serve_stdio(server)

@@ -9,7 +9,7 @@
 //! - [`bump`] intercepts TLS: ClientHello first, verified upstream handshake second, leaf last.
 //! - [`tunnel`] passes TLS through for pinned clients, checking only names.
 //! - [`exchange`] relays one HTTP/1.1 exchange, with [`body`] streaming bodies through the scanner.
-//! - [`mcp`] follows MCP sessions (streamable HTTP) inside HTTP/1.1 exchanges.
+//! - [`mcp`] follows MCP sessions (streamable HTTP) and A2A Agent Cards in bumped exchanges.
 //! - [`h2relay`] relays HTTP/2 stream by stream when both sides negotiated `h2`.
 //! - [`audit`] and [`metrics`] record every decision.
 

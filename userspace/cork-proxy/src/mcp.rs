@@ -1,4 +1,4 @@
-//! MCP over streamable HTTP inside bumped HTTP/1.1 exchanges.
+//! MCP over streamable HTTP inside bumped exchanges (HTTP/1.1 and HTTP/2 streams alike).
 //!
 //! A request is MCP when it is a `POST` of `application/json` that accepts `text/event-stream`
 //! or carries `Mcp-Session-Id` / `MCP-Protocol-Version` (what the streamable-HTTP transport
@@ -154,6 +154,25 @@ impl McpExchange {
         };
         head.headers.retain(|h| !h.is("accept-encoding"));
         Some(McpExchange { session, mode, is_mcp: Arc::new(AtomicBool::new(true)), marked })
+    }
+
+    /// [`McpExchange::start`] for an HTTP/2 stream, whose head is not a [`RequestHead`]:
+    /// `headers` (without `Host`) are those sent upstream, and lose `Accept-Encoding` likewise.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_h2(
+        sessions: &McpSessions,
+        engine: &cork_scan::Engine,
+        mode: Mode,
+        client: IpAddr,
+        host: &str,
+        method: &str,
+        target: &str,
+        headers: &mut Vec<cork_http::Header>,
+    ) -> Option<McpExchange> {
+        let mut head = RequestHead { method: method.to_string(), target: target.to_string(), version: cork_http::head::Version::Http11, headers: std::mem::take(headers) };
+        let started = McpExchange::start(sessions, engine, mode, client, host, &mut head);
+        *headers = head.headers;
+        started
     }
 
     /// The check for the request body: one JSON-RPC message or batch, to the server.
