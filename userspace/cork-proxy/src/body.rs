@@ -143,6 +143,33 @@ pub enum RelayEnd {
     Blocked { findings: Vec<(Finding, Effect)>, committed: bool },
 }
 
+/// A protocol-level check that sees a body's payload next to the scanner (MCP JSON-RPC, see
+/// [`crate::mcp`]). Its blocking findings stop the body like the scanner's; bytes it has not
+/// judged yet are held back.
+pub trait BodyCheck: Send {
+    /// The next payload bytes (`done` at the end of the body); returns findings now certain.
+    fn push(&mut self, data: &[u8], done: bool) -> Vec<(Finding, Effect)>;
+    /// Trailing payload bytes not judged yet, which must not be released.
+    fn hold_back(&self) -> usize;
+    /// Why it blocked, for the audit record, when it says more than a rule and a location.
+    fn reason(&self) -> Option<String> {
+        None
+    }
+}
+
+/// No check beyond the scanner.
+pub struct NoCheck;
+
+impl BodyCheck for NoCheck {
+    fn push(&mut self, _: &[u8], _: bool) -> Vec<(Finding, Effect)> {
+        Vec::new()
+    }
+
+    fn hold_back(&self) -> usize {
+        0
+    }
+}
+
 pub struct ScannedRelay<'a> {
     pub scan: &'a mut BodyScan,
     pub decide: &'a (dyn Fn(&Finding) -> Effect + Sync),
@@ -166,6 +193,24 @@ impl ScannedRelay<'_> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        self.run_checked(src, reader, dst, out, head, &mut NoCheck).await
+    }
+
+    /// [`ScannedRelay::run`] with a protocol check beside the scanner.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run_checked<R, W>(
+        &mut self,
+        src: &mut Wire<R>,
+        reader: &mut BodyReader,
+        dst: &mut Wire<W>,
+        out: OutFraming,
+        head: &[u8],
+        check: &mut dyn BodyCheck,
+    ) -> Result<RelayEnd, RelayError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let hold = self.scan.hold_back();
         let mut held: Vec<u8> = Vec::new();
         let mut scanned = 0usize; // bytes of `held` already pushed to the scanner
@@ -175,6 +220,7 @@ impl ScannedRelay<'_> {
         loop {
             let more = reader.read_into(src, &mut held, self.idle).await?;
             let mut fresh = self.scan.push(&held[scanned..]);
+            let checked = check.push(&held[scanned..], !more);
             scanned = held.len();
             if !more {
                 fresh.extend(self.scan.finish());
@@ -191,6 +237,7 @@ impl ScannedRelay<'_> {
                 }
                 seen.push((finding, effect));
             }
+            seen.extend(checked);
             if seen.iter().any(|(_, e)| *e == Effect::Block) {
                 return Ok(RelayEnd::Blocked { findings: seen, committed });
             }
@@ -209,6 +256,7 @@ impl ScannedRelay<'_> {
                 dst.send(head).await.map_err(RelayError::Write)?;
                 committed = true;
             }
+            let hold = hold.max(check.hold_back());
             if committed && held.len() >= hold + MIN_RELEASE {
                 let n = held.len() - hold;
                 write_piece(dst, out, &held[..n]).await?;

@@ -17,7 +17,7 @@ use cork_scan::BodyMeta;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::audit::{AuditRecord, Verdict};
-use crate::body::{BodyReader, Effect, OutFraming, RelayEnd, RelayError, ScannedRelay};
+use crate::body::{BodyCheck, BodyReader, Effect, NoCheck, OutFraming, RelayEnd, RelayError, ScannedRelay};
 use crate::inspect::{effect, record_block, record_findings};
 use crate::respond;
 use crate::state::{ProxyState, Snapshot};
@@ -245,6 +245,7 @@ impl Exchange<'_> {
             return After::Close;
         }
 
+        let mcp = crate::mcp::McpExchange::start(&self.state.mcp, &self.snap.engine, mode, self.client.ip(), &self.dest.host, &mut head);
         let client_keep_alive = head.keep_alive();
         let method = head.method.clone();
         let content_type = head.header("content-type").and_then(|h| h.value_str().map(str::to_string));
@@ -259,12 +260,16 @@ impl Exchange<'_> {
         let mut relay = ScannedRelay { scan: &mut scan, decide: &decide, buffer_limit: limits.body_buffer_bytes, idle };
         let out = if framing == BodyFraming::Chunked { OutFraming::Chunked } else { OutFraming::Raw };
         let mut reader = BodyReader::new(framing);
-        match relay.run(client, &mut reader, upstream, out, &upstream_head).await {
+        let mut check: Box<dyn BodyCheck> = match &mcp {
+            Some(m) => Box::new(m.request_check(limits.body_buffer_bytes)),
+            None => Box::new(NoCheck),
+        };
+        match relay.run_checked(client, &mut reader, upstream, out, &upstream_head, &mut *check).await {
             Ok(RelayEnd::Complete { findings, .. }) => record_findings(&mut record, mode, &findings),
             Ok(RelayEnd::Blocked { findings, committed }) => {
                 record_findings(&mut record, mode, &findings);
                 let (finding, _) = findings.iter().find(|(_, e)| *e == Effect::Block).expect("blocked relays carry a blocking finding");
-                let mut reason = format!("{} found in {}", finding.rule, finding.location);
+                let mut reason = check.reason().unwrap_or_else(|| format!("{} found in {}", finding.rule, finding.location));
                 if committed {
                     reason.push_str("; the upstream request was cut before the secret was sent");
                 }
@@ -309,7 +314,7 @@ impl Exchange<'_> {
             }
         };
         record.status = Some(response.status);
-        let after = self.relay_response(client, upstream, &method, response, client_keep_alive, &mut record).await;
+        let after = self.relay_response(client, upstream, &method, response, client_keep_alive, &mut record, mcp.as_ref()).await;
         self.finish(record, started, upstream.bytes_out - up_out0, client.bytes_out - client_out0);
         let _ = client_in0;
         after
@@ -406,6 +411,7 @@ impl Exchange<'_> {
         Ok(framing)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn relay_response<C, U>(
         &self,
         client: &mut Wire<C>,
@@ -414,6 +420,7 @@ impl Exchange<'_> {
         mut response: ResponseHead,
         client_keep_alive: bool,
         record: &mut AuditRecord,
+        mcp: Option<&crate::mcp::McpExchange>,
     ) -> After
     where
         C: AsyncRead + AsyncWrite + Unpin,
@@ -442,7 +449,11 @@ impl Exchange<'_> {
         let mut relay = ScannedRelay { scan: &mut scan, decide: &decide, buffer_limit: limits.body_buffer_bytes, idle };
         let out = if framing == BodyFraming::Chunked { OutFraming::Chunked } else { OutFraming::Raw };
         let mut reader = BodyReader::new(framing);
-        match relay.run(upstream, &mut reader, client, out, &head_bytes).await {
+        let mut check: Box<dyn BodyCheck> = match mcp {
+            Some(m) => Box::new(m.response_check(content_type.as_deref(), content_encoding.as_deref(), limits.body_buffer_bytes)),
+            None => Box::new(NoCheck),
+        };
+        match relay.run_checked(upstream, &mut reader, client, out, &head_bytes, &mut *check).await {
             Ok(RelayEnd::Complete { findings, .. }) => {
                 record_findings(record, mode, &findings);
                 if keep_alive { After::KeepAlive } else { After::Close }
@@ -450,7 +461,7 @@ impl Exchange<'_> {
             Ok(RelayEnd::Blocked { findings, committed }) => {
                 record_findings(record, mode, &findings);
                 let (finding, _) = findings.iter().find(|(_, e)| *e == Effect::Block).expect("blocked relays carry a blocking finding");
-                let mut reason = format!("{} found in the response {}", finding.rule, finding.location);
+                let mut reason = check.reason().unwrap_or_else(|| format!("{} found in the response {}", finding.rule, finding.location));
                 if committed {
                     // The head and part of the body already went out: cutting the connection is
                     // the only way left to keep the rest from the client.

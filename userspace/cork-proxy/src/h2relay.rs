@@ -31,7 +31,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::audit::AuditRecord;
-use crate::body::Effect;
+use crate::body::{BodyCheck, Effect, NoCheck};
 use crate::bump::connection_record;
 use crate::exchange::{Destination, Exchange};
 use crate::inspect::{effect, record_block, record_findings};
@@ -239,6 +239,7 @@ async fn relay_stream(conn: &Conn, request: Request<RecvStream>, respond: h2::se
         ex.finish(record, started, 0, down);
         return;
     }
+    let mcp = crate::mcp::McpExchange::start_h2(&conn.state.mcp, &snap.engine, mode, conn.client.ip(), &conn.dest.host, parts.method.as_str(), &target, &mut headers);
     let upstream_request = match build_request(&parts.method, &conn.dest, &target, &headers) {
         Ok(r) => r,
         Err(reason) => refuse!(400, "bad_request", "http.malformed", reason, cork_policy::Mode::Enforce),
@@ -265,7 +266,11 @@ async fn relay_stream(conn: &Conn, request: Request<RecvStream>, respond: h2::se
         Ok(stream)
     };
     let mut scan = snap.engine.request_body(BodyMeta { content_type: request_meta.0.as_deref(), content_encoding: request_meta.1.as_deref() });
-    let up_bytes = match relay_body(&mut body, &mut scan, &decide, snap, true, limits.body_buffer_bytes, idle, &mut open_upstream).await {
+    let mut check: Box<dyn BodyCheck> = match &mcp {
+        Some(m) => Box::new(m.request_check(limits.body_buffer_bytes)),
+        None => Box::new(NoCheck),
+    };
+    let up_bytes = match relay_body(&mut body, &mut scan, &mut *check, &decide, snap, true, limits.body_buffer_bytes, idle, &mut open_upstream).await {
         Ok(BodyEnd::Complete { findings, bytes }) => {
             record_findings(&mut record, mode, &findings);
             up_head + bytes
@@ -273,7 +278,7 @@ async fn relay_stream(conn: &Conn, request: Request<RecvStream>, respond: h2::se
         Ok(BodyEnd::Blocked { findings, sink }) => {
             record_findings(&mut record, mode, &findings);
             let (finding, _) = findings.iter().find(|(_, e)| *e == Effect::Block).expect("blocked relays carry a blocking finding");
-            let mut reason = format!("{} found in {}", finding.rule, finding.location);
+            let mut reason = check.reason().unwrap_or_else(|| format!("{} found in {}", finding.rule, finding.location));
             if let Some(mut sink) = sink {
                 sink.send_reset(Reason::CANCEL);
                 reason.push_str("; the upstream stream was reset before the secret was sent");
@@ -321,7 +326,11 @@ async fn relay_stream(conn: &Conn, request: Request<RecvStream>, respond: h2::se
         respond_slot.as_mut().expect("the client stream is open").send_response(head, end)
     };
     let mut scan = snap.engine.response_body(BodyMeta { content_type: response_meta.0.as_deref(), content_encoding: response_meta.1.as_deref() });
-    let down_bytes = match relay_body(&mut resp_body, &mut scan, &decide, snap, false, limits.body_buffer_bytes, idle, &mut open_client).await {
+    let mut check: Box<dyn BodyCheck> = match &mcp {
+        Some(m) => Box::new(m.response_check(response_meta.0.as_deref(), response_meta.1.as_deref(), limits.body_buffer_bytes)),
+        None => Box::new(NoCheck),
+    };
+    let down_bytes = match relay_body(&mut resp_body, &mut scan, &mut *check, &decide, snap, false, limits.body_buffer_bytes, idle, &mut open_client).await {
         Ok(BodyEnd::Complete { findings, bytes }) => {
             record_findings(&mut record, mode, &findings);
             down_head + bytes
@@ -329,7 +338,7 @@ async fn relay_stream(conn: &Conn, request: Request<RecvStream>, respond: h2::se
         Ok(BodyEnd::Blocked { findings, sink }) => {
             record_findings(&mut record, mode, &findings);
             let (finding, _) = findings.iter().find(|(_, e)| *e == Effect::Block).expect("blocked relays carry a blocking finding");
-            let mut reason = format!("{} found in the response {}", finding.rule, finding.location);
+            let mut reason = check.reason().unwrap_or_else(|| format!("{} found in the response {}", finding.rule, finding.location));
             let rule = finding.rule.clone();
             let down;
             match sink {
@@ -423,6 +432,7 @@ async fn send_all(dst: &mut SendStream<Bytes>, mut data: Bytes, end: bool, idle:
 async fn relay_body(
     src: &mut RecvStream,
     scan: &mut BodyScan,
+    check: &mut dyn BodyCheck,
     decide: &(dyn Fn(&Finding) -> Effect + Sync),
     snap: &Snapshot,
     scan_trailers: bool,
@@ -449,6 +459,7 @@ async fn relay_body(
             }
         };
         let mut fresh = scan.push(&held[scanned..]);
+        let checked = check.push(&held[scanned..], !more);
         scanned = held.len();
         let mut trailers = None;
         if !more {
@@ -468,6 +479,7 @@ async fn relay_body(
             }
             seen.push((finding, eff));
         }
+        seen.extend(checked);
         if let (true, Some(trailers)) = (scan_trailers, trailers.as_ref()) {
             // Trailers are headers too; they are not rewritten, so redaction becomes a block.
             for (name, value) in trailers {
@@ -506,6 +518,7 @@ async fn relay_body(
             sink = Some(open(false).map_err(BodyError::Write)?);
         }
         if let Some(dst) = sink.as_mut() {
+            let hold = hold.max(check.hold_back());
             if held.len() >= hold + MIN_RELEASE {
                 let n = held.len() - hold;
                 let piece = Bytes::copy_from_slice(&held[..n]);

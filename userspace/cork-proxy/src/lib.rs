@@ -11,6 +11,7 @@
 //! - [`exchange`] relays one HTTP/1.1 exchange, with [`body`] streaming bodies through the scanner.
 //! - [`websocket`] relays WebSocket sessions message by message after an HTTP/1.1 upgrade;
 //!   [`ws_endpoint`] serves the same relay as `GET /ws?url=` on the explicit listener.
+//! - [`mcp`] follows MCP sessions (streamable HTTP) and A2A Agent Cards in bumped exchanges.
 //! - [`h2relay`] relays HTTP/2 stream by stream when both sides negotiated `h2`.
 //! - [`audit`] and [`metrics`] record every decision.
 
@@ -25,6 +26,7 @@ pub mod explicit;
 pub mod fetch;
 pub mod h2relay;
 pub mod inspect;
+pub mod mcp;
 pub mod metrics;
 pub mod respond;
 pub mod splice;

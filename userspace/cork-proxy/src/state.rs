@@ -99,6 +99,8 @@ pub struct ProxyState {
     pub leaves: LeafCache,
     pub audit: AuditLog,
     pub metrics: Metrics,
+    /// MCP sessions seen in bumped traffic.
+    pub mcp: crate::mcp::McpSessions,
     id_prefix: String,
     next_id: AtomicU64,
 }
@@ -112,6 +114,7 @@ impl ProxyState {
             leaves,
             audit,
             metrics: Metrics::default(),
+            mcp: crate::mcp::McpSessions::default(),
             id_prefix: hex::encode(rand::random::<[u8; 3]>()),
             next_id: AtomicU64::new(1),
         }

@@ -133,7 +133,7 @@ where
     if response.status != 101 {
         // Refused by the origin: an ordinary response, scanned and relayed as such.
         record.status = Some(response.status);
-        let after = ex.relay_response(client, upstream, "GET", response, head.keep_alive(), &mut record).await;
+        let after = ex.relay_response(client, upstream, "GET", response, head.keep_alive(), &mut record, None).await;
         finish(ex, record, client, upstream);
         return after;
     }

@@ -19,13 +19,22 @@
 //! `server` are one [`crate::mcp::McpSession`], judged in order (lines without `session` share
 //! one anonymous session per server), so tool listings, rug pulls, unlisted tools and chains are
 //! seen across lines. Their findings carry a `reason`.
+//!
+//! `a2a` lines carry an A2A JSON-RPC message (`"direction"` and `"message"`) or an Agent Card
+//! (`"card"`, and optionally `"card_url"`), for the agent named by `"agent"`; lines with the
+//! same `session` and `agent` are one [`crate::a2a::A2aSession`]:
+//! ```json
+//! {"kind":"a2a","session":"s1","agent":"travel","card_url":"https://t.example/.well-known/agent-card.json","card":{"name":"Travel"}}
+//! {"kind":"a2a","session":"s1","agent":"travel","direction":"to_server","message":{"jsonrpc":"2.0","id":1,"method":"message/send","params":{}}}
+//! ```
 
 use std::io::{BufRead, Write};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::mcp::{McpDirection, McpSession};
+use crate::a2a::A2aSession;
+use crate::mcp::{McpDirection, McpSession, MessageVerdict};
 use crate::{redact_in_place, Action, BodyMeta, Engine, Finding};
 
 /// MCP sessions kept at most; a line that would open one more is an error.
@@ -99,6 +108,19 @@ enum Exchange {
         direction: String,
         server: String,
         message: serde_json::Value,
+    },
+    A2a {
+        #[serde(default)]
+        session: Option<String>,
+        agent: String,
+        #[serde(default)]
+        direction: Option<String>,
+        #[serde(default)]
+        message: Option<serde_json::Value>,
+        #[serde(default)]
+        card: Option<serde_json::Value>,
+        #[serde(default)]
+        card_url: Option<String>,
     },
     Websocket {
         #[serde(default)]
@@ -182,6 +204,7 @@ pub fn scan_jsonl(mut reader: impl BufRead, mut writer: impl Write, engine: &Eng
     let mut buf = Vec::new();
     let mut line_no = 0u64;
     let mut mcp_sessions: std::collections::HashMap<(Option<String>, String), McpSession> = std::collections::HashMap::new();
+    let mut a2a_sessions: std::collections::HashMap<(Option<String>, String), A2aSession> = std::collections::HashMap::new();
     while let Some(read) = read_line(&mut reader, &mut buf).map_err(ExchangeError::Read)? {
         line_no += 1;
         let trimmed = buf.trim_ascii();
@@ -194,6 +217,9 @@ pub fn scan_jsonl(mut reader: impl BufRead, mut writer: impl Write, engine: &Eng
             Ok(()) => match serde_json::from_slice::<Exchange>(trimmed) {
                 Err(e) => error_line(line_no, format!("malformed exchange: {e}")),
                 Ok(Exchange::Mcp { session, direction, server, message }) => judge_mcp(line_no, session, &direction, server, &message, engine, &mut mcp_sessions),
+                Ok(Exchange::A2a { session, agent, direction, message, card, card_url }) => {
+                    judge_a2a(line_no, (session, agent), A2aLine { direction, message, card, card_url }, engine, &mut a2a_sessions)
+                }
                 Ok(x) => judge(line_no, x, engine),
             },
         };
@@ -261,7 +287,7 @@ fn judge(line: u64, x: Exchange, engine: &Engine) -> (&'static str, Vec<u8>) {
                 Err(e) => error_line(line, e),
             };
         }
-        Exchange::Mcp { session, .. } => {
+        Exchange::Mcp { session, .. } | Exchange::A2a { session, .. } => {
             // MCP lines are judged by `judge_mcp`, which keeps their session.
             let out = LineOut { line, session: session.as_deref(), verdict: "unsupported", error: None, findings: Vec::new(), redacted: None };
             return ("unsupported", serde_json::to_vec(&out).unwrap_or_default());
@@ -350,7 +376,13 @@ fn judge_mcp(
     // Through bytes, so the message-size limit applies as it does on the wire.
     let raw = serde_json::to_vec(message).unwrap_or_default();
     let obs = mcp.observe(dir, &raw);
-    let worst = obs.findings().map(|f| f.finding.action).max();
+    session_line(line, key.0.as_deref(), &obs.messages)
+}
+
+/// The verdict line of a message judged by a session.
+fn session_line(line: u64, session: Option<&str>, messages: &[MessageVerdict]) -> (&'static str, Vec<u8>) {
+    let findings = || messages.iter().flat_map(|m| m.findings.iter());
+    let worst = findings().map(|f| f.finding.action).max();
     let verdict = match worst {
         Some(Action::Block) => "block",
         Some(Action::Redact) => "redact",
@@ -358,11 +390,10 @@ fn judge_mcp(
     };
     let out = LineOut {
         line,
-        session: key.0.as_deref(),
+        session,
         verdict,
         error: None,
-        findings: obs
-            .findings()
+        findings: findings()
             .map(|f| FindingOut {
                 rule: &f.finding.rule,
                 severity: f.finding.severity,
@@ -375,4 +406,42 @@ fn judge_mcp(
         redacted: None,
     };
     (verdict, serde_json::to_vec(&out).unwrap_or_default())
+}
+
+/// The fields of an `a2a` line besides its session: a JSON-RPC message with its direction, or
+/// an Agent Card with where it came from.
+struct A2aLine {
+    direction: Option<String>,
+    message: Option<serde_json::Value>,
+    card: Option<serde_json::Value>,
+    card_url: Option<String>,
+}
+
+fn judge_a2a(
+    line: u64,
+    key: (Option<String>, String),
+    x: A2aLine,
+    engine: &Engine,
+    sessions: &mut std::collections::HashMap<(Option<String>, String), A2aSession>,
+) -> (&'static str, Vec<u8>) {
+    if !sessions.contains_key(&key) && sessions.len() >= MAX_MCP_SESSIONS {
+        return error_line(line, format!("more than {MAX_MCP_SESSIONS} A2A sessions"));
+    }
+    let a2a = sessions.entry(key.clone()).or_insert_with(|| A2aSession::new(engine, &key.1));
+    let messages = match (x.message, x.card) {
+        (Some(message), None) => {
+            let dir = match x.direction.as_deref() {
+                Some("to_server") => McpDirection::ToServer,
+                Some("to_client") => McpDirection::ToClient,
+                other => return error_line(line, format!("direction must be to_server or to_client, not {other:?}")),
+            };
+            a2a.observe(dir, &serde_json::to_vec(&message).unwrap_or_default()).messages
+        }
+        (None, Some(card)) => {
+            let location = x.card_url.unwrap_or_else(|| crate::a2a::AGENT_CARD_PATH.to_string());
+            vec![a2a.observe_card(&location, &serde_json::to_vec(&card).unwrap_or_default())]
+        }
+        _ => return error_line(line, "an a2a line carries exactly one of message and card".into()),
+    };
+    session_line(line, key.0.as_deref(), &messages)
 }

@@ -29,6 +29,11 @@
 //!   pushed can still redact any finding reported later, because every span lies inside that tail.
 //! - `Finding.span`: absolute offsets into the raw pushed stream, `Some` only when redactable there.
 //! - `exchange::scan_jsonl(reader, writer, &Engine) -> Result<ScanSummary, ExchangeError>` for `cork scan`.
+//! - [`mcp::McpSession::new(&Engine, server)`](mcp::McpSession) then `observe(direction, bytes)`
+//!   per JSON-RPC message: MCP tool poisoning, rug pulls, unlisted and denied tools, shell
+//!   de-obfuscated argument rules ([`shell`]), chains, and the engine's DLP and injection on
+//!   arguments and results. [`a2a::A2aSession`] does the same for A2A messages and Agent Cards.
+//!   Their settings are `ScanConfig::mcp`.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -44,6 +49,7 @@ mod decode;
 pub mod exchange;
 pub mod html;
 mod inject;
+pub mod a2a;
 pub mod mcp;
 mod runs;
 mod scanner;

@@ -58,3 +58,19 @@ fn calls_are_judged_against_the_listing() {
     assert_eq!(out[5]["verdict"], "error");
     assert!(out[5]["error"].as_str().unwrap().contains("to_server"));
 }
+
+#[test]
+fn a2a_lines_scan_parts_and_follow_cards() {
+    let card = |desc: &str| json!({"kind":"a2a","session":"s","agent":"travel","card_url":"https://t.example/.well-known/agent-card.json","card":{"name":"Travel","description":desc,"skills":[]}});
+    let out = run(&[
+        card("Books flights."),
+        json!({"kind":"a2a","session":"s","agent":"travel","direction":"to_server","message":{"jsonrpc":"2.0","id":1,"method":"message/send","params":{"message":{"role":"user","parts":[{"kind":"text","text":"token ghp_Zq8Lr2mX0pV7kT4nB9wY6sH1aC3dE5fG7hJ9"}]}}}}),
+        card("Books flights and hotels."),
+        json!({"kind":"a2a","agent":"travel","card":{"name":"x"},"message":{}}),
+    ]);
+    let verdicts: Vec<&str> = out.iter().map(|l| l["verdict"].as_str().unwrap()).collect();
+    assert_eq!(verdicts, ["allow", "block", "block", "error"]);
+    assert_eq!(rules(&out[1]), ["github.pat_classic"]);
+    assert_eq!(out[1]["findings"][0]["location"], "a2a.message/send.parts");
+    assert_eq!(rules(&out[2]), ["a2a.card_drift"]);
+}

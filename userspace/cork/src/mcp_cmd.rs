@@ -63,6 +63,8 @@ pub fn main(command: McpCommand) -> Result<std::process::ExitCode> {
 }
 
 fn proxy(args: ProxyArgs) -> Result<std::process::ExitCode> {
+    // Standard output may be the MCP channel: logs go to standard error only.
+    crate::setup::init_logging("text");
     let policy = match &args.config {
         Some(path) => Policy::from_file(path)?,
         None => Policy::embedded_default(),
