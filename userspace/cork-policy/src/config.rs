@@ -19,6 +19,17 @@ pub enum Mode {
     Audit,
 }
 
+/// Whether bumped HTTP/1.1 connections move their TLS records into the kernel (kTLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KtlsMode {
+    /// Where the kernel supports it, per connection; otherwise rustls.
+    #[default]
+    Auto,
+    /// Always rustls.
+    Off,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
@@ -70,6 +81,7 @@ pub struct Limits {
     pub max_connections: usize,
     pub body_buffer_bytes: usize,
     pub leaf_cache_entries: usize,
+    pub ktls: KtlsMode,
 }
 
 impl Default for Limits {
@@ -83,6 +95,7 @@ impl Default for Limits {
             max_connections: 4096,
             body_buffer_bytes: 1024 * 1024,
             leaf_cache_entries: 4096,
+            ktls: KtlsMode::Auto,
         }
     }
 }

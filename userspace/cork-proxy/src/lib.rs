@@ -9,6 +9,7 @@
 //! - [`bump`] intercepts TLS: ClientHello first, verified upstream handshake second, leaf last.
 //! - [`tunnel`] passes TLS through for pinned clients, checking only names.
 //! - [`exchange`] relays one HTTP/1.1 exchange, with [`body`] streaming bodies through the scanner.
+//! - [`ktls_leg`] moves a bumped HTTP/1.1 connection's TLS records into the kernel where it can.
 //! - [`h2relay`] relays HTTP/2 stream by stream when both sides negotiated `h2`.
 //! - [`audit`] and [`metrics`] record every decision.
 
@@ -22,6 +23,7 @@ pub mod exchange;
 pub mod explicit;
 pub mod h2relay;
 pub mod inspect;
+pub mod ktls_leg;
 pub mod metrics;
 pub mod respond;
 pub mod splice;

@@ -28,6 +28,8 @@ pub struct Metrics {
     connections: LabelledCounter,
     findings: LabelledCounter,
     errors: LabelledCounter,
+    /// Bumped legs by where their records went, keyed `leg/result`.
+    ktls_legs: LabelledCounter,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
     active_connections: AtomicI64,
@@ -49,6 +51,7 @@ pub struct ExternalFigures {
     pub leaf_cache_hits: u64,
     pub leaf_cache_entries: usize,
     pub max_connections: usize,
+    pub ktls_supported: bool,
 }
 
 impl Metrics {
@@ -66,6 +69,11 @@ impl Metrics {
 
     pub fn error(&self, kind: &str) {
         self.errors.add(kind, 1);
+    }
+
+    /// A bumped HTTP/1.1 leg (`client` or `upstream`) offloaded to the kernel or kept on rustls.
+    pub fn ktls_leg(&self, leg: &str, kernel: bool) {
+        self.ktls_legs.add(&format!("{leg}/{}", if kernel { "kernel" } else { "userspace" }), 1);
     }
 
     pub fn bytes(&self, up: u64, down: u64) {
@@ -105,6 +113,11 @@ impl Metrics {
         family(&mut out, "cork_connections_total", "Client connections by how they were handled.", "kind", self.connections.snapshot());
         family(&mut out, "cork_findings_total", "Scanner findings by rule.", "rule", self.findings.snapshot());
         family(&mut out, "cork_errors_total", "Connections ended by an error, by kind.", "kind", self.errors.snapshot());
+        let _ = writeln!(out, "# HELP cork_ktls_legs_total Bumped HTTP/1.1 legs by where their TLS records were handled.\n# TYPE cork_ktls_legs_total counter");
+        for (key, n) in self.ktls_legs.snapshot() {
+            let (leg, result) = key.split_once('/').unwrap_or((&key, ""));
+            let _ = writeln!(out, "cork_ktls_legs_total{{leg=\"{}\",result=\"{}\"}} {n}", escape_label(leg), escape_label(result));
+        }
         let simple = [
             ("cork_bytes_up_total", "counter", "Bytes sent upstream (plaintext or tunnelled).", self.bytes_up.load(Ordering::Relaxed) as i64),
             ("cork_bytes_down_total", "counter", "Bytes sent back to clients.", self.bytes_down.load(Ordering::Relaxed) as i64),
@@ -114,6 +127,7 @@ impl Metrics {
             ("cork_leaf_cache_hits_total", "counter", "Leaf certificates served from the cache.", ext.leaf_cache_hits as i64),
             ("cork_leaf_cache_entries", "gauge", "Leaf certificates in the cache.", ext.leaf_cache_entries as i64),
             ("cork_max_connections", "gauge", "Configured connection limit.", ext.max_connections as i64),
+            ("cork_ktls_supported", "gauge", "1 if the kernel accepted the tls upper-layer protocol at start-up.", ext.ktls_supported as i64),
         ];
         for (name, kind, help, value) in simple {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
