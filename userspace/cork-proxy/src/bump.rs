@@ -105,7 +105,7 @@ where
     // Exactly the upstream's choice (or none, when the upstream chose none).
     server_config.alpn_protocols = chosen.clone().into_iter().collect();
     server_config.enable_secret_extraction = ktls;
-    let mut tls = match tokio::time::timeout(handshake, start.into_stream(Arc::new(server_config))).await {
+    let mut tls = match tokio::time::timeout(handshake, ktls_leg::accept(start, Arc::new(server_config), ktls)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return connection_record(&state, &snap, client, &dest, "connection", "tls.client_handshake", &e.to_string()),
         Err(_) => return connection_record(&state, &snap, client, &dest, "connection", "tls.handshake_timeout", "the client did not finish its handshake in time"),
@@ -134,14 +134,15 @@ where
         return;
     }
     // The upstream leg moves to kTLS only when there is one; a refusal is answered on rustls.
+    let conn = ktls_leg::Conn { state: &state, client, dest: &dest };
     let upstream_result = match upstream_result {
-        Ok(stream) => match ktls_leg::offload(&state.metrics, ktls, "upstream", stream) {
+        Ok(stream) => match ktls_leg::offload(&conn, ktls, "upstream", stream) {
             Ok(leg) => Ok(leg),
             Err(e) => return connection_record(&state, &snap, client, &dest, "connection", "tls.ktls_offload", &e.to_string()),
         },
         Err(err) => Err(err),
     };
-    let client_leg = match ktls_leg::offload(&state.metrics, ktls && upstream_result.is_ok(), "client", tls) {
+    let client_leg = match ktls_leg::offload(&conn, ktls && upstream_result.is_ok(), "client", tls) {
         Ok(leg) => leg,
         Err(e) => return connection_record(&state, &snap, client, &dest, "connection", "tls.ktls_offload", &e.to_string()),
     };

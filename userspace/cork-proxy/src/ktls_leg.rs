@@ -8,10 +8,12 @@
 //!
 //! # Reading exactly to the end of the handshake
 //! Offloading is only correct if rustls has consumed no byte that belongs to the kernel's
-//! record stream: a client's first request often shares a TCP segment with its Finished. While
-//! kTLS is wanted, the socket is read through [`RecordExact`], which never returns bytes past
-//! the end of the TLS record being read, so rustls stops exactly at the last handshake record.
-//! Once the leg's fate is known the adapter becomes a plain pass-through.
+//! record stream: a client's first request often shares a TCP segment with its Finished, and
+//! tokio-rustls's handshake keeps reading while data is there. While kTLS is wanted, cork drives
+//! both handshakes itself ([`accept`], [`connect`]), one whole record at a time, and hands the
+//! finished connection to tokio-rustls; the ClientHello is read through [`RecordExact`], which
+//! never returns bytes past the end of a record. Once the leg's fate is known the adapter is a
+//! plain pass-through. Without kTLS, tokio-rustls does the handshakes as before.
 //!
 //! # Fallback and failure
 //! tokio-rustls cannot take a connection back once it is split into socket and rustls state,
@@ -30,6 +32,8 @@
 //! and [`key_update`] tells the caller, who audits it as `tls.key_update_unsupported`.
 
 use std::io::{self, Read, Write};
+use std::ops::DerefMut;
+use std::sync::Arc;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::OnceLock;
@@ -37,10 +41,15 @@ use std::task::{ready, Context, Poll};
 
 use cork_ktls::{KtlsStream, KtlsSupport, Offloaded, RecordError};
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::state::Snapshot;
+use std::net::SocketAddr;
+
+use crate::audit::AuditRecord;
+use crate::exchange::Destination;
+use crate::state::{ProxyState, Snapshot};
 use crate::wire::Prefixed;
 
 /// A TLS record header: type, version, length.
@@ -149,6 +158,94 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for RecordExact<S> {
     }
 }
 
+/// Largest TLS record body accepted during the handshake (RFC 8446 §5.2's ciphertext limit).
+const MAX_RECORD_BODY: usize = 16 * 1024 + 256;
+
+/// Drives `conn`'s handshake on `io` to completion, one whole record at a time, and flushes
+/// everything rustls queued (TLS 1.3 NewSessionTickets included). tokio-rustls's own handshake
+/// keeps reading after the last handshake record while data is there, which would pull the
+/// peer's first application records into rustls; this stops exactly at the end.
+async fn finish_handshake<IO, C, D>(io: &mut IO, conn: &mut C) -> io::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    C: DerefMut<Target = rustls::ConnectionCommon<D>>,
+    D: rustls::SideData,
+{
+    let mut out = Vec::new();
+    let mut record = Vec::with_capacity(HEADER + MAX_RECORD_BODY);
+    loop {
+        out.clear();
+        while conn.wants_write() {
+            conn.write_tls(&mut out)?;
+        }
+        if !out.is_empty() {
+            io.write_all(&out).await?;
+            io.flush().await?;
+        }
+        if !conn.is_handshaking() {
+            return Ok(());
+        }
+        record.resize(HEADER, 0);
+        io.read_exact(&mut record).await?;
+        let len = u16::from_be_bytes([record[3], record[4]]) as usize;
+        if len > MAX_RECORD_BODY {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a TLS record of {len} bytes, more than the protocol allows")));
+        }
+        record.resize(HEADER + len, 0);
+        io.read_exact(&mut record[HEADER..]).await?;
+        let mut rest = &record[..];
+        while !rest.is_empty() {
+            conn.read_tls(&mut rest)?;
+            if let Err(e) = conn.process_new_packets() {
+                // Send the alert rustls queued, so the peer learns why.
+                out.clear();
+                while conn.wants_write() && conn.write_tls(&mut out).is_ok() {}
+                let _ = io.write_all(&out).await;
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        }
+    }
+}
+
+/// Finishes the client-facing handshake. With `record_exact` (kTLS wanted) cork drives it one
+/// record at a time and hands the finished connection to tokio-rustls; otherwise tokio-rustls
+/// does it all, as without kTLS.
+pub async fn accept<IO>(start: tokio_rustls::StartHandshake<IO>, config: Arc<rustls::ServerConfig>, record_exact: bool) -> io::Result<tokio_rustls::server::TlsStream<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    if !record_exact {
+        return start.into_stream(config).await;
+    }
+    let mut io = start.io;
+    let mut conn = match start.accepted.into_connection(config.clone()) {
+        Ok(conn) => conn,
+        Err((error, mut alert)) => {
+            let mut out = Vec::new();
+            while alert.write(&mut out).map(|n| n > 0).unwrap_or(false) {}
+            let _ = io.write_all(&out).await;
+            return Err(io::Error::new(io::ErrorKind::InvalidData, error));
+        }
+    };
+    finish_handshake(&mut io, &mut conn).await?;
+    // The connection is past its handshake, so tokio-rustls only flushes before handing it back.
+    tokio_rustls::TlsAcceptor::from(config).accept_with(io, move |fresh| *fresh = conn).await
+}
+
+/// Connects TLS over `io` as [`accept`] does for the client side.
+pub async fn connect<IO>(config: Arc<rustls::ClientConfig>, name: ServerName<'static>, mut io: IO, record_exact: bool) -> io::Result<tokio_rustls::client::TlsStream<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let connector = tokio_rustls::TlsConnector::from(config.clone());
+    if !record_exact {
+        return connector.connect(name, io).await;
+    }
+    let mut conn = rustls::ClientConnection::new(config, name.clone()).map_err(io::Error::other)?;
+    finish_handshake(&mut io, &mut conn).await?;
+    connector.connect_with(name, io, move |fresh| *fresh = conn).await
+}
+
 /// A transport that may be reduced to its TCP socket once nothing is buffered above it.
 pub trait IntoTcp: Sized {
     /// The socket, when every byte still to come will be read from it.
@@ -241,15 +338,36 @@ impl AsRawFd for RawSocket {
     }
 }
 
+/// The connection a leg belongs to, for its audit record.
+pub struct Conn<'a> {
+    pub state: &'a ProxyState,
+    pub client: SocketAddr,
+    pub dest: &'a Destination,
+}
+
+impl Conn<'_> {
+    /// An allowed connection's note that `leg` stays on rustls, and why.
+    fn audit_fallback(&self, leg: &str, reason: &str) {
+        let mut record = AuditRecord::new(&self.state.instance, "connection", self.state.next_request_id(), self.client.to_string());
+        record.host = Some(self.dest.host.clone());
+        record.port = Some(self.dest.port);
+        record.rules.push("tls.ktls_fallback".into());
+        record.reason = Some(format!("the {leg} leg stays on rustls: {reason}"));
+        self.state.audit.write(&record);
+    }
+}
+
 /// Moves `stream` to the kernel when kTLS is `wanted` and possible; otherwise returns it on
-/// rustls, with the reason logged and counted. `leg` is `client` or `upstream`.
-pub fn offload<T: FinishedTls>(metrics: &crate::metrics::Metrics, wanted: bool, leg: &'static str, mut stream: T) -> Result<Leg<T>, OffloadError> {
+/// rustls, with the reason logged, audited and counted. `leg` is `client` or `upstream`.
+pub fn offload<T: FinishedTls>(conn: &Conn<'_>, wanted: bool, leg: &'static str, mut stream: T) -> Result<Leg<T>, OffloadError> {
+    let metrics = &conn.state.metrics;
     if !wanted {
         stream.transport().relax();
         return Ok(Leg::Rustls(stream));
     }
     if let Some(reason) = refusal(&mut stream) {
         tracing::info!(leg, %reason, "kTLS refused; this leg stays on rustls");
+        conn.audit_fallback(leg, &reason);
         metrics.ktls_leg(leg, false);
         stream.transport().relax();
         return Ok(Leg::Rustls(stream));
@@ -388,5 +506,49 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Leg<T> {
             Leg::Rustls(t) => Pin::new(t).poll_shutdown(cx),
             Leg::Kernel(k) => Pin::new(k).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    const TWO_RECORDS: &[u8] = b"\x16\x03\x03\x00\x03abc\x17\x03\x03\x00\x02xy";
+
+    #[tokio::test]
+    async fn exact_reads_never_cross_a_record_end() {
+        let mut io = RecordExact::new(TWO_RECORDS, true);
+        let mut buf = [0u8; 64];
+        let mut ends = Vec::new();
+        let mut total = 0;
+        loop {
+            let n = io.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n;
+            ends.push(total);
+        }
+        assert_eq!(total, TWO_RECORDS.len());
+        // The first record (5 + 3 bytes) ends a read, as does the header of each.
+        assert!(ends.contains(&5) && ends.contains(&8) && ends.contains(&13), "{ends:?}");
+        assert!(!io.mid_record());
+    }
+
+    #[tokio::test]
+    async fn a_partial_header_is_remembered() {
+        let mut io = RecordExact::new(&TWO_RECORDS[..3], true);
+        let mut buf = [0u8; 64];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 3);
+        assert!(io.mid_record());
+    }
+
+    #[tokio::test]
+    async fn relaxed_reads_pass_through() {
+        let mut io = RecordExact::new(TWO_RECORDS, true);
+        io.relax();
+        let mut buf = [0u8; 64];
+        assert_eq!(io.read(&mut buf).await.unwrap(), TWO_RECORDS.len());
     }
 }

@@ -124,8 +124,7 @@ pub async fn connect_tls(
     let bare = cork_policy::normalize_host(host);
     let server_name = ServerName::try_from(bare.clone()).map_err(|_| UpstreamError::ServerName(host.to_string()))?;
     let limit = Duration::from_secs(policy.limits.handshake_timeout_secs.max(1));
-    let connector = tokio_rustls::TlsConnector::from(tls.clone());
-    match tokio::time::timeout(limit, connector.connect(server_name, tcp)).await {
+    match tokio::time::timeout(limit, crate::ktls_leg::connect(tls.clone(), server_name, tcp, record_exact)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => Err(UpstreamError::Tls { host: bare, reason: e.to_string() }),
         Err(_) => Err(UpstreamError::Tls { host: bare, reason: "handshake timed out".into() }),

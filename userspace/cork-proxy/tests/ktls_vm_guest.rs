@@ -449,7 +449,9 @@ fn main() {
             }
             let kernel = legs(&cork, "kernel");
             if kernel != 2 || legs(&cork, "userspace") != 0 {
-                return Err(format!("expected both legs in the kernel, metrics say {kernel} kernel, {} userspace", legs(&cork, "userspace")));
+                let log = std::fs::read_to_string(&cork.audit).unwrap_or_default();
+                let why: Vec<&str> = log.lines().filter(|l| l.contains("tls.ktls_fallback")).collect();
+                return Err(format!("expected both legs in the kernel, metrics say {kernel} kernel, {} userspace; audit: {why:?}", legs(&cork, "userspace")));
             }
             // Two sockets (client-facing, upstream), TX and RX each; the first use of a
             // (version, cipher) in this process adds cork-ktls's trial on a scratch socket.
@@ -552,6 +554,8 @@ fn passthrough() -> Result<()> {
     if got != body {
         return Err(format!("echo mismatch through the tunnel ({} bytes back)", got.len()));
     }
+    // The tunnel ends (and is counted) once both directions have ended.
+    drop(tls);
     for _ in 0..100 {
         if metric(&cork, "cork_connections_total{kind=\"tunnel_splice\"} ") == 1 {
             return Ok(());
