@@ -197,6 +197,16 @@ mod tests {
     }
 
     #[test]
+    fn ktls_is_auto_by_default_and_only_auto_or_off() {
+        assert_eq!(Policy::embedded_default().limits.ktls, KtlsMode::Auto);
+        let with = |value: &str| Policy::from_yaml(&format!("hosts:\n  allow: [a.test]\nlimits:\n  ktls: {value}\n"), "t");
+        assert_eq!(with("off").unwrap().limits.ktls, KtlsMode::Off);
+        assert_eq!(with("auto").unwrap().limits.ktls, KtlsMode::Auto);
+        let err = with("maybe").unwrap_err().to_string();
+        assert!(err.contains("maybe") || err.contains("unknown variant"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_a_location() {
         let err = Policy::from_yaml("hosts:\n  allow: [a.test]\n  alow: [b.test]\n", "t.yaml").unwrap_err();
         let msg = err.to_string();

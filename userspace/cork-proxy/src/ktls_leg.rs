@@ -1,7 +1,6 @@
 //! kTLS for the two legs of a bumped HTTP/1.1 connection.
 //!
-//! Both handshakes are done by rustls through tokio-rustls, as before. What changes is what
-//! happens next: where the kernel can run the negotiated version and cipher, each leg's record
+//! Both handshakes are done by rustls, as before. What changes is what happens next: where the kernel can run the negotiated version and cipher, each leg's record
 //! layer is moved into the kernel ([`cork_ktls::offload`]) and the HTTP/1.1 relay reads and
 //! writes plaintext on the socket ([`KernelIo`]). Otherwise the leg stays on rustls. The two
 //! legs are judged separately, so one may be in the kernel and the other not.
@@ -20,23 +19,22 @@
 //! so every reason to stay on rustls is found first, on the live stream: the process-wide
 //! [`support`] probe, the policy switch (`limits.ktls`), the version and cipher (with
 //! [`cork_ktls::preflight`]'s trial of the cipher on a scratch socket), any handshake byte or
-//! plaintext still buffered. Those keep the leg on rustls, logged and counted. A refusal after
+//! plaintext still buffered. Those keep the leg on rustls, logged, audited
+//! (`tls.ktls_fallback`, an allowed connection record with the reason) and counted. A refusal after
 //! the split (the secrets are gone by then) fails the connection; it never continues in clear.
 //!
 //! # Control records
-//! TLS 1.3 NewSessionTickets from cork to the client are written by rustls before its state is
-//! extracted (tokio-rustls flushes them as part of the handshake; `offload` flushes anything
-//! left). Tickets an upstream sends later are read and dropped by [`cork_ktls::KtlsStream`].
+//! TLS 1.3 NewSessionTickets from cork to the client are written before its state is extracted
+//! (the handshake driver flushes everything rustls queued; `offload` flushes anything left). Tickets an upstream sends later are read and dropped by [`cork_ktls::KtlsStream`].
 //! A close_notify reads as end of stream and is sent on shutdown. A TLS 1.3 KeyUpdate cannot be
 //! followed by kernels before 6.14: the leg fails before anything under the new key is read,
 //! and [`key_update`] tells the caller, who audits it as `tls.key_update_unsupported`.
 
 use std::io::{self, Read, Write};
 use std::ops::DerefMut;
-use std::sync::Arc;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 
 use cork_ktls::{KtlsStream, KtlsSupport, Offloaded, RecordError};

@@ -431,6 +431,11 @@ fn main() {
     );
     println!("[guest]   {}", cork_proxy::ktls_leg::describe(cork_policy::KtlsMode::Auto));
 
+    // A cipher the kernel refuses, before this process has ever used it (cork-ktls remembers
+    // only successes): with the ChaCha20-Poly1305 template module unloaded, both legs must stay
+    // on rustls, with the kernel's reason audited, and the data still flow.
+    checks.check("a cipher the kernel refuses keeps both legs on rustls, audited", kernel_refusal());
+
     // Every suite, forced on both legs: the client offers only it, the origin accepts only it.
     let mut tried: HashSet<u16> = HashSet::new();
     for (i, &cs) in SUITES.iter().enumerate() {
@@ -563,4 +568,41 @@ fn passthrough() -> Result<()> {
         thread::sleep(Duration::from_millis(100));
     }
     Err(format!("no tunnel_splice connection in /metrics:\n{}", cork.state.render_metrics()))
+}
+
+fn busybox(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("starting {}: {e}", args[0]))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+fn kernel_refusal() -> Result<()> {
+    // Nothing holds it: the cork-ktls guest's sockets are gone with its process.
+    busybox(&["rmmod", "chacha20poly1305"])?;
+    let result = (|| {
+        let cs = CipherSuite::TLS13_CHACHA20_POLY1305_SHA256;
+        let origin = start_origin(Some(cs));
+        let cork = start_cork(&origin, Path::new("/tmp/cork-refused"), "auto")?;
+        let (tx0, rx0) = (stat("TlsTxSw"), stat("TlsRxSw"));
+        bumped_echo(&cork, &origin, cs, 77)?;
+        let (tx, rx) = (stat("TlsTxSw") - tx0, stat("TlsRxSw") - rx0);
+        if legs(&cork, "userspace") != 2 || legs(&cork, "kernel") != 0 {
+            return Err(format!("expected both legs on rustls, metrics say {} kernel, {} userspace", legs(&cork, "kernel"), legs(&cork, "userspace")));
+        }
+        if tx != 0 || rx != 0 {
+            return Err(format!("tls_stat rose by TX {tx} / RX {rx} although the kernel refused the cipher"));
+        }
+        let log = std::fs::read_to_string(&cork.audit).unwrap_or_default();
+        let reasons: Vec<&str> = log.lines().filter(|l| l.contains("tls.ktls_fallback")).collect();
+        if reasons.len() != 2 || !reasons.iter().all(|l| l.contains("refused Chacha20Poly1305")) {
+            return Err(format!("expected two tls.ktls_fallback records naming the refused cipher, audit has {reasons:?}"));
+        }
+        println!("[guest]   {}", reasons[0]);
+        Ok(())
+    })();
+    busybox(&["modprobe", "chacha20poly1305"])?;
+    result
 }
