@@ -177,17 +177,14 @@ fn kernel_package() -> Result<String> {
 /// The guest test binaries: (package, test target, name in the guest's root).
 const GUESTS: &[(&str, &str, &str)] = &[("cork-ktls", "vm_guest", "cork-ktls-guest"), ("cork-proxy", "ktls_vm_guest", "cork-proxy-guest")];
 
-/// Builds the guest test binaries statically; returns their paths, in `GUESTS` order.
-fn build_guests() -> Result<Vec<PathBuf>> {
-    step("building the kTLS guest tests (static glibc)");
+/// Runs `cargo <args>` for the guest target, statically linked, and returns the executables it
+/// reported by target name.
+fn cargo_static(args: &[&str]) -> Result<Vec<(String, PathBuf)>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(repo_root()).arg("test");
-    for (package, test, _) in GUESTS {
-        cmd.args(["-p", package, "--test", test]);
-    }
+    cmd.current_dir(repo_root()).args(args);
     let out = cmd
-        .args(["--no-run", "--message-format=json-render-diagnostics", "--target", GUEST_TARGET])
+        .args(["--message-format=json-render-diagnostics", "--target", GUEST_TARGET])
         // A separate target dir: different RUSTFLAGS would otherwise rebuild the host's deps.
         .arg("--target-dir")
         .arg(repo_root().join("target/vm"))
@@ -196,23 +193,36 @@ fn build_guests() -> Result<Vec<PathBuf>> {
         .output()
         .context("starting cargo")?;
     if !out.status.success() {
-        bail!("building the guest tests failed");
+        bail!("cargo {} for the guest failed", args.join(" "));
     }
-    let artifacts: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+    Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["reason"] == "compiler-artifact")
-        .collect();
-    GUESTS
-        .iter()
-        .map(|(_, test, _)| {
-            artifacts
-                .iter()
-                .filter(|v| v["target"]["name"] == *test)
-                .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-                .with_context(|| format!("cargo reported no {test} executable"))
-        })
-        .collect()
+        .filter_map(|v| Some((v["target"]["name"].as_str()?.to_string(), PathBuf::from(v["executable"].as_str()?))))
+        .collect())
+}
+
+/// Builds the guest test binaries and the `cork` binary (which the proxy guest test runs as
+/// `/cork`) statically; returns (path, name in the guest's root).
+fn build_guests() -> Result<Vec<(PathBuf, &'static str)>> {
+    step("building the kTLS guest tests and cork (static glibc)");
+    let mut args = vec!["test"];
+    for (package, test, _) in GUESTS {
+        args.extend(["-p", package, "--test", test]);
+    }
+    args.push("--no-run");
+    let tests = cargo_static(&args)?;
+    let bins = cargo_static(&["build", "-p", "cork", "--bin", "cork"])?;
+    let find = |built: &[(String, PathBuf)], name: &str| {
+        built.iter().find(|(n, _)| n == name).map(|(_, p)| p.clone()).with_context(|| format!("cargo reported no {name} executable"))
+    };
+    let mut out = Vec::new();
+    for (_, test, staged) in GUESTS {
+        out.push((find(&tests, test)?, *staged));
+    }
+    out.push((find(&bins, "cork")?, "cork"));
+    Ok(out)
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
@@ -230,7 +240,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Lays out the guest's root file system in `root`.
-fn stage_root(root: &Path, kernel: &Path, busybox: &Path, guests: &[PathBuf]) -> Result<String> {
+fn stage_root(root: &Path, kernel: &Path, busybox: &Path, guests: &[(PathBuf, &str)]) -> Result<String> {
     let _ = fs::remove_dir_all(root);
     let modules = kernel.join("lib/modules");
     let release = fs::read_dir(&modules)?
@@ -256,7 +266,7 @@ fn stage_root(root: &Path, kernel: &Path, busybox: &Path, guests: &[PathBuf]) ->
     run_checked(Command::new(root.join("bin/busybox")).arg("depmod").arg("-b").arg(root).arg(&release))?;
     fs::write(root.join("init"), INIT)?;
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
-    for (guest, (_, _, name)) in guests.iter().zip(GUESTS) {
+    for (guest, name) in guests {
         let dest = root.join(name);
         fs::copy(guest, &dest)?;
         // Debug info would be most of a static test binary, and the initramfs lives in the

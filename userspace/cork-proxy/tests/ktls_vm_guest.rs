@@ -201,23 +201,54 @@ fn read_to(r: &mut impl Read, buf: &mut Vec<u8>, len: usize) -> io::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // cork, in process.
 
+/// Where a cork's `/metrics` text comes from: the in-process state, or a `cork run` child's
+/// admin listener.
+enum MetricsSource {
+    InProcess(Arc<ProxyState>),
+    Admin(SocketAddr),
+}
+
 struct Cork {
     proxy: SocketAddr,
-    state: Arc<ProxyState>,
+    metrics: MetricsSource,
     ca: CertificateDer<'static>,
     audit: PathBuf,
 }
 
-fn start_cork(origin: &Origin, dir: &Path, ktls: &str) -> Result<Cork> {
+impl Cork {
+    fn metrics_text(&self) -> String {
+        match &self.metrics {
+            MetricsSource::InProcess(state) => state.render_metrics(),
+            MetricsSource::Admin(admin) => admin_get(*admin, "/metrics").unwrap_or_else(|e| e),
+        }
+    }
+}
+
+/// A body from cork's admin listener.
+fn admin_get(admin: SocketAddr, path: &str) -> Result<String> {
+    let mut sock = TcpStream::connect(admin).map_err(|e| format!("admin: {e}"))?;
+    sock.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    write!(sock, "GET {path} HTTP/1.1\r\nHost: cork\r\n\r\n").map_err(|e| e.to_string())?;
+    let (head, mut body) = read_head(&mut sock).map_err(|e| e.to_string())?.ok_or("no admin response")?;
+    read_to(&mut sock, &mut body, content_length(&head).unwrap_or(0)).map_err(|e| e.to_string())?;
+    String::from_utf8(body).map_err(|e| e.to_string())
+}
+
+/// The policy the guest's corks run on: the origin allowed, `pinned.test` passed through.
+fn policy_yaml(origin: &Origin, dir: &Path, ktls: &str) -> Result<String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let roots = dir.join("origin-ca.pem");
     let pem = format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64(&origin.cert));
     std::fs::write(&roots, pem).map_err(|e| e.to_string())?;
-    let yaml = format!(
+    Ok(format!(
         "mode: enforce\nhosts:\n  allow: [{ORIGIN}]\n  passthrough: [{PASSTHROUGH}]\n  ports: [{port}]\nupstream:\n  extra_roots: [{roots}]\n  resolve:\n    {ORIGIN}: 127.0.0.1\n    {PASSTHROUGH}: 127.0.0.1\nlimits:\n  ktls: {ktls}\n",
         port = origin.addr.port(),
         roots = roots.display()
-    );
+    ))
+}
+
+fn start_cork(origin: &Origin, dir: &Path, ktls: &str) -> Result<Cork> {
+    let yaml = policy_yaml(origin, dir, ktls)?;
     let policy = cork_policy::Policy::from_yaml(&yaml, "guest").map_err(|e| e.to_string())?;
     let snapshot = Snapshot::build(policy, "guest".into()).map_err(|e| e.to_string())?;
     let ca = Arc::new(cork_ca::BottleCa::generate("cork-guest").map_err(|e| e.to_string())?);
@@ -236,7 +267,7 @@ fn start_cork(origin: &Origin, dir: &Path, ktls: &str) -> Result<Cork> {
             cork_proxy::explicit::serve(listener, serving).await
         });
     });
-    Ok(Cork { proxy, state, ca: ca_der, audit })
+    Ok(Cork { proxy, metrics: MetricsSource::InProcess(state), ca: ca_der, audit })
 }
 
 fn base64(data: &[u8]) -> String {
@@ -261,7 +292,7 @@ fn base64(data: &[u8]) -> String {
 
 /// A metric's value from cork's `/metrics` text; 0 when absent.
 fn metric(cork: &Cork, series: &str) -> u64 {
-    cork.state.render_metrics().lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+    cork.metrics_text().lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
 }
 
 fn legs(cork: &Cork, result: &str) -> u64 {
@@ -405,7 +436,7 @@ fn no_tls_phase() -> i32 {
     let origin = start_origin(Some(CipherSuite::TLS13_AES_128_GCM_SHA256));
     match start_cork(&origin, Path::new("/tmp/cork-no-tls"), "auto") {
         Ok(cork) => {
-            checks.check("/metrics says cork_ktls_supported 0", if metric(&cork, "cork_ktls_supported ") == 0 && cork.state.render_metrics().contains("cork_ktls_supported 0") { Ok(()) } else { Err("gauge not 0".into()) });
+            checks.check("/metrics says cork_ktls_supported 0", if metric(&cork, "cork_ktls_supported ") == 0 && cork.metrics_text().contains("cork_ktls_supported 0") { Ok(()) } else { Err("gauge not 0".into()) });
             checks.check("a bumped connection without kTLS still carries 1 MiB each way on rustls", bumped_echo(&cork, &origin, CipherSuite::TLS13_AES_128_GCM_SHA256, 1).map(|_| ()));
             checks.check("no leg was offered to the kernel", if legs(&cork, "kernel") + legs(&cork, "userspace") == 0 { Ok(()) } else { Err("legs were counted".into()) });
         }
@@ -481,6 +512,9 @@ fn main() {
 
     // A passthrough host is spliced, untouched.
     checks.check("a passthrough host is relayed with splice", passthrough());
+
+    // The real `cork run` binary, as operators start it.
+    checks.check("the cork binary says ktls: supported and runs both legs on kTLS", real_binary());
 
     println!("[guest]   /proc/net/tls_stat: {:?}", tls_stat().unwrap_or_default());
     if checks.failed == 0 {
@@ -567,7 +601,7 @@ fn passthrough() -> Result<()> {
         }
         thread::sleep(Duration::from_millis(100));
     }
-    Err(format!("no tunnel_splice connection in /metrics:\n{}", cork.state.render_metrics()))
+    Err(format!("no tunnel_splice connection in /metrics:\n{}", cork.metrics_text()))
 }
 
 fn busybox(args: &[&str]) -> Result<()> {
@@ -604,5 +638,71 @@ fn kernel_refusal() -> Result<()> {
         Ok(())
     })();
     busybox(&["modprobe", "chacha20poly1305"])?;
+    result
+}
+
+/// Runs `/cork run` (staged next to this test by `cargo xtask vm`) against a test origin.
+fn real_binary() -> Result<()> {
+    let cs = CipherSuite::TLS13_AES_128_GCM_SHA256;
+    let origin = start_origin(Some(cs));
+    let dir = Path::new("/tmp/cork-binary");
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, policy_yaml(&origin, dir, "auto")?).map_err(|e| e.to_string())?;
+    let stderr = std::fs::File::create(dir.join("stderr")).map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new("/cork")
+        .args(["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--config"])
+        .arg(&policy)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| format!("starting /cork: {e}"))?;
+    let result = (|| {
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.map_err(|e| e.to_string())?;
+            let last = line.starts_with("  export NODE_EXTRA_CA_CERTS=");
+            lines.push(line);
+            if last {
+                break;
+            }
+        }
+        let first = lines.first().ok_or("cork printed nothing")?;
+        let addr_after = |marker: &str| -> Result<SocketAddr> {
+            let rest = &first[first.find(marker).ok_or(format!("no {marker:?} in {first:?}"))? + marker.len()..];
+            rest.split([' ', '/']).find(|s| !s.is_empty()).and_then(|a| a.parse().ok()).ok_or(format!("no address after {marker:?}"))
+        };
+        let (proxy, admin) = (addr_after("listening on ")?, addr_after("admin on http://")?);
+        let ktls = lines.iter().find(|l| l.starts_with("ktls: ")).ok_or(format!("no ktls: line in {lines:?}"))?;
+        println!("[guest]   cork says: {ktls}");
+        if !ktls.starts_with("ktls: supported (") {
+            return Err(format!("start-up line {ktls:?}"));
+        }
+        let status = admin_get(admin, "/status")?;
+        if status.trim_end() != ktls {
+            return Err(format!("/status says {status:?}"));
+        }
+        let pem = std::fs::read(dir.join("state/ca.pem")).map_err(|e| e.to_string())?;
+        let ca = rustls_pemfile::certs(&mut pem.as_slice()).next().ok_or("no CA certificate")?.map_err(|e| e.to_string())?;
+        let cork = Cork { proxy, metrics: MetricsSource::Admin(admin), ca, audit: dir.join("state/audit.jsonl") };
+        let (tx0, rx0) = (stat("TlsTxSw"), stat("TlsRxSw"));
+        bumped_echo(&cork, &origin, cs, 99)?;
+        let (tx, rx) = (stat("TlsTxSw") - tx0, stat("TlsRxSw") - rx0);
+        println!("[guest]   cork binary: TlsTxSw +{tx}, TlsRxSw +{rx} (2 offloaded sockets + 1 trial in a fresh process)");
+        if metric(&cork, "cork_ktls_supported ") != 1 || legs(&cork, "kernel") != 2 || legs(&cork, "userspace") != 0 {
+            return Err(format!("/metrics:\n{}", cork.metrics_text()));
+        }
+        if tx != 3 || rx != 3 {
+            return Err(format!("tls_stat rose by TX {tx} / RX {rx}, expected 3 each"));
+        }
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    if result.is_err() {
+        println!("[guest]   cork stderr: {}", std::fs::read_to_string(dir.join("stderr")).unwrap_or_default());
+    }
     result
 }
