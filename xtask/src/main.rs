@@ -35,7 +35,7 @@ enum Cmd {
     },
     /// Prove cork-ktls on a real kTLS kernel (Debian 6.1) booted in QEMU.
     Vm {
-        /// Keep the staged guest root in .tools/vm/root.
+        /// Keep the staged guest root in target/vm/guest-root.
         #[arg(long)]
         keep: bool,
     },

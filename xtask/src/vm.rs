@@ -1,5 +1,6 @@
-//! `cargo xtask vm`: the kTLS proof. Boots a real kTLS kernel under QEMU and runs
-//! cork-ktls's guest test (`userspace/cork-ktls/tests/vm_guest.rs`) as its only program.
+//! `cargo xtask vm`: the kTLS proof. Boots a real kTLS kernel under QEMU and runs the guest
+//! tests: cork-ktls's (`userspace/cork-ktls/tests/vm_guest.rs`) and cork's proxy data path on
+//! kTLS (`userspace/cork-proxy/tests/ktls_vm_guest.rs`).
 //!
 //! The host kernel may have no CONFIG_TLS, and a container cannot load modules, so the proof
 //! runs in a VM: Debian bookworm's cloud kernel (6.1, `tls.ko`), booted with TCG (no KVM
@@ -45,9 +46,14 @@ mount -t devtmpfs devtmpfs /dev
 # Modules load only when the test asks, so its "not loaded yet" phases are real.
 echo /bin/false > /proc/sys/kernel/modprobe
 ip link set lo up
-/cork-ktls-guest
-rc=$?
-echo "[init] guest test exited with status $rc"
+rc=0
+# cork's proxy before anything loads tls: the probe refuses and connections stay on rustls.
+/cork-proxy-guest --no-tls || rc=1
+# cork-ktls itself, loading tls and the AEAD modules in phases.
+/cork-ktls-guest || rc=1
+# cork's proxy on kTLS, every module loaded.
+/cork-proxy-guest || rc=1
+echo "[init] guest tests exited with status $rc"
 # The kernel has no /dev/port, so the test binary itself writes the verdict to isa-debug-exit.
 /cork-ktls-guest --qemu-exit "$rc"
 poweroff -f
@@ -168,13 +174,17 @@ fn kernel_package() -> Result<String> {
         .with_context(|| format!("apt-cache depends {KERNEL_META} names no linux-image package"))
 }
 
-/// Builds the guest test binary statically; returns its path.
-fn build_guest() -> Result<PathBuf> {
-    step("building the kTLS guest test (static glibc)");
+/// The guest test binaries: (package, test target, name in the guest's root).
+const GUESTS: &[(&str, &str, &str)] = &[("cork-ktls", "vm_guest", "cork-ktls-guest"), ("cork-proxy", "ktls_vm_guest", "cork-proxy-guest")];
+
+/// Runs `cargo <args>` for the guest target, statically linked, and returns the executables it
+/// reported by target name.
+fn cargo_static(args: &[&str]) -> Result<Vec<(String, PathBuf)>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(repo_root())
-        .args(["test", "-p", "cork-ktls", "--test", "vm_guest", "--no-run", "--message-format=json-render-diagnostics", "--target", GUEST_TARGET])
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(repo_root()).args(args);
+    let out = cmd
+        .args(["--message-format=json-render-diagnostics", "--target", GUEST_TARGET])
         // A separate target dir: different RUSTFLAGS would otherwise rebuild the host's deps.
         .arg("--target-dir")
         .arg(repo_root().join("target/vm"))
@@ -183,14 +193,36 @@ fn build_guest() -> Result<PathBuf> {
         .output()
         .context("starting cargo")?;
     if !out.status.success() {
-        bail!("building the guest test failed");
+        bail!("cargo {} for the guest failed", args.join(" "));
     }
-    String::from_utf8_lossy(&out.stdout)
+    Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "vm_guest")
-        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .context("cargo reported no vm_guest executable")
+        .filter(|v| v["reason"] == "compiler-artifact")
+        .filter_map(|v| Some((v["target"]["name"].as_str()?.to_string(), PathBuf::from(v["executable"].as_str()?))))
+        .collect())
+}
+
+/// Builds the guest test binaries and the `cork` binary (which the proxy guest test runs as
+/// `/cork`) statically; returns (path, name in the guest's root).
+fn build_guests() -> Result<Vec<(PathBuf, &'static str)>> {
+    step("building the kTLS guest tests and cork (static glibc)");
+    let mut args = vec!["test"];
+    for (package, test, _) in GUESTS {
+        args.extend(["-p", package, "--test", test]);
+    }
+    args.push("--no-run");
+    let tests = cargo_static(&args)?;
+    let bins = cargo_static(&["build", "-p", "cork", "--bin", "cork"])?;
+    let find = |built: &[(String, PathBuf)], name: &str| {
+        built.iter().find(|(n, _)| n == name).map(|(_, p)| p.clone()).with_context(|| format!("cargo reported no {name} executable"))
+    };
+    let mut out = Vec::new();
+    for (_, test, staged) in GUESTS {
+        out.push((find(&tests, test)?, *staged));
+    }
+    out.push((find(&bins, "cork")?, "cork"));
+    Ok(out)
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
@@ -208,7 +240,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Lays out the guest's root file system in `root`.
-fn stage_root(root: &Path, kernel: &Path, busybox: &Path, guest: &Path) -> Result<String> {
+fn stage_root(root: &Path, kernel: &Path, busybox: &Path, guests: &[(PathBuf, &str)]) -> Result<String> {
     let _ = fs::remove_dir_all(root);
     let modules = kernel.join("lib/modules");
     let release = fs::read_dir(&modules)?
@@ -234,7 +266,15 @@ fn stage_root(root: &Path, kernel: &Path, busybox: &Path, guest: &Path) -> Resul
     run_checked(Command::new(root.join("bin/busybox")).arg("depmod").arg("-b").arg(root).arg(&release))?;
     fs::write(root.join("init"), INIT)?;
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
-    fs::copy(guest, root.join("cork-ktls-guest"))?;
+    for (guest, name) in guests {
+        let dest = root.join(name);
+        fs::copy(guest, &dest)?;
+        // Debug info would be most of a static test binary, and the initramfs lives in the
+        // guest's RAM.
+        if !Command::new("strip").arg("--strip-debug").arg(&dest).status().map(|s| s.success()).unwrap_or(false) {
+            step(&format!("note: could not strip {} (binutils missing?); staging it whole", dest.display()));
+        }
+    }
     Ok(release)
 }
 
@@ -319,7 +359,7 @@ fn boot(kernel: &Path, initrd: &Path) -> Result<i32> {
     }
 }
 
-/// `cargo xtask vm [--keep]`. `keep` leaves the staged guest root in `.tools/vm/root` for
+/// `cargo xtask vm [--keep]`. `keep` leaves the staged guest root in `target/vm/guest-root` for
 /// inspection.
 pub fn run(keep: bool) -> Result<()> {
     if std::env::consts::ARCH != "x86_64" {
@@ -335,11 +375,14 @@ pub fn run(keep: bool) -> Result<()> {
     ensure_unpacked(&kernel_pkg, &kernel_dir)?;
     let busybox_dir = dir.join("busybox");
     ensure_unpacked(BUSYBOX_PACKAGE, &busybox_dir)?;
-    let guest = build_guest()?;
+    let guests = build_guests()?;
 
-    let root = dir.join("root");
-    let release = stage_root(&root, &kernel_dir, &busybox_dir, &guest)?;
-    let initrd = dir.join("initramfs.cpio.gz");
+    // Staged under this checkout's target/, not the shared download cache.
+    let stage = repo_root().join("target/vm");
+    fs::create_dir_all(&stage)?;
+    let root = stage.join("guest-root");
+    let release = stage_root(&root, &kernel_dir, &busybox_dir, &guests)?;
+    let initrd = stage.join("initramfs.cpio.gz");
     gzip(&cpio(&root)?, &initrd)?;
     step(&format!("initramfs {} ({} KiB) for kernel {release}", initrd.display(), fs::metadata(&initrd)?.len() / 1024));
     if !keep {

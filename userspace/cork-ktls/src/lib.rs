@@ -12,6 +12,8 @@
 //!   at a time, so rustls never buffers bytes that belong to the kernel's record stream, and
 //!   flushes everything rustls queued, including TLS 1.3 NewSessionTickets, whose sequence
 //!   numbers are part of the extracted state.
+//! - [`preflight`] says whether [`offload`] would fall back, without consuming anything, for
+//!   callers (like cork's async proxy) that cannot take a connection back once handed over.
 //! - [`offload`] moves a finished connection into the kernel and returns a [`KtlsStream`], or,
 //!   when the kernel refuses before anything irreversible happened, returns the connection
 //!   untouched as [`Offloaded::Userspace`] with the reason, so the caller stays on rustls
@@ -40,9 +42,10 @@ pub mod sys;
 
 use std::io::{self, Read};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 
-use rustls::{CipherSuite, Connection};
+use rustls::{CipherSuite, CommonState, Connection};
 
 pub use stream::KtlsStream;
 pub use sys::KernelCipher;
@@ -194,8 +197,30 @@ pub fn complete_handshake(sock: &mut TcpStream, conn: &mut Connection) -> Result
     }
 }
 
+/// The kernel's version number and cipher for a finished connection, or why kTLS cannot run it.
+fn kernel_params(conn: &CommonState) -> Result<Option<(u16, KernelCipher)>, String> {
+    let (Some(version), Some(suite)) = (conn.protocol_version(), conn.negotiated_cipher_suite()) else { return Ok(None) };
+    let kversion = sys::kernel_version(version).ok_or_else(|| format!("kTLS has no support for {version:?}"))?;
+    let cipher = kernel_cipher(suite.suite()).ok_or_else(|| format!("kTLS has no support for cipher suite {:?}", suite.suite()))?;
+    trial(kversion, cipher)?;
+    Ok(Some((kversion, cipher)))
+}
+
+/// Judges a finished connection before anything is taken apart, for callers (async ones) that
+/// cannot get a connection back once they have handed it over: checks the version, the cipher
+/// (with the same trial as [`offload`]) and attaches the "tls" ULP to `sock`. `Ok(())` means
+/// [`offload`] will not fall back for a kernel reason; a socket with the ULP but no keys is
+/// still an ordinary TCP socket, so an `Err(reason)` leaves the connection usable on rustls.
+pub fn preflight(sock: &impl AsRawFd, conn: &CommonState) -> Result<(), String> {
+    if conn.is_handshaking() {
+        return Err("the TLS handshake has not finished".into());
+    }
+    kernel_params(conn)?.ok_or("the TLS handshake has not finished")?;
+    sys::attach_ulp(sock).map_err(|e| ulp_refusal(&e))
+}
+
 /// Moves a finished connection's record layer into the kernel. See the module docs for which
-/// refusals fall back and which fail.
+/// refusals fall back and which fail. A socket that [`preflight`] already gave the ULP is fine.
 pub fn offload(mut sock: TcpStream, conn: impl Into<Connection>) -> Result<Offloaded, Error> {
     let mut conn = conn.into();
     if conn.is_handshaking() {
@@ -205,20 +230,17 @@ pub fn offload(mut sock: TcpStream, conn: impl Into<Connection>) -> Result<Offlo
     while conn.wants_write() {
         conn.write_tls(&mut sock)?;
     }
-    let refusal = |sock, conn, reason: String| Ok(Offloaded::Userspace { sock, conn, reason });
     let Some(version) = conn.protocol_version() else { return Err(Error::HandshakeNotComplete) };
-    let Some(kversion) = sys::kernel_version(version) else {
-        return refusal(sock, conn, format!("kTLS has no support for {version:?}"));
+    let (kversion, cipher) = match kernel_params(&conn) {
+        Ok(Some(params)) => params,
+        Ok(None) => return Err(Error::HandshakeNotComplete),
+        Err(reason) => return Ok(Offloaded::Userspace { sock, conn, reason }),
     };
-    let Some(suite) = conn.negotiated_cipher_suite() else { return Err(Error::HandshakeNotComplete) };
-    let Some(cipher) = kernel_cipher(suite.suite()) else {
-        return refusal(sock, conn, format!("kTLS has no support for cipher suite {:?}", suite.suite()));
-    };
-    if let Err(reason) = trial(kversion, cipher) {
-        return refusal(sock, conn, reason);
-    }
-    if let Err(e) = sys::attach_ulp(&sock) {
-        return refusal(sock, conn, ulp_refusal(&e));
+    match sys::attach_ulp(&sock) {
+        Ok(()) => {}
+        // Attached by `preflight`.
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Ok(Offloaded::Userspace { sock, conn, reason: ulp_refusal(&e) }),
     }
     let is_client = matches!(conn, Connection::Client(_));
     let secrets = conn.dangerous_extract_secrets().map_err(Error::Extract)?;

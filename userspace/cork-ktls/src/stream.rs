@@ -156,6 +156,12 @@ impl KtlsStream {
     }
 }
 
+impl AsRawFd for KtlsStream {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
 impl Read for KtlsStream {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         self.check()?;

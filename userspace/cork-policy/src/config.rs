@@ -19,6 +19,17 @@ pub enum Mode {
     Audit,
 }
 
+/// Whether bumped HTTP/1.1 connections move their TLS records into the kernel (kTLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KtlsMode {
+    /// Where the kernel supports it, per connection; otherwise rustls.
+    #[default]
+    Auto,
+    /// Always rustls.
+    Off,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
@@ -72,6 +83,7 @@ pub struct Limits {
     pub leaf_cache_entries: usize,
     /// Largest WebSocket message (all fragments together) cork buffers and scans before relaying.
     pub websocket_message_bytes: usize,
+    pub ktls: KtlsMode,
 }
 
 impl Default for Limits {
@@ -86,6 +98,7 @@ impl Default for Limits {
             body_buffer_bytes: 1024 * 1024,
             leaf_cache_entries: 4096,
             websocket_message_bytes: 16 * 1024 * 1024,
+            ktls: KtlsMode::Auto,
         }
     }
 }
@@ -185,6 +198,16 @@ mod tests {
         for host in ["api.anthropic.com", "statsig.anthropic.com", "sentry.io", "claude.ai", "platform.claude.com", "downloads.claude.ai", "raw.githubusercontent.com"] {
             assert!(p.hosts.allow.iter().any(|h| h == host), "{host}");
         }
+    }
+
+    #[test]
+    fn ktls_is_auto_by_default_and_only_auto_or_off() {
+        assert_eq!(Policy::embedded_default().limits.ktls, KtlsMode::Auto);
+        let with = |value: &str| Policy::from_yaml(&format!("hosts:\n  allow: [a.test]\nlimits:\n  ktls: {value}\n"), "t");
+        assert_eq!(with("off").unwrap().limits.ktls, KtlsMode::Off);
+        assert_eq!(with("auto").unwrap().limits.ktls, KtlsMode::Auto);
+        let err = with("maybe").unwrap_err().to_string();
+        assert!(err.contains("maybe") || err.contains("unknown variant"), "{err}");
     }
 
     #[test]

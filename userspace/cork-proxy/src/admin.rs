@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz` and `/ca.pem`.
+//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/status` (kTLS) and
+//! `/ca.pem`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
             let (status, reason, content_type, body) = match (head.method.as_str(), path) {
                 ("GET", "/metrics") => (200, "OK", "text/plain; version=0.0.4", state.render_metrics()),
                 ("GET", "/healthz") => (200, "OK", "text/plain", "ok\n".to_string()),
+                ("GET", "/status") => (200, "OK", "text/plain", format!("{}\n", crate::ktls_leg::describe(state.snapshot().policy.limits.ktls))),
                 ("GET", "/ca.pem") => (200, "OK", "application/x-pem-file", state.leaves.ca().cert_pem()),
                 _ => (404, "Not Found", "text/plain", "not found\n".to_string()),
             };

@@ -25,6 +25,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use crate::audit::AuditRecord;
 use crate::exchange::{head_limits, read_head, After, Destination, Exchange};
 use crate::inspect::record_block;
+use crate::ktls_leg::{self, IntoTcp, RecordExact};
 use crate::state::{crypto_provider, ProxyState, Snapshot};
 use crate::upstream;
 use crate::wire::Wire;
@@ -55,10 +56,12 @@ pub(crate) fn connection_record(state: &ProxyState, snap: &Snapshot, client: Soc
 /// closes. Every failure is audited.
 pub async fn intercept<S>(state: Arc<ProxyState>, snap: Arc<Snapshot>, client: SocketAddr, client_io: S, dest: Destination)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + IntoTcp + Unpin + Send + 'static,
 {
     let limits = &snap.policy.limits;
     let handshake = Duration::from_secs(limits.handshake_timeout_secs);
+    let ktls = ktls_leg::wanted(&snap);
+    let client_io = RecordExact::new(client_io, ktls);
     let start = match tokio::time::timeout(handshake, LazyConfigAcceptor::new(Acceptor::default(), client_io)).await {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => return connection_record(&state, &snap, client, &dest, "connection", "tls.client_hello", &format!("not a TLS ClientHello: {e}")),
@@ -83,7 +86,7 @@ where
 
     // Upstream first: its failure is reported to the client over the intercepted connection.
     let upstream_tls = snap.upstream_tls_for(offers_h2, offers_h1).clone();
-    let upstream_result = upstream::connect_tls(&snap.policy, &upstream_tls, &dest.host, dest.port).await;
+    let upstream_result = upstream::connect_tls(&snap.policy, &upstream_tls, &dest.host, dest.port, ktls).await;
     let chosen: Option<Vec<u8>> = match &upstream_result {
         Ok(stream) => stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec),
         // Nothing upstream to mirror: the refusal is given in HTTP/1.1 when the client speaks it.
@@ -101,14 +104,20 @@ where
     };
     // Exactly the upstream's choice (or none, when the upstream chose none).
     server_config.alpn_protocols = chosen.clone().into_iter().collect();
-    let tls = match tokio::time::timeout(handshake, start.into_stream(Arc::new(server_config))).await {
+    server_config.enable_secret_extraction = ktls;
+    let mut tls = match tokio::time::timeout(handshake, ktls_leg::accept(start, Arc::new(server_config), ktls)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return connection_record(&state, &snap, client, &dest, "connection", "tls.client_handshake", &e.to_string()),
         Err(_) => return connection_record(&state, &snap, client, &dest, "connection", "tls.handshake_timeout", "the client did not finish its handshake in time"),
     };
     if chosen.as_deref() == Some(H2) {
+        // hyper's h2 owns this path; it stays on rustls.
+        ktls_leg::keep_on_rustls(&mut tls);
         match upstream_result {
-            Ok(upstream) => crate::h2relay::relay(state, snap, client, dest, tls, upstream).await,
+            Ok(mut upstream) => {
+                ktls_leg::keep_on_rustls(&mut upstream);
+                crate::h2relay::relay(state, snap, client, dest, tls, upstream).await
+            }
             Err(err) => {
                 state.metrics.error(err.rule());
                 connection_record(&state, &snap, client, &dest, "connection", err.rule(), &err.to_string());
@@ -124,7 +133,20 @@ where
         }
         return;
     }
-    let mut client_wire = Wire::new(tls);
+    // The upstream leg moves to kTLS only when there is one; a refusal is answered on rustls.
+    let conn = ktls_leg::Conn { state: &state, client, dest: &dest };
+    let upstream_result = match upstream_result {
+        Ok(stream) => match ktls_leg::offload(&conn, ktls, "upstream", stream) {
+            Ok(leg) => Ok(leg),
+            Err(e) => return connection_record(&state, &snap, client, &dest, "connection", "tls.ktls_offload", &e.to_string()),
+        },
+        Err(err) => Err(err),
+    };
+    let client_leg = match ktls_leg::offload(&conn, ktls && upstream_result.is_ok(), "client", tls) {
+        Ok(leg) => leg,
+        Err(e) => return connection_record(&state, &snap, client, &dest, "connection", "tls.ktls_offload", &e.to_string()),
+    };
+    let mut client_wire = Wire::new(client_leg);
     let exchange = Exchange { state: &state, snap: &snap, client, dest: &dest };
     let head_limits = head_limits(&snap);
     let idle = Duration::from_secs(limits.idle_timeout_secs);
@@ -162,6 +184,11 @@ where
         }
         // Between exchanges the upstream side idles too; it needs no buffer then.
         upstream_wire.release_if_empty();
+    }
+    for (leg, failure) in [("upstream", ktls_leg::key_update(&upstream_wire.io)), ("client", ktls_leg::key_update(&client_wire.io))] {
+        if let Some(e) = failure {
+            connection_record(&state, &snap, client, &dest, "connection", "tls.key_update_unsupported", &format!("the {leg} leg on kTLS: {e}"));
+        }
     }
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut client_wire.io).await;
 }

@@ -12,6 +12,7 @@
 //! - [`websocket`] relays WebSocket sessions message by message after an HTTP/1.1 upgrade;
 //!   [`ws_endpoint`] serves the same relay as `GET /ws?url=` on the explicit listener.
 //! - [`mcp`] follows MCP sessions (streamable HTTP) and A2A Agent Cards in bumped exchanges.
+//! - [`ktls_leg`] moves a bumped HTTP/1.1 connection's TLS records into the kernel where it can.
 //! - [`h2relay`] relays HTTP/2 stream by stream when both sides negotiated `h2`.
 //! - [`audit`] and [`metrics`] record every decision.
 
@@ -27,6 +28,7 @@ pub mod fetch;
 pub mod h2relay;
 pub mod inspect;
 pub mod mcp;
+pub mod ktls_leg;
 pub mod metrics;
 pub mod respond;
 pub mod splice;

@@ -30,6 +30,8 @@ pub struct Metrics {
     errors: LabelledCounter,
     websocket_messages: LabelledCounter,
     websocket_blocked: LabelledCounter,
+    /// Bumped legs by where their records went, keyed `leg/result`.
+    ktls_legs: LabelledCounter,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
     active_connections: AtomicI64,
@@ -51,6 +53,7 @@ pub struct ExternalFigures {
     pub leaf_cache_hits: u64,
     pub leaf_cache_entries: usize,
     pub max_connections: usize,
+    pub ktls_supported: bool,
 }
 
 impl Metrics {
@@ -78,6 +81,11 @@ impl Metrics {
     /// A WebSocket session ended by a blocked message, by the message's direction.
     pub fn websocket_blocked(&self, direction: &str) {
         self.websocket_blocked.add(direction, 1);
+    }
+
+    /// A bumped HTTP/1.1 leg (`client` or `upstream`) offloaded to the kernel or kept on rustls.
+    pub fn ktls_leg(&self, leg: &str, kernel: bool) {
+        self.ktls_legs.add(&format!("{leg}/{}", if kernel { "kernel" } else { "userspace" }), 1);
     }
 
     pub fn bytes(&self, up: u64, down: u64) {
@@ -119,6 +127,11 @@ impl Metrics {
         family(&mut out, "cork_errors_total", "Connections ended by an error, by kind.", "kind", self.errors.snapshot());
         family(&mut out, "cork_websocket_messages_total", "WebSocket data messages relayed, by direction.", "direction", self.websocket_messages.snapshot());
         family(&mut out, "cork_websocket_blocked_total", "WebSocket sessions closed for a blocked message, by direction.", "direction", self.websocket_blocked.snapshot());
+        let _ = writeln!(out, "# HELP cork_ktls_legs_total Bumped HTTP/1.1 legs by where their TLS records were handled.\n# TYPE cork_ktls_legs_total counter");
+        for (key, n) in self.ktls_legs.snapshot() {
+            let (leg, result) = key.split_once('/').unwrap_or((&key, ""));
+            let _ = writeln!(out, "cork_ktls_legs_total{{leg=\"{}\",result=\"{}\"}} {n}", escape_label(leg), escape_label(result));
+        }
         let simple = [
             ("cork_bytes_up_total", "counter", "Bytes sent upstream (plaintext or tunnelled).", self.bytes_up.load(Ordering::Relaxed) as i64),
             ("cork_bytes_down_total", "counter", "Bytes sent back to clients.", self.bytes_down.load(Ordering::Relaxed) as i64),
@@ -128,6 +141,7 @@ impl Metrics {
             ("cork_leaf_cache_hits_total", "counter", "Leaf certificates served from the cache.", ext.leaf_cache_hits as i64),
             ("cork_leaf_cache_entries", "gauge", "Leaf certificates in the cache.", ext.leaf_cache_entries as i64),
             ("cork_max_connections", "gauge", "Configured connection limit.", ext.max_connections as i64),
+            ("cork_ktls_supported", "gauge", "1 if the kernel accepted the tls upper-layer protocol at start-up.", ext.ktls_supported as i64),
         ];
         for (name, kind, help, value) in simple {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");

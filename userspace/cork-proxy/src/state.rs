@@ -39,7 +39,9 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn build(policy: Policy, source: String) -> Result<Snapshot, StateError> {
         let engine = cork_scan::Engine::new(&policy.scan)?;
-        let base = upstream_client_config(&policy)?;
+        let mut base = upstream_client_config(&policy)?;
+        // kTLS needs the traffic secrets after the handshake; otherwise rustls need not keep them.
+        base.enable_secret_extraction = crate::ktls_leg::wanted_for(&policy);
         let with_alpn = |alpn: &[&[u8]]| {
             let mut config = base.clone();
             config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -142,6 +144,7 @@ impl ProxyState {
             leaf_cache_hits: stats.hits,
             leaf_cache_entries: stats.entries,
             max_connections: self.snapshot().policy.limits.max_connections,
+            ktls_supported: *crate::ktls_leg::support() == cork_ktls::KtlsSupport::Supported,
         })
     }
 }

@@ -9,6 +9,8 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::ktls_leg::RecordExact;
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot resolve {host}: {reason}")]
@@ -108,19 +110,21 @@ pub async fn connect_tcp(policy: &Policy, host: &str, port: u16) -> Result<TcpSt
     tokio::time::timeout(limit, attempt).await.map_err(|_| UpstreamError::ConnectTimeout { host: host.to_string() })?
 }
 
-/// Connects and completes a fully verified TLS handshake, sending `host` as SNI.
+/// Connects and completes a fully verified TLS handshake, sending `host` as SNI. With
+/// `record_exact`, the handshake reads stop at the last handshake record, so the connection can
+/// move to kTLS afterwards (see [`crate::ktls_leg`]).
 pub async fn connect_tls(
     policy: &Policy,
     tls: &Arc<rustls::ClientConfig>,
     host: &str,
     port: u16,
-) -> Result<TlsStream<TcpStream>, UpstreamError> {
-    let tcp = connect_tcp(policy, host, port).await?;
+    record_exact: bool,
+) -> Result<TlsStream<RecordExact<TcpStream>>, UpstreamError> {
+    let tcp = RecordExact::new(connect_tcp(policy, host, port).await?, record_exact);
     let bare = cork_policy::normalize_host(host);
     let server_name = ServerName::try_from(bare.clone()).map_err(|_| UpstreamError::ServerName(host.to_string()))?;
     let limit = Duration::from_secs(policy.limits.handshake_timeout_secs.max(1));
-    let connector = tokio_rustls::TlsConnector::from(tls.clone());
-    match tokio::time::timeout(limit, connector.connect(server_name, tcp)).await {
+    match tokio::time::timeout(limit, crate::ktls_leg::connect(tls.clone(), server_name, tcp, record_exact)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => Err(UpstreamError::Tls { host: bare, reason: e.to_string() }),
         Err(_) => Err(UpstreamError::Tls { host: bare, reason: "handshake timed out".into() }),

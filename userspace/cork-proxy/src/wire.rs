@@ -107,6 +107,16 @@ impl<S> Prefixed<S> {
     pub fn new(prefix: Vec<u8>, inner: S) -> Self {
         Self { prefix, pos: 0, inner }
     }
+
+    /// The inner stream, once every prefixed byte has been read.
+    pub fn drained_inner(&self) -> Option<&S> {
+        (self.pos >= self.prefix.len()).then_some(&self.inner)
+    }
+
+    /// The inner stream; prefixed bytes not yet read are dropped (check `drained_inner` first).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

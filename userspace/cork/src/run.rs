@@ -61,6 +61,8 @@ pub fn run(args: RunArgs) -> Result<()> {
 
         println!("cork {} listening on {listen} (explicit proxy); admin on http://{admin_addr}/metrics", env!("CARGO_PKG_VERSION"));
         println!("policy: {source} ({mode:?} mode, {allowed} allowed hosts); audit log: {}", audit_path.display());
+        // Probed once; every bumped connection after this relies on the answer.
+        println!("{}", cork_proxy::ktls_leg::describe(state.snapshot().policy.limits.ktls));
         println!("CA certificate: {} (with system roots: {})", trust.ca_cert.display(), trust.bundle.display());
         println!("To send a client through cork:");
         println!("  export HTTPS_PROXY=http://{listen} HTTP_PROXY=http://{listen}");

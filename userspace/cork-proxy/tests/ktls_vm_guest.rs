@@ -1,0 +1,708 @@
+//! cork's proxy data path on kTLS, run inside the `cargo xtask vm` guest (Debian's 6.1 kernel;
+//! the host has no kTLS). The real explicit proxy (`cork_proxy::explicit::serve` with a real
+//! `ProxyState`, CA and audit log) runs in this process on loopback, in front of a rustls test
+//! origin; a rustls client goes through it with CONNECT, so both of cork's legs are bumped.
+//!
+//! `--no-tls` (run by `/init` before anything loads the tls module): the probe refuses, the
+//! start-up line and `/metrics` say so, and a bumped connection still carries its data on
+//! rustls.
+//!
+//! Default (after the cork-ktls guest has loaded tls and every AEAD): for TLS 1.3 and 1.2 with
+//! AES-128-GCM, AES-256-GCM and ChaCha20-Poly1305 (the suite forced on both legs), 1 MiB each way
+//! must arrive byte for byte, both legs must be counted as kernel legs, and
+//! `/proc/net/tls_stat` must rise by exactly the sockets cork offloaded; TLS 1.3 clients must
+//! receive cork's NewSessionTickets; an upstream KeyUpdate must end the connection with
+//! `tls.key_update_unsupported` and no corrupted byte; `limits.ktls: off` must keep both legs on
+//! rustls with nothing new in the kernel; a passthrough host must be spliced.
+//!
+//! Exit status 0 only if every check passed. The guest is TCG-emulated: no timing is measured.
+
+use std::collections::HashSet;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use cork_ktls::{tls_stat, KtlsSupport};
+use cork_proxy::{AuditLog, ProxyState, Snapshot};
+use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
+use rustls::crypto::ring;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{CipherSuite, ClientConfig, ClientConnection, NamedGroup, ServerConfig, ServerConnection, StreamOwned, SupportedCipherSuite};
+use sha2::{Digest, Sha256};
+
+type Result<T> = std::result::Result<T, String>;
+
+/// Bytes sent each way per connection: many full records, modest for TCG.
+const PAYLOAD: usize = 1024 * 1024;
+const ORIGIN: &str = "origin.test";
+const PASSTHROUGH: &str = "pinned.test";
+
+const SUITES: &[CipherSuite] = &[
+    CipherSuite::TLS13_AES_128_GCM_SHA256,
+    CipherSuite::TLS13_AES_256_GCM_SHA384,
+    CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+    CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+];
+
+fn suite(id: CipherSuite) -> SupportedCipherSuite {
+    *ring::ALL_CIPHER_SUITES.iter().find(|s| s.suite() == id).expect("ring has the suite")
+}
+
+fn provider(id: CipherSuite) -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::CryptoProvider { cipher_suites: vec![suite(id)], ..ring::default_provider() })
+}
+
+fn is_tls13(id: CipherSuite) -> bool {
+    format!("{id:?}").starts_with("TLS13")
+}
+
+fn version_of(id: CipherSuite) -> &'static rustls::SupportedProtocolVersion {
+    if is_tls13(id) {
+        &rustls::version::TLS13
+    } else {
+        &rustls::version::TLS12
+    }
+}
+
+/// Text that no scanner rule matches, numbered so a shifted or repeated record shows.
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 64);
+    let mut line = 0u32;
+    while out.len() < len {
+        out.extend_from_slice(format!("{seed:04} line {line:08} the quick brown fox jumps over the lazy dog\n").as_bytes());
+        line += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+fn sha(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The origin: rustls on threads, one suite at a time.
+
+struct Origin {
+    addr: SocketAddr,
+    cert: CertificateDer<'static>,
+}
+
+/// Serves `POST /echo` (the body back) and `GET /keyupdate?n=N` (N bytes, a KeyUpdate, N more).
+fn start_origin(suite_id: Option<CipherSuite>) -> Origin {
+    let cert = rcgen::generate_simple_self_signed(vec![ORIGIN.to_string(), PASSTHROUGH.to_string()]).expect("rcgen");
+    let der = cert.cert.der().clone();
+    let key = PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der());
+    let builder = match suite_id {
+        Some(id) => ServerConfig::builder_with_provider(provider(id)).with_protocol_versions(&[version_of(id)]).expect("versions"),
+        None => ServerConfig::builder_with_provider(Arc::new(ring::default_provider())).with_safe_default_protocol_versions().expect("versions"),
+    };
+    let mut config = builder.with_no_client_auth().with_single_cert(vec![der.clone()], PrivateKeyDer::Pkcs8(key)).expect("origin cert");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = Arc::new(config);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("origin bind");
+    let addr = listener.local_addr().expect("origin addr");
+    thread::spawn(move || {
+        for sock in listener.incoming().flatten() {
+            let config = config.clone();
+            thread::spawn(move || {
+                if let Err(e) = serve_origin(config, sock) {
+                    println!("[guest]   origin: {e}");
+                }
+            });
+        }
+    });
+    Origin { addr, cert: der }
+}
+
+fn serve_origin(config: Arc<ServerConfig>, sock: TcpStream) -> io::Result<()> {
+    let conn = ServerConnection::new(config).map_err(io::Error::other)?;
+    let mut tls = StreamOwned::new(conn, sock);
+    loop {
+        let Some((head, mut body_start)) = read_head(&mut tls)? else { return Ok(()) };
+        let first = head.lines().next().unwrap_or_default().to_string();
+        let length = content_length(&head).unwrap_or(0);
+        if first.starts_with("POST /echo ") {
+            let mut body = std::mem::take(&mut body_start);
+            read_to(&mut tls, &mut body, length)?;
+            let out = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n", body.len());
+            tls.write_all(out.as_bytes())?;
+            tls.write_all(&body)?;
+            tls.flush()?;
+        } else if let Some(n) = first.strip_prefix("GET /keyupdate?n=").and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<usize>().ok()) {
+            let body = pattern(2 * n, 7);
+            let out = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n", body.len());
+            tls.write_all(out.as_bytes())?;
+            tls.write_all(&body[..n])?;
+            tls.flush()?;
+            tls.conn.refresh_traffic_keys().map_err(io::Error::other)?;
+            tls.flush()?;
+            // The rest under the new key: cork must not hand any of it on.
+            let _ = tls.write_all(&body[n..]);
+            let _ = tls.flush();
+            return Ok(());
+        } else {
+            tls.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
+        }
+        if head.to_ascii_lowercase().contains("connection: close") {
+            tls.conn.send_close_notify();
+            tls.flush()?;
+            return Ok(());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/1.1 helpers shared by the origin and the client.
+
+/// Reads a head; returns it and the bytes read after it. `None` on a clean end before any byte.
+fn read_head(r: &mut impl Read) -> io::Result<Option<(String, Vec<u8>)>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(end + 4);
+            return Ok(Some((String::from_utf8_lossy(&buf).into_owned(), rest)));
+        }
+        let n = r.read(&mut chunk)?;
+        if n == 0 {
+            return if buf.is_empty() { Ok(None) } else { Err(io::Error::new(io::ErrorKind::UnexpectedEof, "end inside a head")) };
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim().eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
+    })
+}
+
+/// Reads until `buf` holds `len` bytes or the stream ends.
+fn read_to(r: &mut impl Read, buf: &mut Vec<u8>, len: usize) -> io::Result<()> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    while buf.len() < len {
+        let n = r.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// cork, in process.
+
+/// Where a cork's `/metrics` text comes from: the in-process state, or a `cork run` child's
+/// admin listener.
+enum MetricsSource {
+    InProcess(Arc<ProxyState>),
+    Admin(SocketAddr),
+}
+
+struct Cork {
+    proxy: SocketAddr,
+    metrics: MetricsSource,
+    ca: CertificateDer<'static>,
+    audit: PathBuf,
+}
+
+impl Cork {
+    fn metrics_text(&self) -> String {
+        match &self.metrics {
+            MetricsSource::InProcess(state) => state.render_metrics(),
+            MetricsSource::Admin(admin) => admin_get(*admin, "/metrics").unwrap_or_else(|e| e),
+        }
+    }
+}
+
+/// A body from cork's admin listener.
+fn admin_get(admin: SocketAddr, path: &str) -> Result<String> {
+    let mut sock = TcpStream::connect(admin).map_err(|e| format!("admin: {e}"))?;
+    sock.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    write!(sock, "GET {path} HTTP/1.1\r\nHost: cork\r\n\r\n").map_err(|e| e.to_string())?;
+    let (head, mut body) = read_head(&mut sock).map_err(|e| e.to_string())?.ok_or("no admin response")?;
+    read_to(&mut sock, &mut body, content_length(&head).unwrap_or(0)).map_err(|e| e.to_string())?;
+    String::from_utf8(body).map_err(|e| e.to_string())
+}
+
+/// The policy the guest's corks run on: the origin allowed, `pinned.test` passed through.
+fn policy_yaml(origin: &Origin, dir: &Path, ktls: &str) -> Result<String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let roots = dir.join("origin-ca.pem");
+    let pem = format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64(&origin.cert));
+    std::fs::write(&roots, pem).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "mode: enforce\nhosts:\n  allow: [{ORIGIN}]\n  passthrough: [{PASSTHROUGH}]\n  ports: [{port}]\nupstream:\n  extra_roots: [{roots}]\n  resolve:\n    {ORIGIN}: 127.0.0.1\n    {PASSTHROUGH}: 127.0.0.1\nlimits:\n  ktls: {ktls}\n",
+        port = origin.addr.port(),
+        roots = roots.display()
+    ))
+}
+
+fn start_cork(origin: &Origin, dir: &Path, ktls: &str) -> Result<Cork> {
+    let yaml = policy_yaml(origin, dir, ktls)?;
+    let policy = cork_policy::Policy::from_yaml(&yaml, "guest").map_err(|e| e.to_string())?;
+    let snapshot = Snapshot::build(policy, "guest".into()).map_err(|e| e.to_string())?;
+    let ca = Arc::new(cork_ca::BottleCa::generate("cork-guest").map_err(|e| e.to_string())?);
+    let ca_der = rustls_pemfile::certs(&mut ca.cert_pem().as_bytes()).next().ok_or("no CA certificate")?.map_err(|e| e.to_string())?;
+    let audit = dir.join("audit.jsonl");
+    let log = AuditLog::open(&audit).map_err(|e| e.to_string())?;
+    let state = Arc::new(ProxyState::new("cork-guest", ca, snapshot, log));
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let proxy = listener.local_addr().map_err(|e| e.to_string())?;
+    let serving = state.clone();
+    thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            cork_proxy::explicit::serve(listener, serving).await
+        });
+    });
+    Ok(Cork { proxy, metrics: MetricsSource::InProcess(state), ca: ca_der, audit })
+}
+
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+        if out.len() % 77 == 76 {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// A metric's value from cork's `/metrics` text; 0 when absent.
+fn metric(cork: &Cork, series: &str) -> u64 {
+    cork.metrics_text().lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+}
+
+fn legs(cork: &Cork, result: &str) -> u64 {
+    ["client", "upstream"].iter().map(|leg| metric(cork, &format!("cork_ktls_legs_total{{leg=\"{leg}\",result=\"{result}\"}} "))).sum()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client.
+
+/// Counts the TLS 1.3 tickets a client receives.
+#[derive(Debug)]
+struct CountingStore {
+    inner: ClientSessionMemoryCache,
+    tickets: AtomicUsize,
+}
+
+impl ClientSessionStore for CountingStore {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(&self, name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.inner.set_tls12_session(name, value)
+    }
+    fn tls12_session(&self, name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(&self, name: ServerName<'static>, value: Tls13ClientSessionValue) {
+        self.tickets.fetch_add(1, Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(name, value)
+    }
+    fn take_tls13_ticket(&self, name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+/// CONNECTs through cork to `host` and starts TLS with `root` trusted, offering only `cs`.
+fn connect(cork: &Cork, host: &str, port: u16, root: &CertificateDer<'static>, cs: CipherSuite, store: Arc<CountingStore>) -> Result<StreamOwned<ClientConnection, TcpStream>> {
+    let mut sock = TcpStream::connect(cork.proxy).map_err(|e| format!("connecting to cork: {e}"))?;
+    sock.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
+    write!(sock, "CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n").map_err(|e| e.to_string())?;
+    // Byte at a time, so nothing after the CONNECT answer is consumed here.
+    let mut reader = BufReader::with_capacity(1, &sock);
+    let mut status = String::new();
+    reader.read_line(&mut status).map_err(|e| e.to_string())?;
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(format!("CONNECT answered {status:?}"));
+    }
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).map_err(|e| e.to_string())?;
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).map_err(|e| e.to_string())?;
+    let mut config = ClientConfig::builder_with_provider(provider(cs)).with_protocol_versions(&[version_of(cs)]).map_err(|e| e.to_string())?.with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.resumption = rustls::client::Resumption::store(store);
+    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let conn = ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    Ok(StreamOwned::new(conn, sock))
+}
+
+/// POSTs `body` to /echo and returns the response body; the connection ends with close_notify.
+fn echo(tls: &mut StreamOwned<ClientConnection, TcpStream>, body: &[u8]) -> Result<Vec<u8>> {
+    let head = format!("POST /echo HTTP/1.1\r\nHost: {ORIGIN}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    tls.write_all(head.as_bytes()).map_err(|e| format!("sending the request: {e}"))?;
+    tls.write_all(body).map_err(|e| format!("sending the body: {e}"))?;
+    tls.flush().map_err(|e| e.to_string())?;
+    let (head, mut got) = read_head(tls).map_err(|e| format!("reading the response head: {e}"))?.ok_or("no response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("response {:?}", head.lines().next()));
+    }
+    let len = content_length(&head).ok_or("no Content-Length")?;
+    read_to(tls, &mut got, len).map_err(|e| format!("reading the response body: {e}"))?;
+    // cork closes with close_notify (sent by the kernel on a kTLS leg): a clean end of stream.
+    let mut rest = Vec::new();
+    tls.read_to_end(&mut rest).map_err(|e| format!("after the body: {e}"))?;
+    got.extend_from_slice(&rest);
+    Ok(got)
+}
+
+fn stat(name: &str) -> u64 {
+    tls_stat().and_then(|s| s.into_iter().find(|(n, _)| n == name).map(|(_, v)| v)).unwrap_or(0)
+}
+
+struct Checks {
+    failed: usize,
+}
+
+impl Checks {
+    fn check(&mut self, name: &str, result: Result<()>) {
+        match result {
+            Ok(()) => println!("[guest] ok   {name}"),
+            Err(e) => {
+                self.failed += 1;
+                println!("[guest] FAIL {name}: {e}");
+            }
+        }
+    }
+}
+
+/// One bumped echo of `PAYLOAD` bytes each way with `cs` forced on both legs. Returns the tickets
+/// the client received.
+fn bumped_echo(cork: &Cork, origin: &Origin, cs: CipherSuite, seed: u32) -> Result<usize> {
+    let store = Arc::new(CountingStore { inner: ClientSessionMemoryCache::new(8), tickets: AtomicUsize::new(0) });
+    let mut tls = connect(cork, ORIGIN, origin.addr.port(), &cork.ca, cs, store.clone())?;
+    let body = pattern(PAYLOAD, seed);
+    let got = echo(&mut tls, &body)?;
+    let negotiated = tls.conn.negotiated_cipher_suite().map(|s| s.suite());
+    if negotiated != Some(cs) {
+        return Err(format!("client leg negotiated {negotiated:?}"));
+    }
+    if got.len() != body.len() || sha(&got) != sha(&body) {
+        return Err(format!("echo mismatch: sent {} bytes sha256 {}, got {} bytes sha256 {}", body.len(), sha(&body), got.len(), sha(&got)));
+    }
+    Ok(store.tickets.load(Ordering::SeqCst))
+}
+
+fn no_tls_phase() -> i32 {
+    let mut checks = Checks { failed: 0 };
+    let support = cork_proxy::ktls_leg::support();
+    checks.check(
+        "cork's probe refuses without the tls module",
+        match support {
+            KtlsSupport::Unsupported { reason } if tls_stat().is_none() => {
+                println!("[guest]   {}", cork_proxy::ktls_leg::describe(cork_policy::KtlsMode::Auto));
+                let _ = reason;
+                Ok(())
+            }
+            other => Err(format!("unexpected {other:?}")),
+        },
+    );
+    let origin = start_origin(Some(CipherSuite::TLS13_AES_128_GCM_SHA256));
+    match start_cork(&origin, Path::new("/tmp/cork-no-tls"), "auto") {
+        Ok(cork) => {
+            checks.check("/metrics says cork_ktls_supported 0", if metric(&cork, "cork_ktls_supported ") == 0 && cork.metrics_text().contains("cork_ktls_supported 0") { Ok(()) } else { Err("gauge not 0".into()) });
+            checks.check("a bumped connection without kTLS still carries 1 MiB each way on rustls", bumped_echo(&cork, &origin, CipherSuite::TLS13_AES_128_GCM_SHA256, 1).map(|_| ()));
+            checks.check("no leg was offered to the kernel", if legs(&cork, "kernel") + legs(&cork, "userspace") == 0 { Ok(()) } else { Err("legs were counted".into()) });
+        }
+        Err(e) => checks.check("start cork", Err(e)),
+    }
+    checks.failed as i32
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--no-tls") {
+        let failed = no_tls_phase();
+        println!("[guest] cork --no-tls phase: {}", if failed == 0 { "all checks passed".to_string() } else { format!("{failed} checks failed") });
+        std::process::exit(if failed == 0 { 0 } else { 1 });
+    }
+    let mut checks = Checks { failed: 0 };
+    checks.check(
+        "cork's probe accepts with the tls module",
+        match cork_proxy::ktls_leg::support() {
+            KtlsSupport::Supported => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    println!("[guest]   {}", cork_proxy::ktls_leg::describe(cork_policy::KtlsMode::Auto));
+
+    // A cipher the kernel refuses, before this process has ever used it (cork-ktls remembers
+    // only successes): with the ChaCha20-Poly1305 template module unloaded, both legs must stay
+    // on rustls, with the kernel's reason audited, and the data still flow.
+    checks.check("a cipher the kernel refuses keeps both legs on rustls, audited", kernel_refusal());
+
+    // Every suite, forced on both legs: the client offers only it, the origin accepts only it.
+    let mut tried: HashSet<u16> = HashSet::new();
+    for (i, &cs) in SUITES.iter().enumerate() {
+        let origin = start_origin(Some(cs));
+        let cork = match start_cork(&origin, &PathBuf::from(format!("/tmp/cork-{i}")), "auto") {
+            Ok(c) => c,
+            Err(e) => {
+                checks.check(&format!("{cs:?}: start cork"), Err(e));
+                continue;
+            }
+        };
+        let (tx0, rx0) = (stat("TlsTxSw"), stat("TlsRxSw"));
+        let result = bumped_echo(&cork, &origin, cs, i as u32).and_then(|tickets| {
+            if is_tls13(cs) && tickets == 0 {
+                return Err("the client received no NewSessionTicket from cork's kTLS leg".into());
+            }
+            let kernel = legs(&cork, "kernel");
+            if kernel != 2 || legs(&cork, "userspace") != 0 {
+                let log = std::fs::read_to_string(&cork.audit).unwrap_or_default();
+                let why: Vec<&str> = log.lines().filter(|l| l.contains("tls.ktls_fallback")).collect();
+                return Err(format!("expected both legs in the kernel, metrics say {kernel} kernel, {} userspace; audit: {why:?}", legs(&cork, "userspace")));
+            }
+            // Two sockets (client-facing, upstream), TX and RX each; the first use of a
+            // (version, cipher) in this process adds cork-ktls's trial on a scratch socket.
+            let trial = u64::from(tried.insert(u16::from(cs)));
+            let (tx, rx) = (stat("TlsTxSw") - tx0, stat("TlsRxSw") - rx0);
+            println!("[guest]   {cs:?}: {tickets} tickets; TlsTxSw +{tx}, TlsRxSw +{rx} (2 offloaded sockets + {trial} trial)");
+            if tx != 2 + trial || rx != 2 + trial {
+                return Err(format!("tls_stat rose by TX {tx} / RX {rx}, expected {} each", 2 + trial));
+            }
+            Ok(())
+        });
+        checks.check(&format!("{cs:?} on both legs: {PAYLOAD} bytes each way through cork, kernel records, close_notify"), result);
+    }
+    let decrypt_errors = stat("TlsDecryptError");
+    checks.check("no kTLS decrypt errors", if decrypt_errors == 0 { Ok(()) } else { Err(format!("TlsDecryptError {decrypt_errors}")) });
+
+    // An upstream KeyUpdate: the kernel leg cannot follow on 6.1.
+    checks.check("an upstream KeyUpdate ends the connection cleanly, audited", key_update());
+
+    // The policy switch: both legs stay on rustls, nothing new in the kernel.
+    checks.check("limits.ktls: off keeps both legs on rustls and still carries the data", ktls_off());
+
+    // A passthrough host is spliced, untouched.
+    checks.check("a passthrough host is relayed with splice", passthrough());
+
+    // The real `cork run` binary, as operators start it.
+    checks.check("the cork binary says ktls: supported and runs both legs on kTLS", real_binary());
+
+    println!("[guest]   /proc/net/tls_stat: {:?}", tls_stat().unwrap_or_default());
+    if checks.failed == 0 {
+        println!("[guest] all cork kTLS checks passed");
+        std::process::exit(0);
+    }
+    println!("[guest] {} cork kTLS checks failed", checks.failed);
+    std::process::exit(1);
+}
+
+fn key_update() -> Result<()> {
+    let cs = CipherSuite::TLS13_AES_128_GCM_SHA256;
+    let origin = start_origin(Some(cs));
+    let cork = start_cork(&origin, Path::new("/tmp/cork-keyupdate"), "auto")?;
+    let store = Arc::new(CountingStore { inner: ClientSessionMemoryCache::new(8), tickets: AtomicUsize::new(0) });
+    let mut tls = connect(&cork, ORIGIN, origin.addr.port(), &cork.ca, cs, store)?;
+    let n = 64 * 1024;
+    let head = format!("GET /keyupdate?n={n} HTTP/1.1\r\nHost: {ORIGIN}\r\n\r\n");
+    tls.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+    tls.flush().map_err(|e| e.to_string())?;
+    let mut got = Vec::new();
+    // Whatever arrives (head and some body, or nothing) before the connection ends.
+    let end = tls.read_to_end(&mut got);
+    let expected = pattern(2 * n, 7);
+    let body = match got.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => got[i + 4..].to_vec(),
+        None => Vec::new(),
+    };
+    println!("[guest]   KeyUpdate: client got {} bytes ({} of body) then {:?}", got.len(), body.len(), end.as_ref().map(|_| "a clean close"));
+    if body.len() >= expected.len() {
+        return Err("the whole body arrived although half of it was sent under a key the kernel cannot have".into());
+    }
+    if body[..] != expected[..body.len()] {
+        return Err("the body that arrived is not a prefix of what the origin sent".into());
+    }
+    if legs(&cork, "kernel") != 2 {
+        return Err(format!("expected both legs in the kernel, {} were", legs(&cork, "kernel")));
+    }
+    // The audit record is written after the relay ends; give the runtime a moment to write it.
+    for _ in 0..100 {
+        let log = std::fs::read_to_string(&cork.audit).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains("tls.key_update_unsupported")) {
+            println!("[guest]   audit: {line}");
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("no tls.key_update_unsupported audit record in {}", cork.audit.display()))
+}
+
+fn ktls_off() -> Result<()> {
+    let cs = CipherSuite::TLS13_AES_256_GCM_SHA384;
+    let origin = start_origin(Some(cs));
+    let cork = start_cork(&origin, Path::new("/tmp/cork-off"), "off")?;
+    let (tx0, rx0) = (stat("TlsTxSw"), stat("TlsRxSw"));
+    bumped_echo(&cork, &origin, cs, 42)?;
+    let (tx, rx) = (stat("TlsTxSw") - tx0, stat("TlsRxSw") - rx0);
+    if tx != 0 || rx != 0 {
+        return Err(format!("tls_stat rose by TX {tx} / RX {rx} with kTLS off"));
+    }
+    if legs(&cork, "kernel") != 0 {
+        return Err("a leg was offloaded with kTLS off".into());
+    }
+    Ok(())
+}
+
+fn passthrough() -> Result<()> {
+    let cs = CipherSuite::TLS13_AES_128_GCM_SHA256;
+    let origin = start_origin(Some(cs));
+    let cork = start_cork(&origin, Path::new("/tmp/cork-pass"), "auto")?;
+    let store = Arc::new(CountingStore { inner: ClientSessionMemoryCache::new(8), tickets: AtomicUsize::new(0) });
+    // The client talks TLS with the origin itself, through cork's tunnel.
+    let mut tls = connect(&cork, PASSTHROUGH, origin.addr.port(), &origin.cert, cs, store)?;
+    let body = pattern(256 * 1024, 9);
+    let got = echo(&mut tls, &body)?;
+    if got != body {
+        return Err(format!("echo mismatch through the tunnel ({} bytes back)", got.len()));
+    }
+    // The tunnel ends (and is counted) once both directions have ended.
+    drop(tls);
+    for _ in 0..100 {
+        if metric(&cork, "cork_connections_total{kind=\"tunnel_splice\"} ") == 1 {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("no tunnel_splice connection in /metrics:\n{}", cork.metrics_text()))
+}
+
+fn busybox(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("starting {}: {e}", args[0]))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+fn kernel_refusal() -> Result<()> {
+    // Nothing holds it: the cork-ktls guest's sockets are gone with its process.
+    busybox(&["rmmod", "chacha20poly1305"])?;
+    let result = (|| {
+        let cs = CipherSuite::TLS13_CHACHA20_POLY1305_SHA256;
+        let origin = start_origin(Some(cs));
+        let cork = start_cork(&origin, Path::new("/tmp/cork-refused"), "auto")?;
+        let (tx0, rx0) = (stat("TlsTxSw"), stat("TlsRxSw"));
+        bumped_echo(&cork, &origin, cs, 77)?;
+        let (tx, rx) = (stat("TlsTxSw") - tx0, stat("TlsRxSw") - rx0);
+        if legs(&cork, "userspace") != 2 || legs(&cork, "kernel") != 0 {
+            return Err(format!("expected both legs on rustls, metrics say {} kernel, {} userspace", legs(&cork, "kernel"), legs(&cork, "userspace")));
+        }
+        if tx != 0 || rx != 0 {
+            return Err(format!("tls_stat rose by TX {tx} / RX {rx} although the kernel refused the cipher"));
+        }
+        let log = std::fs::read_to_string(&cork.audit).unwrap_or_default();
+        let reasons: Vec<&str> = log.lines().filter(|l| l.contains("tls.ktls_fallback")).collect();
+        if reasons.len() != 2 || !reasons.iter().all(|l| l.contains("refused Chacha20Poly1305")) {
+            return Err(format!("expected two tls.ktls_fallback records naming the refused cipher, audit has {reasons:?}"));
+        }
+        println!("[guest]   {}", reasons[0]);
+        Ok(())
+    })();
+    busybox(&["modprobe", "chacha20poly1305"])?;
+    result
+}
+
+/// Runs `/cork run` (staged next to this test by `cargo xtask vm`) against a test origin.
+fn real_binary() -> Result<()> {
+    let cs = CipherSuite::TLS13_AES_128_GCM_SHA256;
+    let origin = start_origin(Some(cs));
+    let dir = Path::new("/tmp/cork-binary");
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, policy_yaml(&origin, dir, "auto")?).map_err(|e| e.to_string())?;
+    let stderr = std::fs::File::create(dir.join("stderr")).map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new("/cork")
+        .args(["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--config"])
+        .arg(&policy)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| format!("starting /cork: {e}"))?;
+    let result = (|| {
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.map_err(|e| e.to_string())?;
+            let last = line.starts_with("  export NODE_EXTRA_CA_CERTS=");
+            lines.push(line);
+            if last {
+                break;
+            }
+        }
+        let first = lines.first().ok_or("cork printed nothing")?;
+        let addr_after = |marker: &str| -> Result<SocketAddr> {
+            let rest = &first[first.find(marker).ok_or(format!("no {marker:?} in {first:?}"))? + marker.len()..];
+            rest.split([' ', '/']).find(|s| !s.is_empty()).and_then(|a| a.parse().ok()).ok_or(format!("no address after {marker:?}"))
+        };
+        let (proxy, admin) = (addr_after("listening on ")?, addr_after("admin on http://")?);
+        let ktls = lines.iter().find(|l| l.starts_with("ktls: ")).ok_or(format!("no ktls: line in {lines:?}"))?;
+        println!("[guest]   cork says: {ktls}");
+        if !ktls.starts_with("ktls: supported (") {
+            return Err(format!("start-up line {ktls:?}"));
+        }
+        let status = admin_get(admin, "/status")?;
+        if status.trim_end() != ktls {
+            return Err(format!("/status says {status:?}"));
+        }
+        let pem = std::fs::read(dir.join("state/ca.pem")).map_err(|e| e.to_string())?;
+        let ca = rustls_pemfile::certs(&mut pem.as_slice()).next().ok_or("no CA certificate")?.map_err(|e| e.to_string())?;
+        let cork = Cork { proxy, metrics: MetricsSource::Admin(admin), ca, audit: dir.join("state/audit.jsonl") };
+        let (tx0, rx0) = (stat("TlsTxSw"), stat("TlsRxSw"));
+        bumped_echo(&cork, &origin, cs, 99)?;
+        let (tx, rx) = (stat("TlsTxSw") - tx0, stat("TlsRxSw") - rx0);
+        println!("[guest]   cork binary: TlsTxSw +{tx}, TlsRxSw +{rx} (2 offloaded sockets + 1 trial in a fresh process)");
+        if metric(&cork, "cork_ktls_supported ") != 1 || legs(&cork, "kernel") != 2 || legs(&cork, "userspace") != 0 {
+            return Err(format!("/metrics:\n{}", cork.metrics_text()));
+        }
+        if tx != 3 || rx != 3 {
+            return Err(format!("tls_stat rose by TX {tx} / RX {rx}, expected 3 each"));
+        }
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    if result.is_err() {
+        println!("[guest]   cork stderr: {}", std::fs::read_to_string(dir.join("stderr")).unwrap_or_default());
+    }
+    result
+}
