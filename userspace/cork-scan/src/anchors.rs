@@ -15,7 +15,7 @@ use aho_corasick::packed::{Config, MatchKind, Searcher};
 use aho_corasick::Span;
 
 /// Keys per Teddy searcher: fewer keys per bucket means fewer false candidates to verify.
-const GROUP: usize = 48;
+const GROUP: usize = 32;
 
 pub(crate) struct AnchorSet {
     lits: Vec<&'static [u8]>,

@@ -218,10 +218,12 @@ impl Compiled {
                 }
                 layers.push((Layer::Hex, r, usize::MAX));
             }
+            // A word region holds only lowercase letters and separators (see `runs`), so the
+            // word shapes come from the letter mask, a few instructions per word.
             Region::Words(r) => {
-                if dir == Direction::Egress && self.on(self.idx.seed) {
+                if dir == Direction::Egress && self.on(self.idx.seed) && classes.twelve_word_shapes(r.clone()) {
                     let mut found = Vec::new();
-                    crate::bip39::find_phrases(&hay[r.clone()], &mut found);
+                    crate::bip39::find_phrases_unchecked(&hay[r.clone()], &mut found);
                     for f in found {
                         out.push(Hit { rule: self.idx.seed, span: r.start + f.start..r.start + f.end, layers: Vec::new() });
                     }
