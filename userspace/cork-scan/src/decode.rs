@@ -225,10 +225,9 @@ impl TextProof {
         if self.seen == 0 && is_binary_media(prefix) {
             return true;
         }
-        for &b in &prefix[self.seen..] {
-            self.control += usize::from(b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t') || b == 0x7f);
-            self.non_printable += usize::from(!((0x20..0x7f).contains(&b) || matches!(b, b'\n' | b'\r' | b'\t')));
-        }
+        let (control, non_printable) = byte_counts(&prefix[self.seen..]);
+        self.control += control;
+        self.non_printable += non_printable;
         self.seen = prefix.len();
         if !self.utf8_broken {
             match std::str::from_utf8(&prefix[self.utf8_checked..]) {
@@ -457,12 +456,29 @@ pub(crate) fn mostly_text(s: &[u8]) -> bool {
     if s.is_empty() {
         return false;
     }
-    let control = |b: &&u8| **b < 0x20 && !matches!(**b, b'\n' | b'\r' | b'\t') || **b == 0x7f;
+    let (control, non_printable) = byte_counts(s);
     if std::str::from_utf8(s).is_ok() {
-        return s.iter().filter(control).count() * 50 <= s.len();
+        return control * 50 <= s.len();
     }
-    let printable = s.iter().filter(|&&b| (0x20..0x7f).contains(&b) || matches!(b, b'\n' | b'\r' | b'\t')).count();
-    printable * 100 >= s.len() * 90
+    (s.len() - non_printable) * 100 >= s.len() * 90
+}
+
+/// `(control, non_printable)` byte counts: control is below 0x20 except tab, LF and CR, or DEL;
+/// non-printable is anything outside 0x20..0x7f except tab, LF and CR. Branch-free over
+/// chunks with byte-sized sums so that it vectorises.
+fn byte_counts(s: &[u8]) -> (usize, usize) {
+    let (mut control, mut non_printable) = (0, 0);
+    for chunk in s.chunks(255) {
+        let (mut c, mut n) = (0u8, 0u8);
+        for &b in chunk {
+            let low = (b < 0x20) & (b != b'\n') & (b != b'\r') & (b != b'\t');
+            c += u8::from(low | (b == 0x7f));
+            n += u8::from(low | (b >= 0x7f));
+        }
+        control += usize::from(c);
+        non_printable += usize::from(n);
+    }
+    (control, non_printable)
 }
 
 /// Image and archive magic numbers: base64 of these is content, not smuggling.
@@ -543,6 +559,14 @@ mod tests {
                 assert_eq!(got, want, "round {round} skip {skip}");
             }
         }
+    }
+
+    #[test]
+    fn byte_counts_match_definition() {
+        let all: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
+        let control = all.iter().filter(|&&b| b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t') || b == 0x7f).count();
+        let printable = all.iter().filter(|&&b| (0x20..0x7f).contains(&b) || matches!(b, b'\n' | b'\r' | b'\t')).count();
+        assert_eq!(byte_counts(&all), (control, all.len() - printable));
     }
 
     #[test]

@@ -263,6 +263,34 @@ impl Classes<'_> {
 }
 
 impl Classes<'_> {
+    /// Digits in `r`.
+    pub fn digits_in(&self, r: Range<usize>) -> usize {
+        count_in(self.0, r.start, r.end, |m| m.digit)
+    }
+
+    /// Whether some `k` in `r` (with `k + 3` in `r`) starts two uppercase letters and two
+    /// digits, the only place an IBAN can start.
+    pub fn iban_start_in(&self, r: Range<usize>) -> bool {
+        let mut p = r.start;
+        while p + 4 <= r.end {
+            let left = r.end - p - 3;
+            let valid = if left >= 64 { u64::MAX } else { (1u64 << left) - 1 };
+            // Uppercase: letters that are not in the word class (lowercase and separators).
+            let upper = |m: &Masks| m.alpha & !m.word;
+            let up = mask_at(self.0, p, upper);
+            let up1 = up >> 1 | mask_at(self.0, p + 64, upper) << 63;
+            let dg = mask_at(self.0, p, |m| m.digit);
+            let dg_next = mask_at(self.0, p + 64, |m| m.digit);
+            let dg2 = dg >> 2 | dg_next << 62;
+            let dg3 = dg >> 3 | dg_next << 61;
+            if up & up1 & dg2 & dg3 & valid != 0 {
+                return true;
+            }
+            p += 64;
+        }
+        false
+    }
+
     /// For a [`Region::Words`] `r` (lowercase letters and separators only): whether it has 12
     /// consecutive words of 3 to 8 letters, which any seed phrase needs. Words are read from
     /// the letter mask with bit jumps; same answer as the byte-wise check in `bip39`.
@@ -320,6 +348,20 @@ fn next_in(blocks: &[Masks], mut i: usize, limit: usize, pick: impl Fn(&Masks) -
         i += 64;
     }
     i
+}
+
+/// How many bytes of `[from, to)` are in the class `pick` selects.
+#[inline]
+fn count_in(blocks: &[Masks], from: usize, to: usize, pick: impl Fn(&Masks) -> u64) -> usize {
+    let mut p = from;
+    let mut count = 0;
+    while p < to {
+        let left = to - p;
+        let valid = if left >= 64 { u64::MAX } else { (1u64 << left) - 1 };
+        count += (mask_at(blocks, p, &pick) & valid).count_ones() as usize;
+        p += 64;
+    }
+    count
 }
 
 /// First position at or after `i` whose byte is not in the class (at most `hay.len()`).
@@ -423,6 +465,14 @@ fn scan_numeric(hay: &[u8], blocks: &[Masks], from: usize, to: usize, f: &mut im
         i = next_in(blocks, i, to, |m| m.digit);
         if i >= to {
             break;
+        }
+        // A region cannot leave the stretch of allowed bytes it starts in; when that stretch
+        // holds too few digits for any region, skip it whole instead of walking extents.
+        let span_end = run_end(blocks, n, i, |m| m.alpha | m.digit | m.numsep);
+        if count_in(blocks, i, span_end, |m| m.digit) < MIN_DIGITS - 2 {
+            i = span_end.max(i + 1);
+            done = i;
+            continue;
         }
         let (stop, count, last) = numeric_extent(blocks, i);
         if count >= MIN_DIGITS - 2 {
@@ -733,6 +783,13 @@ mod tests {
                     for (k, &b) in s[t.start..].iter().take(64).enumerate() {
                         assert_eq!(m >> k & 1 == 1, b.is_ascii_alphanumeric());
                     }
+                }
+                // The count helpers the numeric confirmation uses agree with the bytes.
+                if let Region::Numeric(t) = &r {
+                    let bytes = &s[t.clone()];
+                    assert_eq!(c.digits_in(t.clone()), bytes.iter().filter(|b| b.is_ascii_digit()).count());
+                    let want = bytes.windows(4).any(|w| w[0].is_ascii_uppercase() && w[1].is_ascii_uppercase() && w[2].is_ascii_digit() && w[3].is_ascii_digit());
+                    assert_eq!(c.iban_start_in(t.clone()), want, "{:?}", String::from_utf8_lossy(bytes));
                 }
                 fast.push(r)
             });

@@ -214,7 +214,7 @@ impl Compiled {
             Region::Token(r) => self.token_run(hay, classes, r, dir, out, &mut layers),
             Region::Numeric(r) => {
                 if dir == Direction::Egress {
-                    self.numeric(hay, r.clone(), out);
+                    self.numeric(hay, classes, r.clone(), out);
                 }
                 layers.push((Layer::Hex, r, usize::MAX));
             }
@@ -484,9 +484,11 @@ impl Compiled {
     }
 
     /// Card numbers and IBANs in a region of digits with short gaps.
-    fn numeric(&self, hay: &[u8], r: Range<usize>, out: &mut Vec<Hit>) {
+    fn numeric(&self, hay: &[u8], classes: &runs::Classes, r: Range<usize>, out: &mut Vec<Hit>) {
         let region = &hay[r.clone()];
-        if self.on(self.idx.card) {
+        // Both loops below only do work where the class masks say they can: a card needs 13
+        // digits, an IBAN two capitals then two digits.
+        if self.on(self.idx.card) && classes.digits_in(r.clone()) >= 13 {
             // Digit groups joined by single spaces or dashes, 13-19 digits in total.
             let mut i = 0;
             while i < region.len() {
@@ -536,7 +538,7 @@ impl Compiled {
                 }
             }
         }
-        if self.on(self.idx.iban) {
+        if self.on(self.idx.iban) && classes.iban_start_in(r.clone()) {
             let mut i = 0;
             while i + 4 <= region.len() {
                 let starts = region[i].is_ascii_uppercase()
