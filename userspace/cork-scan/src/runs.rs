@@ -109,11 +109,8 @@ fn block_masks(hay: &[u8]) -> Vec<Masks> {
 fn mask_at(blocks: &[Masks], p: usize, pick: impl Fn(&Masks) -> u64) -> u64 {
     let (b, o) = (p / 64, p % 64);
     let get = |k: usize| blocks.get(k).map_or(0, &pick);
-    if o == 0 {
-        get(b)
-    } else {
-        get(b) >> o | get(b + 1) << (64 - o)
-    }
+    // Branch-free: for o == 0 the second word is shifted out entirely.
+    get(b) >> o | (get(b + 1) << 1) << (63 - o)
 }
 
 fn masks_scalar(block: &[u8]) -> Masks {
@@ -263,6 +260,11 @@ impl Classes<'_> {
 }
 
 impl Classes<'_> {
+    /// Bytes of `r` in `` -:,.\`` (the numeric separators).
+    pub fn numsep_in(&self, r: Range<usize>) -> usize {
+        count_in(self.0, r.start, r.end, |m| m.numsep)
+    }
+
     /// Digits in `r`.
     pub fn digits_in(&self, r: Range<usize>) -> usize {
         count_in(self.0, r.start, r.end, |m| m.digit)
@@ -295,33 +297,44 @@ impl Classes<'_> {
     /// consecutive words of 3 to 8 letters, which any seed phrase needs. Words are read from
     /// the letter mask with bit jumps; same answer as the byte-wise check in `bip39`.
     pub fn twelve_word_shapes(&self, r: Range<usize>) -> bool {
+        // Per 64 bytes: word starts, and which of them begin a word of 3 to 8 letters (the
+        // letter mask shifted by 1, 2 and 8, borrowing bits from the next 64); then one step
+        // per word start.
+        let letters = |q: usize| {
+            if q >= r.end {
+                0
+            } else {
+                let left = r.end - q;
+                self.alnum_at(q) & if left >= 64 { u64::MAX } else { (1u64 << left) - 1 }
+            }
+        };
         let mut count = 0;
+        let mut carry = 0u64; // the byte before `p` is a letter of this region
         let mut p = r.start;
         while p < r.end {
-            let left = r.end - p;
-            let valid = if left >= 64 { u64::MAX } else { (1u64 << left) - 1 };
-            let m = self.alnum_at(p) & valid;
-            if m & 1 == 0 {
-                p += if m == 0 { 64 } else { m.trailing_zeros() as usize };
-                continue;
+            let (l, next) = (letters(p), letters(p + 64));
+            let shift = |k: u32| l >> k | next << (64 - k);
+            let starts = l & !(l << 1 | carry);
+            let mut run9 = l;
+            for k in 1..9 {
+                run9 &= shift(k);
             }
-            let mut len = 0;
-            loop {
-                let ones = (self.alnum_at(p + len) & if r.end - p - len >= 64 { u64::MAX } else { (1u64 << (r.end - p - len)) - 1 }).trailing_ones() as usize;
-                len += ones;
-                if ones < 64 || p + len >= r.end {
-                    break;
+            let good = starts & shift(1) & shift(2) & !run9;
+            let mut rest = starts;
+            while rest != 0 {
+                let bit = rest & rest.wrapping_neg();
+                if good & bit != 0 {
+                    count += 1;
+                    if count >= 12 {
+                        return true;
+                    }
+                } else {
+                    count = 0;
                 }
+                rest ^= bit;
             }
-            if (3..=8).contains(&len) {
-                count += 1;
-                if count >= 12 {
-                    return true;
-                }
-            } else {
-                count = 0;
-            }
-            p += len;
+            carry = l >> 63;
+            p += 64;
         }
         false
     }

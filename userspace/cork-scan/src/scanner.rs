@@ -216,7 +216,11 @@ impl Compiled {
                 if dir == Direction::Egress {
                     self.numeric(hay, classes, r.clone(), out);
                 }
-                layers.push((Layer::Hex, r, usize::MAX));
+                // Separated hex needs a separator (`` :-,\`` or a newline, which only the
+                // region's first bytes can hold) between each of its eight pairs.
+                if classes.numsep_in(r.clone()) + memchr::memchr_iter(b'\n', &hay[r.clone()]).count() >= 7 {
+                    layers.push((Layer::Hex, r, usize::MAX));
+                }
             }
             // A word region holds only lowercase letters and separators (see `runs`), so the
             // word shapes come from the letter mask, a few instructions per word.
