@@ -265,7 +265,47 @@ impl Classes<'_> {
         count_in(self.0, r.start, r.end, |m| m.numsep)
     }
 
+    /// Whether `r` holds 13 digits joined only by single separators between two digits: the
+    /// card loop consumes digits and single space or dash separators flanked by digits, so
+    /// without such a stretch (counted from the masks, separators being any of `` -:,.\``)
+    /// it cannot report a card.
+    pub fn card_digits_possible(&self, r: Range<usize>) -> bool {
+        let mut p = r.start;
+        let mut before = if p > 0 { mask_at(self.0, p - 1, |m| m.digit) & 1 } else { 0 };
+        let mut run_digits = 0u32; // digits of the joined stretch reaching the current word
+        while p < r.end {
+            let left = r.end - p;
+            let valid = if left >= 64 { u64::MAX } else { (1u64 << left) - 1 };
+            let d = mask_at(self.0, p, |m| m.digit);
+            let d_next = d >> 1 | mask_at(self.0, p + 64, |m| m.digit) << 63;
+            let joined = (d | (mask_at(self.0, p, |m| m.numsep) & (d << 1 | before) & d_next)) & valid;
+            let mut k = 0u32;
+            while k < 64 {
+                let rest = joined >> k;
+                if rest & 1 == 0 {
+                    run_digits = 0;
+                    if rest == 0 {
+                        break;
+                    }
+                    k += rest.trailing_zeros();
+                    continue;
+                }
+                let ones = rest.trailing_ones();
+                let span = if ones >= 64 { u64::MAX } else { ((1u64 << ones) - 1) << k };
+                run_digits += (d & span).count_ones();
+                if run_digits >= 13 {
+                    return true;
+                }
+                k += ones;
+            }
+            before = d >> 63;
+            p += 64;
+        }
+        false
+    }
+
     /// Digits in `r`.
+    #[cfg(test)]
     pub fn digits_in(&self, r: Range<usize>) -> usize {
         count_in(self.0, r.start, r.end, |m| m.digit)
     }
@@ -801,6 +841,19 @@ mod tests {
                 if let Region::Numeric(t) = &r {
                     let bytes = &s[t.clone()];
                     assert_eq!(c.digits_in(t.clone()), bytes.iter().filter(|b| b.is_ascii_digit()).count());
+                    // Byte-wise: 13 digits joined by single separators flanked by digits.
+                    let sep = |b: u8| matches!(b, b' ' | b'-' | b':' | b',' | b'.' | b'\\');
+                    let (mut run, mut want_card) = (0, false);
+                    for k in t.clone() {
+                        let b = s[k];
+                        if b.is_ascii_digit() {
+                            run += 1;
+                            want_card |= run >= 13;
+                        } else if !(sep(b) && k > 0 && s[k - 1].is_ascii_digit() && s.get(k + 1).is_some_and(u8::is_ascii_digit)) {
+                            run = 0;
+                        }
+                    }
+                    assert_eq!(c.card_digits_possible(t.clone()), want_card, "{:?}", String::from_utf8_lossy(bytes));
                     let want = bytes.windows(4).any(|w| w[0].is_ascii_uppercase() && w[1].is_ascii_uppercase() && w[2].is_ascii_digit() && w[3].is_ascii_digit());
                     assert_eq!(c.iban_start_in(t.clone()), want, "{:?}", String::from_utf8_lossy(bytes));
                 }

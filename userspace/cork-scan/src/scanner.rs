@@ -216,9 +216,10 @@ impl Compiled {
                 if dir == Direction::Egress {
                     self.numeric(hay, classes, r.clone(), out);
                 }
-                // Separated hex needs a separator (`` :-,\`` or a newline, which only the
-                // region's first bytes can hold) between each of its eight pairs.
-                if classes.numsep_in(r.clone()) + memchr::memchr_iter(b'\n', &hay[r.clone()]).count() >= 7 {
+                // Separated hex needs a separator (`` :-,\`` or a newline, which only the four
+                // bytes before the region's first digit can hold) between each of its eight pairs.
+                let newlines = hay[r.start..(r.start + 4).min(r.end)].iter().filter(|&&b| b == b'\n').count();
+                if classes.numsep_in(r.clone()) + newlines >= 7 {
                     layers.push((Layer::Hex, r, usize::MAX));
                 }
             }
@@ -227,7 +228,7 @@ impl Compiled {
             Region::Words(r) => {
                 if dir == Direction::Egress && self.on(self.idx.seed) && classes.twelve_word_shapes(r.clone()) {
                     let mut found = Vec::new();
-                    crate::bip39::find_phrases_unchecked(&hay[r.clone()], &mut found);
+                    crate::bip39::find_phrases(&hay[r.clone()], &mut found);
                     for f in found {
                         out.push(Hit { rule: self.idx.seed, span: r.start + f.start..r.start + f.end, layers: Vec::new() });
                     }
@@ -491,8 +492,8 @@ impl Compiled {
     fn numeric(&self, hay: &[u8], classes: &runs::Classes, r: Range<usize>, out: &mut Vec<Hit>) {
         let region = &hay[r.clone()];
         // Both loops below only do work where the class masks say they can: a card needs 13
-        // digits, an IBAN two capitals then two digits.
-        if self.on(self.idx.card) && classes.digits_in(r.clone()) >= 13 {
+        // digits joined by single separators, an IBAN two capitals then two digits.
+        if self.on(self.idx.card) && classes.card_digits_possible(r.clone()) {
             // Digit groups joined by single spaces or dashes, 13-19 digits in total.
             let mut i = 0;
             while i < region.len() {
