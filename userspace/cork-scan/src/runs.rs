@@ -100,6 +100,8 @@ fn block_masks(hay: &[u8]) -> Vec<Masks> {
         buf[..hay.len() - full].copy_from_slice(&hay[full..]);
         out.push(masks(&buf));
     }
+    // Two empty blocks: `mask_at` may read up to 64 bytes past the end on its fast path.
+    out.push(Masks::default());
     out.push(Masks::default());
     out
 }
@@ -108,9 +110,12 @@ fn block_masks(hay: &[u8]) -> Vec<Masks> {
 #[inline(always)]
 fn mask_at(blocks: &[Masks], p: usize, pick: impl Fn(&Masks) -> u64) -> u64 {
     let (b, o) = (p / 64, p % 64);
-    let get = |k: usize| blocks.get(k).map_or(0, &pick);
-    // Branch-free: for o == 0 the second word is shifted out entirely.
-    get(b) >> o | (get(b + 1) << 1) << (63 - o)
+    // One bounds check for both words (the walk pads the blocks so this is the usual case);
+    // branch-free: for o == 0 the second word is shifted out entirely.
+    match blocks.get(b..b + 2) {
+        Some([x, y]) => pick(x) >> o | (pick(y) << 1) << (63 - o),
+        _ => blocks.get(b).map_or(0, |x| pick(x) >> o),
+    }
 }
 
 fn masks_scalar(block: &[u8]) -> Masks {
