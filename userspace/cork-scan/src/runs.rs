@@ -270,25 +270,30 @@ impl Classes<'_> {
         count_in(self.0, r.start, r.end, |m| m.numsep)
     }
 
-    /// Whether `r` holds 13 digits joined only by single separators between two digits: the
-    /// card loop consumes digits and single space or dash separators flanked by digits, so
-    /// without such a stretch (counted from the masks, separators being any of `` -:,.\``)
-    /// it cannot report a card.
+    /// Whether `r` holds 13 digits joined only by single separators between two digits,
+    /// counted from a digit the card loop may start at (the region's first byte, or a digit
+    /// after a byte that is not alphanumeric). The loop consumes digits and single space or
+    /// dash separators flanked by digits from such a start, so without this (counted from the
+    /// masks, separators being any of `` -:,.\``) it cannot report a card.
     pub fn card_digits_possible(&self, r: Range<usize>) -> bool {
         let mut p = r.start;
         let mut before = if p > 0 { mask_at(self.0, p - 1, |m| m.digit) & 1 } else { 0 };
-        let mut run_digits = 0u32; // digits of the joined stretch reaching the current word
+        let mut alnum_before = 0u64; // region-relative: the first byte may always start
+        let mut started = false; // the joined stretch reaching `p` has a start in it
+        let mut run_digits = 0u32; // its digits from that start on
         while p < r.end {
             let left = r.end - p;
             let valid = if left >= 64 { u64::MAX } else { (1u64 << left) - 1 };
             let d = mask_at(self.0, p, |m| m.digit);
+            let alnum = mask_at(self.0, p, |m| m.digit | m.alpha);
             let d_next = d >> 1 | mask_at(self.0, p + 64, |m| m.digit) << 63;
             let joined = (d | (mask_at(self.0, p, |m| m.numsep) & (d << 1 | before) & d_next)) & valid;
+            let starts = d & !(alnum << 1 | alnum_before) & valid;
             let mut k = 0u32;
             while k < 64 {
                 let rest = joined >> k;
                 if rest & 1 == 0 {
-                    run_digits = 0;
+                    (started, run_digits) = (false, 0);
                     if rest == 0 {
                         break;
                     }
@@ -296,7 +301,16 @@ impl Classes<'_> {
                     continue;
                 }
                 let ones = rest.trailing_ones();
-                let span = if ones >= 64 { u64::MAX } else { ((1u64 << ones) - 1) << k };
+                let mut span = if ones >= 64 { u64::MAX } else { ((1u64 << ones) - 1) << k };
+                if !started {
+                    let st = starts & span;
+                    if st != 0 {
+                        started = true;
+                        span &= u64::MAX << st.trailing_zeros();
+                    } else {
+                        span = 0;
+                    }
+                }
                 run_digits += (d & span).count_ones();
                 if run_digits >= 13 {
                     return true;
@@ -304,6 +318,7 @@ impl Classes<'_> {
                 k += ones;
             }
             before = d >> 63;
+            alnum_before = alnum >> 63;
             p += 64;
         }
         false
@@ -848,14 +863,15 @@ mod tests {
                     assert_eq!(c.digits_in(t.clone()), bytes.iter().filter(|b| b.is_ascii_digit()).count());
                     // Byte-wise: 13 digits joined by single separators flanked by digits.
                     let sep = |b: u8| matches!(b, b' ' | b'-' | b':' | b',' | b'.' | b'\\');
-                    let (mut run, mut want_card) = (0, false);
+                    let (mut run, mut started, mut want_card) = (0, false, false);
                     for k in t.clone() {
                         let b = s[k];
                         if b.is_ascii_digit() {
-                            run += 1;
+                            started |= k == t.start || !s[k - 1].is_ascii_alphanumeric();
+                            run += usize::from(started);
                             want_card |= run >= 13;
                         } else if !(sep(b) && k > 0 && s[k - 1].is_ascii_digit() && s.get(k + 1).is_some_and(u8::is_ascii_digit)) {
-                            run = 0;
+                            (run, started) = (0, false);
                         }
                     }
                     assert_eq!(c.card_digits_possible(t.clone()), want_card, "{:?}", String::from_utf8_lossy(bytes));
