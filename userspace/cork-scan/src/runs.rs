@@ -65,6 +65,8 @@ struct Masks {
     alpha: u64,
     /// The separators a numeric region may hold besides letters: space `-:,.` and backslash.
     numsep: u64,
+    /// The bytes that split a token run into segments and pieces: `.`, `%` and `=`.
+    split: u64,
 }
 
 #[inline]
@@ -128,6 +130,7 @@ fn masks_scalar(block: &[u8]) -> Masks {
         m.high |= u64::from(c & H != 0) << i;
         m.alpha |= u64::from(b.is_ascii_alphabetic()) << i;
         m.numsep |= u64::from(matches!(b, b' ' | b'-' | b':' | b',' | b'.' | b'\\')) << i;
+        m.split |= u64::from(matches!(b, b'.' | b'%' | b'=')) << i;
     }
     m
 }
@@ -146,16 +149,14 @@ mod simd {
 
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn half(v: __m256i) -> (u32, u32, u32, u32, u32, u32) {
+    unsafe fn half(v: __m256i) -> (u32, u32, u32, u32, u32, u32, u32) {
         let eq = |c: u8| _mm256_cmpeq_epi8(v, _mm256_set1_epi8(c as i8));
         let digit = in_range(v, b'0', b'9');
         let lower = in_range(v, b'a', b'z');
         let upper = in_range(v, b'A', b'Z');
         let (dash, dot, space, comma) = (eq(b'-'), eq(b'.'), eq(b' '), eq(b','));
-        let punct = _mm256_or_si256(
-            _mm256_or_si256(_mm256_or_si256(eq(b'+'), eq(b'/')), _mm256_or_si256(eq(b'='), eq(b'_'))),
-            _mm256_or_si256(_mm256_or_si256(dash, dot), eq(b'%')),
-        );
+        let split = _mm256_or_si256(_mm256_or_si256(dot, eq(b'%')), eq(b'='));
+        let punct = _mm256_or_si256(_mm256_or_si256(_mm256_or_si256(eq(b'+'), eq(b'/')), _mm256_or_si256(eq(b'_'), dash)), split);
         let alpha = _mm256_or_si256(lower, upper);
         let token = _mm256_or_si256(_mm256_or_si256(digit, alpha), punct);
         let sep = _mm256_or_si256(_mm256_or_si256(space, eq(b'\n')), _mm256_or_si256(_mm256_or_si256(eq(b'\t'), eq(b'\r')), comma));
@@ -168,6 +169,7 @@ mod simd {
             _mm256_movemask_epi8(v) as u32,
             _mm256_movemask_epi8(alpha) as u32,
             _mm256_movemask_epi8(numsep) as u32,
+            _mm256_movemask_epi8(split) as u32,
         )
     }
 
@@ -188,10 +190,18 @@ mod simd {
     pub(super) unsafe fn masks_avx2(block: &[u8]) -> Masks {
         let lo = _mm256_loadu_si256(block.as_ptr() as *const __m256i);
         let hi = _mm256_loadu_si256(block.as_ptr().add(32) as *const __m256i);
-        let (t0, d0, w0, h0, a0, n0) = half(lo);
-        let (t1, d1, w1, h1, a1, n1) = half(hi);
+        let (t0, d0, w0, h0, a0, n0, s0) = half(lo);
+        let (t1, d1, w1, h1, a1, n1, s1) = half(hi);
         let join = |a: u32, b: u32| u64::from(a) | u64::from(b) << 32;
-        Masks { token: join(t0, t1), digit: join(d0, d1), word: join(w0, w1), high: join(h0, h1), alpha: join(a0, a1), numsep: join(n0, n1) }
+        Masks {
+            token: join(t0, t1),
+            digit: join(d0, d1),
+            word: join(w0, w1),
+            high: join(h0, h1),
+            alpha: join(a0, a1),
+            numsep: join(n0, n1),
+            split: join(s0, s1),
+        }
     }
 }
 
@@ -265,6 +275,11 @@ impl Classes<'_> {
 }
 
 impl Classes<'_> {
+    /// Whether `r` has none of the bytes that split a token run (`.`, `%`, `=`).
+    pub fn split_free(&self, r: Range<usize>) -> bool {
+        count_in(self.0, r.start, r.end, |m| m.split) == 0
+    }
+
     /// Bytes of `r` in `` -:,.\`` (the numeric separators).
     pub fn numsep_in(&self, r: Range<usize>) -> usize {
         count_in(self.0, r.start, r.end, |m| m.numsep)
@@ -856,6 +871,9 @@ mod tests {
                     for (k, &b) in s[t.start..].iter().take(64).enumerate() {
                         assert_eq!(m >> k & 1 == 1, b.is_ascii_alphanumeric());
                     }
+                }
+                if let Region::Token(t) = &r {
+                    assert_eq!(c.split_free(t.clone()), !s[t.clone()].iter().any(|b| matches!(b, b'.' | b'%' | b'=')));
                 }
                 // The count helpers the numeric confirmation uses agree with the bytes.
                 if let Region::Numeric(t) = &r {

@@ -350,6 +350,13 @@ impl Compiled {
     #[allow(clippy::too_many_arguments)]
     fn token_run(&self, hay: &[u8], classes: &runs::Classes, r: Range<usize>, dir: Direction, out: &mut Vec<Hit>, layers: &mut Vec<(Layer, Range<usize>, usize)>) {
         let run = &hay[r.clone()];
+        // Most runs (UUIDs, paths, unpadded base64) have no `.`, `%` or `=`: then there is no
+        // URL layer, the run is one segment and one piece, and no Discord token (two dots),
+        // which the class masks tell without the `memchr` calls below.
+        if classes.split_free(r.clone()) {
+            self.segment(hay, classes, r, dir, true, out, layers);
+            return;
+        }
         if memchr::memchr(b'%', run).is_some() {
             layers.push((Layer::Url, r.clone(), 0));
         }
@@ -360,7 +367,7 @@ impl Compiled {
             let len = memchr::memchr2(b'.', b'%', &run[s..]).unwrap_or(run.len() - s);
             if len >= runs::MIN_TOKEN {
                 let seg = s..s + len;
-                self.segment(hay, classes, r.start + seg.start..r.start + seg.end, dir, out, layers);
+                self.segment(hay, classes, r.start + seg.start..r.start + seg.end, dir, false, out, layers);
             }
             s += len + 1;
         }
@@ -374,9 +381,9 @@ impl Compiled {
         }
     }
 
-    /// One segment of `[A-Za-z0-9+/=_-]` of at least 16 bytes.
+    /// One segment of `[A-Za-z0-9+/=_-]` of at least 16 bytes; `no_eq`: it has no `=`.
     #[allow(clippy::too_many_arguments)]
-    fn segment(&self, hay: &[u8], classes: &runs::Classes, r: Range<usize>, dir: Direction, out: &mut Vec<Hit>, layers: &mut Vec<(Layer, Range<usize>, usize)>) {
+    fn segment(&self, hay: &[u8], classes: &runs::Classes, r: Range<usize>, dir: Direction, no_eq: bool, out: &mut Vec<Hit>, layers: &mut Vec<(Layer, Range<usize>, usize)>) {
         let seg = &hay[r.clone()];
         let is_hex = seg.iter().all(u8::is_ascii_hexdigit);
         if dir == Direction::Egress {
@@ -409,14 +416,14 @@ impl Compiled {
                 i += len;
             }
             if self.on(self.idx.generic) {
-                self.generic(hay, r.clone(), is_hex, out);
+                self.generic(hay, r.clone(), is_hex, no_eq, out);
             }
         }
         // Decoding candidates: `name=value` pieces are split at `=` (padding ends a piece too).
         let mut next = 0;
         while next <= seg.len() {
             let off = next;
-            let len = memchr::memchr(b'=', &seg[off..]).unwrap_or(seg.len() - off);
+            let len = if no_eq { None } else { memchr::memchr(b'=', &seg[off..]) }.unwrap_or(seg.len() - off);
             next = off + len + 1;
             let piece = &seg[off..off + len];
             let pr = r.start + off..r.start + off + len;
@@ -443,10 +450,10 @@ impl Compiled {
     }
 
     /// A random-looking value right after a secret-like name: `client_secret = "…"`.
-    fn generic(&self, hay: &[u8], r: Range<usize>, is_hex: bool, out: &mut Vec<Hit>) {
+    fn generic(&self, hay: &[u8], r: Range<usize>, is_hex: bool, no_eq: bool, out: &mut Vec<Hit>) {
         // The value may be preceded by its own name inside the same run (SECRET_TOKEN=abc…).
         let seg = &hay[r.clone()];
-        let (vstart, inline_name) = match memchr::memchr(b'=', seg) {
+        let (vstart, inline_name) = match if no_eq { None } else { memchr::memchr(b'=', seg) } {
             Some(p) if p + 1 < seg.len() && p >= 3 => (r.start + p + 1, Some(r.start..r.start + p)),
             _ => (r.start, None),
         };
