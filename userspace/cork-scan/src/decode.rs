@@ -127,7 +127,8 @@ pub(crate) fn base64_decode(s: &[u8], base: usize, skip: usize) -> Option<(Vec<u
 /// [`base64_decode`] for a scan that will drop the result unless it is [`mostly_text`] and not
 /// [`is_binary_media`]: gives up (`None`) as soon as the bytes decoded so far prove that the
 /// whole output fails those checks, so random blobs (images, ciphertext) cost a fraction of a
-/// full decode. Whenever it returns `Some`, the result equals `base64_decode`'s.
+/// full decode (and short outputs that fail them are never allocated). Whenever it returns
+/// `Some`, the result equals `base64_decode`'s.
 pub(crate) fn base64_decode_text(s: &[u8], base: usize, skip: usize) -> Option<(Vec<u8>, OffsetMap)> {
     base64_decode_imp(s, base, skip, true)
 }
@@ -155,11 +156,32 @@ static B64_TABLE: [u8; 256] = {
 
 fn base64_decode_imp(s: &[u8], base: usize, skip: usize, text_only: bool) -> Option<(Vec<u8>, OffsetMap)> {
     let s = s.get(skip..)?;
+    let cap = s.len() * 3 / 4 + 3;
+    let map = |used| OffsetMap::Bits { base: base + skip, bits: 6, enc_len: used };
+    // Short pieces (UUIDs, URL paths) decode on the stack: nearly all of them fail the text
+    // check, and then nothing is allocated.
+    if text_only && cap <= SHORT {
+        let mut buf = [0u8; SHORT];
+        let (o, used) = base64_decode_into(s, &mut buf[..cap], text_only)?;
+        let out = &buf[..o];
+        return (o >= 8 && mostly_text(out) && !is_binary_media(out)).then(|| (out.to_vec(), map(used)));
+    }
+    let mut out = vec![0u8; cap];
+    let (o, used) = base64_decode_into(s, &mut out, text_only)?;
+    out.truncate(o);
+    (o >= 8).then(|| (out, map(used)))
+}
+
+/// Output buffer size below which [`base64_decode_text`] decodes on the stack.
+const SHORT: usize = 256;
+
+/// Decodes into `out` (at least `s.len() * 3 / 4 + 3` bytes); returns the bytes written and
+/// the characters used, or `None` when `text_only` and the output provably fails the text check.
+fn base64_decode_into(s: &[u8], out: &mut [u8], text_only: bool) -> Option<(usize, usize)> {
     // The output can be no longer than this, so counts above its thresholds are decisive.
     let most = s.len() * 6 / 8;
-    // Written by index (three bytes per quad), then cut to length: `extend_from_slice` of
-    // three bytes was a `memcpy` call per quad.
-    let mut out = vec![0u8; s.len() * 3 / 4 + 3];
+    // Written by index (three bytes per quad): `extend_from_slice` of three bytes was a
+    // `memcpy` call per quad.
     let mut o = 0;
     let mut alphabets = B64_STD | B64_URL;
     let mut proof = TextProof::default();
@@ -187,7 +209,6 @@ fn base64_decode_imp(s: &[u8], base: usize, skip: usize, text_only: bool) -> Opt
             }
         }
     }
-    out.truncate(o);
     let mut acc: u32 = 0;
     let mut nbits = 0;
     for &b in &s[used..] {
@@ -201,16 +222,17 @@ fn base64_decode_imp(s: &[u8], base: usize, skip: usize, text_only: bool) -> Opt
         used += 1;
         if nbits >= 8 {
             nbits -= 8;
-            out.push((acc >> nbits) as u8);
-            if text_only && out.len() >= next_check {
+            out[o] = (acc >> nbits) as u8;
+            o += 1;
+            if text_only && o >= next_check {
                 next_check += 64;
-                if proof.not_text(&out, most) {
+                if proof.not_text(&out[..o], most) {
                     return None;
                 }
             }
         }
     }
-    (out.len() >= 8).then(|| (out, OffsetMap::Bits { base: base + skip, bits: 6, enc_len: used }))
+    Some((o, used))
 }
 
 /// Running evidence, over a prefix of some decoded output of at most `most` bytes, that the
