@@ -275,6 +275,12 @@ impl Classes<'_> {
 }
 
 impl Classes<'_> {
+    /// The first position in `[i, limit)` holding `.`, `%` or `=`, else `limit`.
+    #[inline]
+    pub fn next_split(&self, i: usize, limit: usize) -> usize {
+        next_in(self.0, i, limit, |m| m.split).min(limit)
+    }
+
     /// Whether `r` has none of the bytes that split a token run (`.`, `%`, `=`).
     pub fn split_free(&self, r: Range<usize>) -> bool {
         count_in(self.0, r.start, r.end, |m| m.split) == 0

@@ -357,23 +357,41 @@ impl Compiled {
             self.segment(hay, classes, r, dir, true, out, layers);
             return;
         }
-        if memchr::memchr(b'%', run).is_some() {
+        // The split bytes are few: visit them from the masks instead of `memchr` over the run.
+        let (mut pct, mut dots) = (false, 0);
+        let mut p = classes.next_split(r.start, r.end);
+        while p < r.end {
+            pct |= hay[p] == b'%';
+            dots += usize::from(hay[p] == b'.');
+            p = classes.next_split(p + 1, r.end);
+        }
+        if pct {
             layers.push((Layer::Url, r.clone(), 0));
         }
-        // Segments of the base64 alphabets (dots and percent signs split them); memchr, as the
-        // long runs of base64 bodies would otherwise be walked byte by byte here.
-        let mut s = 0;
-        while s < run.len() {
-            let len = memchr::memchr2(b'.', b'%', &run[s..]).unwrap_or(run.len() - s);
-            if len >= runs::MIN_TOKEN {
-                let seg = s..s + len;
-                self.segment(hay, classes, r.start + seg.start..r.start + seg.end, dir, false, out, layers);
+        // Segments of the base64 alphabets: dots and percent signs split them.
+        let (mut seg_start, mut eq) = (r.start, false);
+        let mut p = classes.next_split(r.start, r.end);
+        loop {
+            let end = p.min(r.end);
+            if end == r.end || hay[p] != b'=' {
+                if end - seg_start >= runs::MIN_TOKEN {
+                    self.segment(hay, classes, seg_start..end, dir, !eq, out, layers);
+                }
+                if end == r.end {
+                    break;
+                }
+                (seg_start, eq) = (p + 1, false);
+            } else {
+                eq = true;
             }
-            s += len + 1;
+            p = classes.next_split(p + 1, r.end);
         }
-        if dir == Direction::Egress && self.on(self.idx.discord) && memchr::memchr_iter(b'.', run).nth(1).is_some() {
+        // A Discord token is one piece of 59 to 72 bytes with two dots.
+        if dir == Direction::Egress && self.on(self.idx.discord) && dots >= 2 && run.len() >= 59 {
             for piece in run.split(|b| matches!(b, b'%' | b'/' | b'=' | b'+')) {
-                if self.discord.is_match(piece) {
+                // The whole-piece pattern needs 59..=72 bytes starting with M, N or O: most
+                // pieces (host names, path parts) never reach the regex.
+                if (59..=72).contains(&piece.len()) && matches!(piece[0], b'M' | b'N' | b'O') && self.discord.is_match(piece) {
                     let start = r.start + (piece.as_ptr() as usize - run.as_ptr() as usize);
                     out.push(Hit { rule: self.idx.discord, span: start..start + piece.len(), layers: Vec::new() });
                 }
