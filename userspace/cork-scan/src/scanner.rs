@@ -449,7 +449,7 @@ impl Compiled {
                 continue;
             }
             if piece.iter().all(u8::is_ascii_hexdigit) {
-                if piece.len() % 2 == 0 {
+                if piece.len().is_multiple_of(2) {
                     layers.push((Layer::Hex, pr, 0));
                 }
                 continue;
