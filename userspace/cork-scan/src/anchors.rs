@@ -15,7 +15,7 @@ use aho_corasick::packed::{Config, MatchKind, Searcher};
 use aho_corasick::Span;
 
 /// Keys per Teddy searcher: fewer keys per bucket means fewer false candidates to verify.
-const GROUP: usize = 48;
+const GROUP: usize = 32;
 
 pub(crate) struct AnchorSet {
     lits: Vec<&'static [u8]>,
@@ -40,8 +40,10 @@ impl AnchorSet {
         // Keys by length class (Teddy fingerprints on min(4, shortest key) bytes, so one short
         // key would make a whole group unselective).
         let mut groups = Vec::new();
-        for len in (1..=4).rev() {
-            let mut keys: Vec<&'static [u8]> = lits.iter().filter(|l| l.len().min(4) == len).map(|l| &l[..len]).collect();
+        // The few keys shorter than four bytes share one searcher: a pass per length cost more
+        // than the weaker fingerprint of the merged group.
+        for lens in [4..=4, 1..=3] {
+            let mut keys: Vec<&'static [u8]> = lits.iter().filter(|l| lens.contains(&l.len().min(4))).map(|l| &l[..l.len().min(4)]).collect();
             keys.sort_unstable();
             keys.dedup();
             if keys.is_empty() {

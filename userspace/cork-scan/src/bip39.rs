@@ -90,6 +90,8 @@ pub fn checksum_valid(indices: &[u16]) -> bool {
 
 /// Finds checksum-valid mnemonics in `text`; returns byte ranges. Words are runs of lowercase
 /// ASCII letters separated by whitespace (or a comma); anything else breaks the sequence.
+/// Callers skip prose first with a shape check (`runs::Classes::twelve_word_shapes`): nothing
+/// is found without 12 consecutive words of 3 to 8 letters.
 pub fn find_phrases(text: &[u8], out: &mut Vec<std::ops::Range<usize>>) {
     // (start, end, index) of the current run of consecutive wordlist words.
     let mut run: Vec<(usize, usize, u16)> = Vec::new();
@@ -100,6 +102,10 @@ pub fn find_phrases(text: &[u8], out: &mut Vec<std::ops::Range<usize>>) {
         // ends the run (a neighbouring prose word may happen to be on the list). Elsewhere in a
         // longer run only 18+ word windows count: a 12-word checksum is only 4 bits, so 1 in 16
         // random windows would pass.
+        if run.len() < 12 {
+            run.clear();
+            return;
+        }
         let idx: Vec<u16> = run.iter().map(|w| w.2).collect();
         let edge = [24usize, 21, 18, 15, 12].into_iter().filter(|&len| len <= run.len()).find_map(|len| {
             if checksum_valid(&idx[..len]) {
@@ -152,6 +158,44 @@ pub fn find_phrases(text: &[u8], out: &mut Vec<std::ops::Range<usize>>) {
     flush(&mut run, out);
 }
 
+/// Byte-wise reference for the mask-driven shape check: whether `text` has 12 consecutive
+/// words of the shape [`find_phrases`] can take (3 to 8
+/// lowercase letters, not glued to another alphanumeric, with only separators between). A
+/// wordlist word has that shape and any other byte ends a run there too, so without such a
+/// stretch `find_phrases` cannot report anything.
+#[cfg(test)]
+pub(crate) fn has_twelve_word_shapes(text: &[u8]) -> bool {
+    let n = text.len();
+    let mut count = 0;
+    let mut i = 0;
+    while i < n {
+        let b = text[i];
+        if b.is_ascii_lowercase() {
+            let start = i;
+            while i < n && text[i].is_ascii_lowercase() {
+                i += 1;
+            }
+            let ok = (3..=8).contains(&(i - start))
+                && (i == n || !text[i].is_ascii_alphanumeric())
+                && (start == 0 || !text[start - 1].is_ascii_alphanumeric());
+            if ok {
+                count += 1;
+                if count >= 12 {
+                    return true;
+                }
+            } else {
+                count = 0;
+            }
+        } else {
+            if !matches!(b, b' ' | b'\n' | b'\r' | b'\t' | b',') {
+                count = 0;
+            }
+            i += 1;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +215,29 @@ mod tests {
             assert_eq!(word_index(&x), words().binary_search(&std::str::from_utf8(&x).unwrap()).ok().map(|i| i as u16));
         }
         assert_eq!(word_index(b"ab\xffcd"), None);
+    }
+
+    /// Without the word shapes the pre-check looks for, nothing is ever found.
+    #[test]
+    fn shape_precheck_is_exact() {
+        let mut rng = crate::template::Rng::new(5);
+        let pieces: &[&[u8]] = &[b"abandon", b"about", b"zoo", b"the", b"committee", b"x", b" ", b" ", b"\n", b",", b".", b"A", b"7", b"ability",
+            b"abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"];
+        let mut found = 0;
+        for round in 0..3000 {
+            let mut text = Vec::new();
+            for _ in 0..rng.below(80) {
+                text.extend_from_slice(pieces[rng.below(pieces.len())]);
+                if round % 2 == 0 {
+                    text.push(b' ');
+                }
+            }
+            let mut out = Vec::new();
+            find_phrases(&text, &mut out);
+            found += out.len();
+            assert!(out.is_empty() || has_twelve_word_shapes(&text), "{}", String::from_utf8_lossy(&text));
+        }
+        assert!(found > 0);
     }
 
     #[test]

@@ -127,7 +127,8 @@ pub(crate) fn base64_decode(s: &[u8], base: usize, skip: usize) -> Option<(Vec<u
 /// [`base64_decode`] for a scan that will drop the result unless it is [`mostly_text`] and not
 /// [`is_binary_media`]: gives up (`None`) as soon as the bytes decoded so far prove that the
 /// whole output fails those checks, so random blobs (images, ciphertext) cost a fraction of a
-/// full decode. Whenever it returns `Some`, the result equals `base64_decode`'s.
+/// full decode (and short outputs that fail them are never allocated). Whenever it returns
+/// `Some`, the result equals `base64_decode`'s.
 pub(crate) fn base64_decode_text(s: &[u8], base: usize, skip: usize) -> Option<(Vec<u8>, OffsetMap)> {
     base64_decode_imp(s, base, skip, true)
 }
@@ -155,9 +156,33 @@ static B64_TABLE: [u8; 256] = {
 
 fn base64_decode_imp(s: &[u8], base: usize, skip: usize, text_only: bool) -> Option<(Vec<u8>, OffsetMap)> {
     let s = s.get(skip..)?;
+    let cap = s.len() * 3 / 4 + 3;
+    let map = |used| OffsetMap::Bits { base: base + skip, bits: 6, enc_len: used };
+    // Short pieces (UUIDs, URL paths) decode on the stack: nearly all of them fail the text
+    // check, and then nothing is allocated.
+    if text_only && cap <= SHORT {
+        let mut buf = [0u8; SHORT];
+        let (o, used) = base64_decode_into(s, &mut buf[..cap], text_only)?;
+        let out = &buf[..o];
+        return (o >= 8 && mostly_text(out) && !is_binary_media(out)).then(|| (out.to_vec(), map(used)));
+    }
+    let mut out = vec![0u8; cap];
+    let (o, used) = base64_decode_into(s, &mut out, text_only)?;
+    out.truncate(o);
+    (o >= 8).then(|| (out, map(used)))
+}
+
+/// Output buffer size below which [`base64_decode_text`] decodes on the stack.
+const SHORT: usize = 256;
+
+/// Decodes into `out` (at least `s.len() * 3 / 4 + 3` bytes); returns the bytes written and
+/// the characters used, or `None` when `text_only` and the output provably fails the text check.
+fn base64_decode_into(s: &[u8], out: &mut [u8], text_only: bool) -> Option<(usize, usize)> {
     // The output can be no longer than this, so counts above its thresholds are decisive.
     let most = s.len() * 6 / 8;
-    let mut out = Vec::with_capacity(s.len() * 3 / 4 + 3);
+    // Written by index (three bytes per quad): `extend_from_slice` of three bytes was a
+    // `memcpy` call per quad.
+    let mut o = 0;
     let mut alphabets = B64_STD | B64_URL;
     let mut proof = TextProof::default();
     let mut next_check = 64;
@@ -165,22 +190,32 @@ fn base64_decode_imp(s: &[u8], base: usize, skip: usize, text_only: bool) -> Opt
     // with a byte outside the alphabet, or that would mix alphabets, goes to the exact
     // byte-at-a-time loop below, which stops where the original decoder stopped.
     let mut used = 0;
+    // Steps of up to 22 quads (66 bytes out) as zipped chunks, which need no bounds checks;
+    // the proof runs between steps (any prefix is a valid place for it).
     while used + 4 <= s.len() {
-        let q = [B64_TABLE[s[used] as usize], B64_TABLE[s[used + 1] as usize], B64_TABLE[s[used + 2] as usize], B64_TABLE[s[used + 3] as usize]];
-        let common = alphabets & q[0] >> 6 & q[1] >> 6 & q[2] >> 6 & q[3] >> 6;
-        if common == 0 {
-            break;
+        let quads = ((s.len() - used) / 4).min(22);
+        let mut done = 0;
+        for (c, d) in s[used..used + 4 * quads].chunks_exact(4).zip(out[o..o + 3 * quads].chunks_exact_mut(3)) {
+            let q = [B64_TABLE[c[0] as usize], B64_TABLE[c[1] as usize], B64_TABLE[c[2] as usize], B64_TABLE[c[3] as usize]];
+            let common = alphabets & q[0] >> 6 & q[1] >> 6 & q[2] >> 6 & q[3] >> 6;
+            if common == 0 {
+                break;
+            }
+            alphabets = common;
+            let w = u32::from(q[0] & 63) << 18 | u32::from(q[1] & 63) << 12 | u32::from(q[2] & 63) << 6 | u32::from(q[3] & 63);
+            d.copy_from_slice(&[(w >> 16) as u8, (w >> 8) as u8, w as u8]);
+            done += 1;
         }
-        alphabets = common;
-        let w = u32::from(q[0] & 63) << 18 | u32::from(q[1] & 63) << 12 | u32::from(q[2] & 63) << 6 | u32::from(q[3] & 63);
-        out.extend_from_slice(&[(w >> 16) as u8, (w >> 8) as u8, w as u8]);
-        used += 4;
-        // Any prefix is a valid place for the proof; checking every 64 bytes keeps it cheap.
-        if text_only && out.len() >= next_check {
-            next_check += 64;
-            if proof.not_text(&out, most) {
+        o += 3 * done;
+        used += 4 * done;
+        if text_only && o >= next_check {
+            next_check = o + 64;
+            if proof.not_text(&out[..o], most) {
                 return None;
             }
+        }
+        if done < quads {
+            break;
         }
     }
     let mut acc: u32 = 0;
@@ -196,16 +231,17 @@ fn base64_decode_imp(s: &[u8], base: usize, skip: usize, text_only: bool) -> Opt
         used += 1;
         if nbits >= 8 {
             nbits -= 8;
-            out.push((acc >> nbits) as u8);
-            if text_only && out.len() >= next_check {
+            out[o] = (acc >> nbits) as u8;
+            o += 1;
+            if text_only && o >= next_check {
                 next_check += 64;
-                if proof.not_text(&out, most) {
+                if proof.not_text(&out[..o], most) {
                     return None;
                 }
             }
         }
     }
-    (out.len() >= 8).then(|| (out, OffsetMap::Bits { base: base + skip, bits: 6, enc_len: used }))
+    Some((o, used))
 }
 
 /// Running evidence, over a prefix of some decoded output of at most `most` bytes, that the
@@ -225,10 +261,9 @@ impl TextProof {
         if self.seen == 0 && is_binary_media(prefix) {
             return true;
         }
-        for &b in &prefix[self.seen..] {
-            self.control += usize::from(b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t') || b == 0x7f);
-            self.non_printable += usize::from(!((0x20..0x7f).contains(&b) || matches!(b, b'\n' | b'\r' | b'\t')));
-        }
+        let (control, non_printable) = byte_counts(&prefix[self.seen..]);
+        self.control += control;
+        self.non_printable += non_printable;
         self.seen = prefix.len();
         if !self.utf8_broken {
             match std::str::from_utf8(&prefix[self.utf8_checked..]) {
@@ -457,12 +492,29 @@ pub(crate) fn mostly_text(s: &[u8]) -> bool {
     if s.is_empty() {
         return false;
     }
-    let control = |b: &&u8| **b < 0x20 && !matches!(**b, b'\n' | b'\r' | b'\t') || **b == 0x7f;
+    let (control, non_printable) = byte_counts(s);
     if std::str::from_utf8(s).is_ok() {
-        return s.iter().filter(control).count() * 50 <= s.len();
+        return control * 50 <= s.len();
     }
-    let printable = s.iter().filter(|&&b| (0x20..0x7f).contains(&b) || matches!(b, b'\n' | b'\r' | b'\t')).count();
-    printable * 100 >= s.len() * 90
+    (s.len() - non_printable) * 100 >= s.len() * 90
+}
+
+/// `(control, non_printable)` byte counts: control is below 0x20 except tab, LF and CR, or DEL;
+/// non-printable is anything outside 0x20..0x7f except tab, LF and CR. Branch-free over
+/// chunks with byte-sized sums so that it vectorises.
+fn byte_counts(s: &[u8]) -> (usize, usize) {
+    let (mut control, mut non_printable) = (0, 0);
+    for chunk in s.chunks(255) {
+        let (mut c, mut n) = (0u8, 0u8);
+        for &b in chunk {
+            let low = (b < 0x20) & (b != b'\n') & (b != b'\r') & (b != b'\t');
+            c += u8::from(low | (b == 0x7f));
+            n += u8::from(low | (b >= 0x7f));
+        }
+        control += usize::from(c);
+        non_printable += usize::from(n);
+    }
+    (control, non_printable)
 }
 
 /// Image and archive magic numbers: base64 of these is content, not smuggling.
@@ -543,6 +595,14 @@ mod tests {
                 assert_eq!(got, want, "round {round} skip {skip}");
             }
         }
+    }
+
+    #[test]
+    fn byte_counts_match_definition() {
+        let all: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
+        let control = all.iter().filter(|&&b| b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t') || b == 0x7f).count();
+        let printable = all.iter().filter(|&&b| (0x20..0x7f).contains(&b) || matches!(b, b'\n' | b'\r' | b'\t')).count();
+        assert_eq!(byte_counts(&all), (control, all.len() - printable));
     }
 
     #[test]

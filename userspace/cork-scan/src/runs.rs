@@ -65,6 +65,8 @@ struct Masks {
     alpha: u64,
     /// The separators a numeric region may hold besides letters: space `-:,.` and backslash.
     numsep: u64,
+    /// The bytes that split a token run into segments and pieces: `.`, `%` and `=`.
+    split: u64,
 }
 
 #[inline]
@@ -100,6 +102,8 @@ fn block_masks(hay: &[u8]) -> Vec<Masks> {
         buf[..hay.len() - full].copy_from_slice(&hay[full..]);
         out.push(masks(&buf));
     }
+    // Two empty blocks: `mask_at` may read up to 64 bytes past the end on its fast path.
+    out.push(Masks::default());
     out.push(Masks::default());
     out
 }
@@ -108,11 +112,11 @@ fn block_masks(hay: &[u8]) -> Vec<Masks> {
 #[inline(always)]
 fn mask_at(blocks: &[Masks], p: usize, pick: impl Fn(&Masks) -> u64) -> u64 {
     let (b, o) = (p / 64, p % 64);
-    let get = |k: usize| blocks.get(k).map_or(0, &pick);
-    if o == 0 {
-        get(b)
-    } else {
-        get(b) >> o | get(b + 1) << (64 - o)
+    // One bounds check for both words (the walk pads the blocks so this is the usual case);
+    // branch-free: for o == 0 the second word is shifted out entirely.
+    match blocks.get(b..b + 2) {
+        Some([x, y]) => pick(x) >> o | (pick(y) << 1) << (63 - o),
+        _ => blocks.get(b).map_or(0, |x| pick(x) >> o),
     }
 }
 
@@ -126,6 +130,7 @@ fn masks_scalar(block: &[u8]) -> Masks {
         m.high |= u64::from(c & H != 0) << i;
         m.alpha |= u64::from(b.is_ascii_alphabetic()) << i;
         m.numsep |= u64::from(matches!(b, b' ' | b'-' | b':' | b',' | b'.' | b'\\')) << i;
+        m.split |= u64::from(matches!(b, b'.' | b'%' | b'=')) << i;
     }
     m
 }
@@ -144,16 +149,14 @@ mod simd {
 
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn half(v: __m256i) -> (u32, u32, u32, u32, u32, u32) {
+    unsafe fn half(v: __m256i) -> (u32, u32, u32, u32, u32, u32, u32) {
         let eq = |c: u8| _mm256_cmpeq_epi8(v, _mm256_set1_epi8(c as i8));
         let digit = in_range(v, b'0', b'9');
         let lower = in_range(v, b'a', b'z');
         let upper = in_range(v, b'A', b'Z');
         let (dash, dot, space, comma) = (eq(b'-'), eq(b'.'), eq(b' '), eq(b','));
-        let punct = _mm256_or_si256(
-            _mm256_or_si256(_mm256_or_si256(eq(b'+'), eq(b'/')), _mm256_or_si256(eq(b'='), eq(b'_'))),
-            _mm256_or_si256(_mm256_or_si256(dash, dot), eq(b'%')),
-        );
+        let split = _mm256_or_si256(_mm256_or_si256(dot, eq(b'%')), eq(b'='));
+        let punct = _mm256_or_si256(_mm256_or_si256(_mm256_or_si256(eq(b'+'), eq(b'/')), _mm256_or_si256(eq(b'_'), dash)), split);
         let alpha = _mm256_or_si256(lower, upper);
         let token = _mm256_or_si256(_mm256_or_si256(digit, alpha), punct);
         let sep = _mm256_or_si256(_mm256_or_si256(space, eq(b'\n')), _mm256_or_si256(_mm256_or_si256(eq(b'\t'), eq(b'\r')), comma));
@@ -166,6 +169,7 @@ mod simd {
             _mm256_movemask_epi8(v) as u32,
             _mm256_movemask_epi8(alpha) as u32,
             _mm256_movemask_epi8(numsep) as u32,
+            _mm256_movemask_epi8(split) as u32,
         )
     }
 
@@ -186,10 +190,18 @@ mod simd {
     pub(super) unsafe fn masks_avx2(block: &[u8]) -> Masks {
         let lo = _mm256_loadu_si256(block.as_ptr() as *const __m256i);
         let hi = _mm256_loadu_si256(block.as_ptr().add(32) as *const __m256i);
-        let (t0, d0, w0, h0, a0, n0) = half(lo);
-        let (t1, d1, w1, h1, a1, n1) = half(hi);
+        let (t0, d0, w0, h0, a0, n0, s0) = half(lo);
+        let (t1, d1, w1, h1, a1, n1, s1) = half(hi);
         let join = |a: u32, b: u32| u64::from(a) | u64::from(b) << 32;
-        Masks { token: join(t0, t1), digit: join(d0, d1), word: join(w0, w1), high: join(h0, h1), alpha: join(a0, a1), numsep: join(n0, n1) }
+        Masks {
+            token: join(t0, t1),
+            digit: join(d0, d1),
+            word: join(w0, w1),
+            high: join(h0, h1),
+            alpha: join(a0, a1),
+            numsep: join(n0, n1),
+            split: join(s0, s1),
+        }
     }
 }
 
@@ -262,6 +274,153 @@ impl Classes<'_> {
     }
 }
 
+impl Classes<'_> {
+    /// The first position in `[i, limit)` holding `.`, `%` or `=`, else `limit`.
+    #[inline]
+    pub fn next_split(&self, i: usize, limit: usize) -> usize {
+        next_in(self.0, i, limit, |m| m.split).min(limit)
+    }
+
+    /// Whether `r` has none of the bytes that split a token run (`.`, `%`, `=`).
+    pub fn split_free(&self, r: Range<usize>) -> bool {
+        count_in(self.0, r.start, r.end, |m| m.split) == 0
+    }
+
+    /// Bytes of `r` in `` -:,.\`` (the numeric separators).
+    pub fn numsep_in(&self, r: Range<usize>) -> usize {
+        count_in(self.0, r.start, r.end, |m| m.numsep)
+    }
+
+    /// Whether `r` holds 13 digits joined only by single separators between two digits,
+    /// counted from a digit the card loop may start at (the region's first byte, or a digit
+    /// after a byte that is not alphanumeric). The loop consumes digits and single space or
+    /// dash separators flanked by digits from such a start, so without this (counted from the
+    /// masks, separators being any of `` -:,.\``) it cannot report a card.
+    pub fn card_digits_possible(&self, r: Range<usize>) -> bool {
+        let mut p = r.start;
+        let mut before = if p > 0 { mask_at(self.0, p - 1, |m| m.digit) & 1 } else { 0 };
+        let mut alnum_before = 0u64; // region-relative: the first byte may always start
+        let mut started = false; // the joined stretch reaching `p` has a start in it
+        let mut run_digits = 0u32; // its digits from that start on
+        while p < r.end {
+            let left = r.end - p;
+            let valid = if left >= 64 { u64::MAX } else { (1u64 << left) - 1 };
+            let d = mask_at(self.0, p, |m| m.digit);
+            let alnum = mask_at(self.0, p, |m| m.digit | m.alpha);
+            let d_next = d >> 1 | mask_at(self.0, p + 64, |m| m.digit) << 63;
+            let joined = (d | (mask_at(self.0, p, |m| m.numsep) & (d << 1 | before) & d_next)) & valid;
+            let starts = d & !(alnum << 1 | alnum_before) & valid;
+            let mut k = 0u32;
+            while k < 64 {
+                let rest = joined >> k;
+                if rest & 1 == 0 {
+                    (started, run_digits) = (false, 0);
+                    if rest == 0 {
+                        break;
+                    }
+                    k += rest.trailing_zeros();
+                    continue;
+                }
+                let ones = rest.trailing_ones();
+                let mut span = if ones >= 64 { u64::MAX } else { ((1u64 << ones) - 1) << k };
+                if !started {
+                    let st = starts & span;
+                    if st != 0 {
+                        started = true;
+                        span &= u64::MAX << st.trailing_zeros();
+                    } else {
+                        span = 0;
+                    }
+                }
+                run_digits += (d & span).count_ones();
+                if run_digits >= 13 {
+                    return true;
+                }
+                k += ones;
+            }
+            before = d >> 63;
+            alnum_before = alnum >> 63;
+            p += 64;
+        }
+        false
+    }
+
+    /// Digits in `r`.
+    #[cfg(test)]
+    pub fn digits_in(&self, r: Range<usize>) -> usize {
+        count_in(self.0, r.start, r.end, |m| m.digit)
+    }
+
+    /// Whether some `k` in `r` (with `k + 3` in `r`) starts two uppercase letters and two
+    /// digits, the only place an IBAN can start.
+    pub fn iban_start_in(&self, r: Range<usize>) -> bool {
+        let mut p = r.start;
+        while p + 4 <= r.end {
+            let left = r.end - p - 3;
+            let valid = if left >= 64 { u64::MAX } else { (1u64 << left) - 1 };
+            // Uppercase: letters that are not in the word class (lowercase and separators).
+            let upper = |m: &Masks| m.alpha & !m.word;
+            let up = mask_at(self.0, p, upper);
+            let up1 = up >> 1 | mask_at(self.0, p + 64, upper) << 63;
+            let dg = mask_at(self.0, p, |m| m.digit);
+            let dg_next = mask_at(self.0, p + 64, |m| m.digit);
+            let dg2 = dg >> 2 | dg_next << 62;
+            let dg3 = dg >> 3 | dg_next << 61;
+            if up & up1 & dg2 & dg3 & valid != 0 {
+                return true;
+            }
+            p += 64;
+        }
+        false
+    }
+
+    /// For a [`Region::Words`] `r` (lowercase letters and separators only): whether it has 12
+    /// consecutive words of 3 to 8 letters, which any seed phrase needs. Words are read from
+    /// the letter mask with bit jumps; same answer as the byte-wise check in `bip39`.
+    pub fn twelve_word_shapes(&self, r: Range<usize>) -> bool {
+        // Per 64 bytes: word starts, and which of them begin a word of 3 to 8 letters (the
+        // letter mask shifted by 1, 2 and 8, borrowing bits from the next 64); then one step
+        // per word start.
+        let letters = |q: usize| {
+            if q >= r.end {
+                0
+            } else {
+                let left = r.end - q;
+                self.alnum_at(q) & if left >= 64 { u64::MAX } else { (1u64 << left) - 1 }
+            }
+        };
+        let mut count = 0;
+        let mut carry = 0u64; // the byte before `p` is a letter of this region
+        let mut p = r.start;
+        while p < r.end {
+            let (l, next) = (letters(p), letters(p + 64));
+            let shift = |k: u32| l >> k | next << (64 - k);
+            let starts = l & !(l << 1 | carry);
+            let mut run9 = l;
+            for k in 1..9 {
+                run9 &= shift(k);
+            }
+            let good = starts & shift(1) & shift(2) & !run9;
+            let mut rest = starts;
+            while rest != 0 {
+                let bit = rest & rest.wrapping_neg();
+                if good & bit != 0 {
+                    count += 1;
+                    if count >= 12 {
+                        return true;
+                    }
+                } else {
+                    count = 0;
+                }
+                rest ^= bit;
+            }
+            carry = l >> 63;
+            p += 64;
+        }
+        false
+    }
+}
+
 /// Whether `m` has a run of at least 32 set bits.
 #[inline]
 fn has_run32(m: u64) -> bool {
@@ -283,6 +442,20 @@ fn next_in(blocks: &[Masks], mut i: usize, limit: usize, pick: impl Fn(&Masks) -
         i += 64;
     }
     i
+}
+
+/// How many bytes of `[from, to)` are in the class `pick` selects.
+#[inline]
+fn count_in(blocks: &[Masks], from: usize, to: usize, pick: impl Fn(&Masks) -> u64) -> usize {
+    let mut p = from;
+    let mut count = 0;
+    while p < to {
+        let left = to - p;
+        let valid = if left >= 64 { u64::MAX } else { (1u64 << left) - 1 };
+        count += (mask_at(blocks, p, &pick) & valid).count_ones() as usize;
+        p += 64;
+    }
+    count
 }
 
 /// First position at or after `i` whose byte is not in the class (at most `hay.len()`).
@@ -386,6 +559,14 @@ fn scan_numeric(hay: &[u8], blocks: &[Masks], from: usize, to: usize, f: &mut im
         i = next_in(blocks, i, to, |m| m.digit);
         if i >= to {
             break;
+        }
+        // A region cannot leave the stretch of allowed bytes it starts in; when that stretch
+        // holds too few digits for any region, skip it whole instead of walking extents.
+        let span_end = run_end(blocks, n, i, |m| m.alpha | m.digit | m.numsep);
+        if count_in(blocks, i, span_end, |m| m.digit) < MIN_DIGITS - 2 {
+            i = span_end.max(i + 1);
+            done = i;
+            continue;
         }
         let (stop, count, last) = numeric_extent(blocks, i);
         if count >= MIN_DIGITS - 2 {
@@ -697,6 +878,30 @@ mod tests {
                         assert_eq!(m >> k & 1 == 1, b.is_ascii_alphanumeric());
                     }
                 }
+                if let Region::Token(t) = &r {
+                    assert_eq!(c.split_free(t.clone()), !s[t.clone()].iter().any(|b| matches!(b, b'.' | b'%' | b'=')));
+                }
+                // The count helpers the numeric confirmation uses agree with the bytes.
+                if let Region::Numeric(t) = &r {
+                    let bytes = &s[t.clone()];
+                    assert_eq!(c.digits_in(t.clone()), bytes.iter().filter(|b| b.is_ascii_digit()).count());
+                    // Byte-wise: 13 digits joined by single separators flanked by digits.
+                    let sep = |b: u8| matches!(b, b' ' | b'-' | b':' | b',' | b'.' | b'\\');
+                    let (mut run, mut started, mut want_card) = (0, false, false);
+                    for k in t.clone() {
+                        let b = s[k];
+                        if b.is_ascii_digit() {
+                            started |= k == t.start || !s[k - 1].is_ascii_alphanumeric();
+                            run += usize::from(started);
+                            want_card |= run >= 13;
+                        } else if !(sep(b) && k > 0 && s[k - 1].is_ascii_digit() && s.get(k + 1).is_some_and(u8::is_ascii_digit)) {
+                            (run, started) = (0, false);
+                        }
+                    }
+                    assert_eq!(c.card_digits_possible(t.clone()), want_card, "{:?}", String::from_utf8_lossy(bytes));
+                    let want = bytes.windows(4).any(|w| w[0].is_ascii_uppercase() && w[1].is_ascii_uppercase() && w[2].is_ascii_digit() && w[3].is_ascii_digit());
+                    assert_eq!(c.iban_start_in(t.clone()), want, "{:?}", String::from_utf8_lossy(bytes));
+                }
                 fast.push(r)
             });
             let mut slow = Vec::new();
@@ -708,6 +913,33 @@ mod tests {
         }
         // The inputs must exercise every kind of region.
         assert!(seen.iter().all(|&c| c > 100), "{seen:?}");
+    }
+
+    /// The mask-driven word-shape check equals the byte-wise one on every word region.
+    #[test]
+    fn word_shapes_match_bytewise() {
+        let mut rng = crate::template::Rng::new(13);
+        let (mut yes, mut no) = (0, 0);
+        for _ in 0..2000 {
+            let mut s = Vec::new();
+            for _ in 0..rng.below(60) {
+                let long = rng.below(4) == 0;
+                let len = 1 + rng.below(if long { 12 } else { 7 });
+                for _ in 0..len {
+                    s.push(b'a' + rng.below(26) as u8);
+                }
+                let odd = rng.below(8) == 0;
+                s.push(b" \n,.A7"[rng.below(if odd { 6 } else { 3 })]);
+            }
+            walk(&s, |r, c| {
+                if let Region::Words(w) = r {
+                    let want = crate::bip39::has_twelve_word_shapes(&s[w.clone()]);
+                    assert_eq!(c.twelve_word_shapes(w.clone()), want, "{:?}", String::from_utf8_lossy(&s[w]));
+                    if want { yes += 1 } else { no += 1 }
+                }
+            });
+        }
+        assert!(yes > 20 && no > 50, "{yes} {no}");
     }
 
     #[test]

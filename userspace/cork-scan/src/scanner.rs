@@ -214,12 +214,19 @@ impl Compiled {
             Region::Token(r) => self.token_run(hay, classes, r, dir, out, &mut layers),
             Region::Numeric(r) => {
                 if dir == Direction::Egress {
-                    self.numeric(hay, r.clone(), out);
+                    self.numeric(hay, classes, r.clone(), out);
                 }
-                layers.push((Layer::Hex, r, usize::MAX));
+                // Separated hex needs a separator (`` :-,\`` or a newline, which only the four
+                // bytes before the region's first digit can hold) between each of its eight pairs.
+                let newlines = hay[r.start..(r.start + 4).min(r.end)].iter().filter(|&&b| b == b'\n').count();
+                if classes.numsep_in(r.clone()) + newlines >= 7 {
+                    layers.push((Layer::Hex, r, usize::MAX));
+                }
             }
+            // A word region holds only lowercase letters and separators (see `runs`), so the
+            // word shapes come from the letter mask, a few instructions per word.
             Region::Words(r) => {
-                if dir == Direction::Egress && self.on(self.idx.seed) {
+                if dir == Direction::Egress && self.on(self.idx.seed) && classes.twelve_word_shapes(r.clone()) {
                     let mut found = Vec::new();
                     crate::bip39::find_phrases(&hay[r.clone()], &mut found);
                     for f in found {
@@ -343,23 +350,48 @@ impl Compiled {
     #[allow(clippy::too_many_arguments)]
     fn token_run(&self, hay: &[u8], classes: &runs::Classes, r: Range<usize>, dir: Direction, out: &mut Vec<Hit>, layers: &mut Vec<(Layer, Range<usize>, usize)>) {
         let run = &hay[r.clone()];
-        if memchr::memchr(b'%', run).is_some() {
+        // Most runs (UUIDs, paths, unpadded base64) have no `.`, `%` or `=`: then there is no
+        // URL layer, the run is one segment and one piece, and no Discord token (two dots),
+        // which the class masks tell without the `memchr` calls below.
+        if classes.split_free(r.clone()) {
+            self.segment(hay, classes, r, dir, true, out, layers);
+            return;
+        }
+        // The split bytes are few: visit them from the masks instead of `memchr` over the run.
+        let (mut pct, mut dots) = (false, 0);
+        let mut p = classes.next_split(r.start, r.end);
+        while p < r.end {
+            pct |= hay[p] == b'%';
+            dots += usize::from(hay[p] == b'.');
+            p = classes.next_split(p + 1, r.end);
+        }
+        if pct {
             layers.push((Layer::Url, r.clone(), 0));
         }
-        // Segments of the base64 alphabets (dots and percent signs split them); memchr, as the
-        // long runs of base64 bodies would otherwise be walked byte by byte here.
-        let mut s = 0;
-        while s < run.len() {
-            let len = memchr::memchr2(b'.', b'%', &run[s..]).unwrap_or(run.len() - s);
-            if len >= runs::MIN_TOKEN {
-                let seg = s..s + len;
-                self.segment(hay, classes, r.start + seg.start..r.start + seg.end, dir, out, layers);
+        // Segments of the base64 alphabets: dots and percent signs split them.
+        let (mut seg_start, mut eq) = (r.start, false);
+        let mut p = classes.next_split(r.start, r.end);
+        loop {
+            let end = p.min(r.end);
+            if end == r.end || hay[p] != b'=' {
+                if end - seg_start >= runs::MIN_TOKEN {
+                    self.segment(hay, classes, seg_start..end, dir, !eq, out, layers);
+                }
+                if end == r.end {
+                    break;
+                }
+                (seg_start, eq) = (p + 1, false);
+            } else {
+                eq = true;
             }
-            s += len + 1;
+            p = classes.next_split(p + 1, r.end);
         }
-        if dir == Direction::Egress && self.on(self.idx.discord) && memchr::memchr_iter(b'.', run).nth(1).is_some() {
+        // A Discord token is one piece of 59 to 72 bytes with two dots.
+        if dir == Direction::Egress && self.on(self.idx.discord) && dots >= 2 && run.len() >= 59 {
             for piece in run.split(|b| matches!(b, b'%' | b'/' | b'=' | b'+')) {
-                if self.discord.is_match(piece) {
+                // The whole-piece pattern needs 59..=72 bytes starting with M, N or O: most
+                // pieces (host names, path parts) never reach the regex.
+                if (59..=72).contains(&piece.len()) && matches!(piece[0], b'M' | b'N' | b'O') && self.discord.is_match(piece) {
                     let start = r.start + (piece.as_ptr() as usize - run.as_ptr() as usize);
                     out.push(Hit { rule: self.idx.discord, span: start..start + piece.len(), layers: Vec::new() });
                 }
@@ -367,9 +399,9 @@ impl Compiled {
         }
     }
 
-    /// One segment of `[A-Za-z0-9+/=_-]` of at least 16 bytes.
+    /// One segment of `[A-Za-z0-9+/=_-]` of at least 16 bytes; `no_eq`: it has no `=`.
     #[allow(clippy::too_many_arguments)]
-    fn segment(&self, hay: &[u8], classes: &runs::Classes, r: Range<usize>, dir: Direction, out: &mut Vec<Hit>, layers: &mut Vec<(Layer, Range<usize>, usize)>) {
+    fn segment(&self, hay: &[u8], classes: &runs::Classes, r: Range<usize>, dir: Direction, no_eq: bool, out: &mut Vec<Hit>, layers: &mut Vec<(Layer, Range<usize>, usize)>) {
         let seg = &hay[r.clone()];
         let is_hex = seg.iter().all(u8::is_ascii_hexdigit);
         if dir == Direction::Egress {
@@ -402,14 +434,14 @@ impl Compiled {
                 i += len;
             }
             if self.on(self.idx.generic) {
-                self.generic(hay, r.clone(), is_hex, out);
+                self.generic(hay, r.clone(), is_hex, no_eq, out);
             }
         }
         // Decoding candidates: `name=value` pieces are split at `=` (padding ends a piece too).
         let mut next = 0;
         while next <= seg.len() {
             let off = next;
-            let len = memchr::memchr(b'=', &seg[off..]).unwrap_or(seg.len() - off);
+            let len = if no_eq { None } else { memchr::memchr(b'=', &seg[off..]) }.unwrap_or(seg.len() - off);
             next = off + len + 1;
             let piece = &seg[off..off + len];
             let pr = r.start + off..r.start + off + len;
@@ -417,7 +449,7 @@ impl Compiled {
                 continue;
             }
             if piece.iter().all(u8::is_ascii_hexdigit) {
-                if piece.len() % 2 == 0 {
+                if piece.len().is_multiple_of(2) {
                     layers.push((Layer::Hex, pr, 0));
                 }
                 continue;
@@ -436,10 +468,10 @@ impl Compiled {
     }
 
     /// A random-looking value right after a secret-like name: `client_secret = "…"`.
-    fn generic(&self, hay: &[u8], r: Range<usize>, is_hex: bool, out: &mut Vec<Hit>) {
+    fn generic(&self, hay: &[u8], r: Range<usize>, is_hex: bool, no_eq: bool, out: &mut Vec<Hit>) {
         // The value may be preceded by its own name inside the same run (SECRET_TOKEN=abc…).
         let seg = &hay[r.clone()];
-        let (vstart, inline_name) = match memchr::memchr(b'=', seg) {
+        let (vstart, inline_name) = match if no_eq { None } else { memchr::memchr(b'=', seg) } {
             Some(p) if p + 1 < seg.len() && p >= 3 => (r.start + p + 1, Some(r.start..r.start + p)),
             _ => (r.start, None),
         };
@@ -482,9 +514,11 @@ impl Compiled {
     }
 
     /// Card numbers and IBANs in a region of digits with short gaps.
-    fn numeric(&self, hay: &[u8], r: Range<usize>, out: &mut Vec<Hit>) {
+    fn numeric(&self, hay: &[u8], classes: &runs::Classes, r: Range<usize>, out: &mut Vec<Hit>) {
         let region = &hay[r.clone()];
-        if self.on(self.idx.card) {
+        // Both loops below only do work where the class masks say they can: a card needs 13
+        // digits joined by single separators, an IBAN two capitals then two digits.
+        if self.on(self.idx.card) && classes.card_digits_possible(r.clone()) {
             // Digit groups joined by single spaces or dashes, 13-19 digits in total.
             let mut i = 0;
             while i < region.len() {
@@ -534,7 +568,7 @@ impl Compiled {
                 }
             }
         }
-        if self.on(self.idx.iban) {
+        if self.on(self.idx.iban) && classes.iban_start_in(r.clone()) {
             let mut i = 0;
             while i + 4 <= region.len() {
                 let starts = region[i].is_ascii_uppercase()
