@@ -12,6 +12,7 @@ Prints one JSON report on stdout. Scenarios:
   fragments A B ...      one text message sent as fragments A, B, ...
   binary N FRAGS         N pseudo-random bytes as FRAGS fragments (1: one frame), echoed
   inject                 sends "go", collects what comes back until the connection closes
+  mcp JSON...            sends each JSON-RPC message in turn and collects each answer
   raw KIND [ARG]         hand-made frames after a hand-made handshake: invalid_utf8,
                          oversized, unmasked, compressed SECRET, text MSG
 """
@@ -109,6 +110,11 @@ def run_scenario(ws, scenario, rest, report):
         report["messages"] = []
         while True:
             report["messages"].append(ws.recv(timeout=TIMEOUT))
+    elif scenario == "mcp":
+        report["answers"] = []
+        for message in rest:
+            ws.send(message)
+            report["answers"].append(json.loads(ws.recv(timeout=TIMEOUT)))
     else:
         raise SystemExit(f"unknown scenario {scenario}")
 

@@ -332,3 +332,36 @@ fn cork_scan_reassembles_websocket_frames() {
     let out = run_with_input(Command::new(binary("cork")).args(["scan", "-", "--config"]).arg(&config), Some(clean.into_bytes()));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+#[test]
+fn mcp_over_websocket_is_followed_as_an_mcp_session() {
+    let (origin, cork) = setup();
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"README.md"}}}"#;
+    let unlisted = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"upload_everything","arguments":{}}}"#;
+    let r = client(&cork, &origin.url("/mcp"), &["--no-compression", "mcp", list, call, unlisted]);
+    let answers = r["answers"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(answers.len(), 2, "the listed tool was answered, the unlisted one never reached the server: {r}");
+    assert_eq!(answers[0]["result"]["tools"][0]["name"], "read_file", "{r}");
+    assert_eq!(answers[1]["result"]["content"][0]["text"], "file contents: hello", "{r}");
+    assert_eq!(r["close_code"], 1008, "{r}");
+    assert!(r["close_reason"].as_str().unwrap().contains("mcp.unlisted_tool"), "{r}");
+    let session = cork.wait_audit("the MCP session", |a| a["kind"] == "websocket" && a["path"] == "/mcp");
+    assert_eq!((session["verdict"].as_str(), session["rules"][0].as_str()), (Some("block"), Some("mcp.unlisted_tool")), "{session}");
+    assert!(session["findings"][0]["location"].as_str().unwrap().starts_with("websocket.mcp"), "{session}");
+    let seen: Vec<String> = origin.received("/mcp").iter().map(|m| m["text"].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(seen, vec![list.to_string(), call.to_string()], "the origin got the first two messages only");
+}
+
+#[test]
+fn a_poisoned_tool_list_over_websocket_never_reaches_the_client() {
+    let (origin, cork) = setup();
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    let r = client(&cork, &origin.url("/mcp-poisoned"), &["--no-compression", "mcp", list]);
+    assert_eq!(r["close_code"], 1008, "{r}");
+    assert!(r["close_reason"].as_str().unwrap().contains("mcp.tool_poisoning"), "{r}");
+    assert!(r["answers"].as_array().is_some_and(|a| a.is_empty()), "no listing was delivered: {r}");
+    let session = cork.wait_audit("the poisoned session", |a| a["kind"] == "websocket" && a["path"] == "/mcp-poisoned");
+    assert_eq!(session["rules"][0], "mcp.tool_poisoning", "{session}");
+    assert_eq!(session["websocket"]["direction"], "to_client", "{session}");
+}

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use cork_http::head::{header_tokens, strip_hop_by_hop};
 use cork_http::ws::{self, close_code, Assembler, FrameRole, Opcode, Role, WsError};
 use cork_http::{BodyFraming, Header, RequestHead, ResponseHead};
+use cork_scan::mcp::{McpDirection, McpSession};
 use cork_scan::{BodyMeta, BodyScan, Finding};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
@@ -253,6 +254,8 @@ struct Shared<'a> {
     messages: [AtomicU64; 2],
     /// Findings that did not block (audit-only rules, audit mode), for the session record.
     allowed_findings: std::sync::Mutex<Vec<(Finding, Effect)>>,
+    /// The MCP session this WebSocket carries, started by its first JSON-RPC text message.
+    mcp: std::sync::Mutex<Option<McpSession>>,
 }
 
 /// Frames larger than this leave a read buffer worth releasing once they are relayed.
@@ -301,6 +304,7 @@ where
         closing: AtomicBool::new(false),
         messages: [AtomicU64::new(0), AtomicU64::new(0)],
         allowed_findings: std::sync::Mutex::default(),
+        mcp: std::sync::Mutex::new(None),
     };
 
     let fatal = {
@@ -393,6 +397,57 @@ struct Held {
     header_bytes: usize,
     scan: BodyScan,
     findings: Vec<(Finding, Effect)>,
+    /// The unmasked text of a text message, kept (up to [`MCP_TEXT_LIMIT`]) so that a JSON-RPC
+    /// message can be judged whole as MCP; `None` once it grew past the limit.
+    text: Option<Vec<u8>>,
+}
+
+/// Largest text message followed as MCP; a JSON-RPC message beyond it is refused as malformed.
+const MCP_TEXT_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Whether a text message's start looks like JSON-RPC (an object or batch naming `jsonrpc`).
+fn looks_like_jsonrpc(start: &[u8]) -> bool {
+    let trimmed = start.trim_ascii_start();
+    matches!(trimmed.first(), Some(b'{' | b'[')) && start.windows(9).any(|w| w == b"\"jsonrpc\"")
+}
+
+/// Judges one complete JSON-RPC text message as MCP, in the session the WebSocket carries.
+fn judge_mcp(shared: &Shared<'_>, dir: Dir, text: Option<&[u8]>, prefix: &[u8]) -> Vec<(Finding, Effect)> {
+    let ex = shared.ex;
+    let mode = ex.snap.policy.mode;
+    let text = match text {
+        Some(t) if looks_like_jsonrpc(&t[..t.len().min(256)]) => t,
+        Some(_) => return Vec::new(),
+        // Too large to follow: refused only if it is JSON-RPC at all.
+        None if looks_like_jsonrpc(prefix) => {
+            let finding = Finding { rule: "mcp.malformed".into(), severity: cork_scan::Severity::High, action: cork_scan::Action::Block, location: "websocket.mcp".into(), span: None, encoding: String::new() };
+            return vec![(finding, Effect::Block)];
+        }
+        None => return Vec::new(),
+    };
+    let mcp_dir = match dir {
+        Dir::ToServer => McpDirection::ToServer,
+        Dir::ToClient => McpDirection::ToClient,
+    };
+    let mut session = shared.mcp.lock().unwrap_or_else(|p| p.into_inner());
+    let session = session.get_or_insert_with(|| McpSession::new(&ex.snap.engine, &ex.dest.host));
+    let mut out = Vec::new();
+    for m in session.observe(mcp_dir, text).messages {
+        for f in m.findings {
+            let mut finding = f.finding;
+            finding.location = match &m.tool {
+                Some(tool) => format!("websocket.{}:{tool}", finding.location),
+                None => format!("websocket.{}", finding.location),
+            };
+            // A JSON-RPC message cannot be rewritten: what would be redacted is refused.
+            let eff = match effect(mode, &finding) {
+                Effect::Redact => Effect::Block,
+                e => e,
+            };
+            out.push((finding, eff));
+        }
+    }
+    out
 }
 
 /// Frame headers a held message may add on top of its payload limit (some 75 000 fragments).
@@ -495,7 +550,8 @@ async fn pump<R: AsyncRead, D: AsyncWrite, B: AsyncWrite>(shared: &Shared<'_>, d
                 }
                 FrameRole::Data { kind, first, last } => {
                     if first {
-                        held = Some(Held { kind, frames: Vec::new(), header_bytes: 0, scan: new_scan(), findings: Vec::new() });
+                        let text = (kind == Opcode::Text).then(Vec::new);
+                        held = Some(Held { kind, frames: Vec::new(), header_bytes: 0, scan: new_scan(), findings: Vec::new(), text });
                     }
                     let h = held.as_mut().expect("a data frame either starts a message or continues the held one");
                     h.header_bytes += header.header_len;
@@ -508,6 +564,25 @@ async fn pump<R: AsyncRead, D: AsyncWrite, B: AsyncWrite>(shared: &Shared<'_>, d
                         found.extend(h.scan.finish());
                     }
                     h.findings.extend(found.into_iter().map(|f| located(f, h.kind)).map(|f| (f.clone(), decide(&f))));
+                    if let Some(text) = h.text.as_mut() {
+                        if text.len() + payload.len() <= MCP_TEXT_LIMIT {
+                            text.extend_from_slice(&payload);
+                        } else {
+                            // Past the limit only its start is kept, to tell JSON-RPC apart.
+                            let mut prefix = std::mem::take(text);
+                            if prefix.is_empty() {
+                                prefix.extend_from_slice(&payload[..payload.len().min(256)]);
+                            }
+                            prefix.truncate(256);
+                            h.text = None;
+                            h.findings.extend(judge_mcp(shared, dir, None, &prefix));
+                        }
+                    }
+                    if last && h.kind == Opcode::Text {
+                        if let Some(text) = h.text.take() {
+                            h.findings.extend(judge_mcp(shared, dir, Some(&text), &[]));
+                        }
+                    }
                     if let Some(f) = blocked(&h.findings, dir, h.kind.name()) {
                         fatal!(f);
                     }
