@@ -18,6 +18,7 @@
 pub mod chunked;
 pub mod framing;
 pub mod head;
+pub mod sse;
 pub mod ws;
 
 pub use framing::BodyFraming;

@@ -265,13 +265,13 @@ impl McpBodyCheck {
     fn take_events(&mut self, done: bool) -> Vec<Vec<u8>> {
         let mut events = Vec::new();
         loop {
-            let end = find_event_end(&self.pending);
+            let end = cork_http::sse::event_end(&self.pending);
             let (event_len, used) = match end {
                 Some((e, u)) => (e, u),
                 None if done && !self.pending.is_empty() => (self.pending.len(), self.pending.len()),
                 None => break,
             };
-            let data = event_data(&self.pending[..event_len]);
+            let data = cork_http::sse::event_data(&self.pending[..event_len]);
             self.pending.drain(..used);
             if !data.is_empty() {
                 events.push(data);
@@ -288,38 +288,6 @@ fn looks_like_json_rpc(body: &[u8]) -> bool {
         Ok(serde_json::Value::Array(a)) => a.first().and_then(|m| m.as_object()).is_some_and(|o| o.contains_key("jsonrpc")),
         _ => false,
     }
-}
-
-/// End of the first event (before its blank line) and the bytes to drop with it.
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some((i, i + 2));
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some((i, i + 3));
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
-/// The `data:` lines of one event, joined with newlines (as an EventSource would).
-fn event_data(event: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for line in event.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(rest) = line.strip_prefix(b"data:") {
-            if !out.is_empty() {
-                out.push(b'\n');
-            }
-            out.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
-        }
-    }
-    out
 }
 
 impl BodyCheck for McpBodyCheck {
@@ -377,15 +345,6 @@ impl BodyCheck for McpBodyCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sse_events_are_split_and_joined() {
-        assert_eq!(find_event_end(b"data: a\n\ndata: b"), Some((7, 9)));
-        assert_eq!(find_event_end(b"data: a\r\n\r\n"), Some((8, 11)));
-        assert_eq!(find_event_end(b"data: a\n"), None);
-        assert_eq!(event_data(b"event: message\ndata: {\"a\":\ndata: 1}\nid: 3"), b"{\"a\":\n1}");
-        assert_eq!(event_data(b": comment"), b"");
-    }
 
     #[test]
     fn json_rpc_is_told_from_other_json() {

@@ -599,6 +599,31 @@ fn scan_words(hay: &[u8], blocks: &[Masks], from: usize, floor: usize, to: usize
     done.max(to)
 }
 
+/// The word around the non-ASCII byte at `i`, bounded, joined with neighbouring words that also
+/// carry non-ASCII bytes: invisible characters are often placed between words too.
+fn non_ascii_extent(hay: &[u8], i: usize) -> (usize, usize) {
+    let mut s = i;
+    while s > 0 && !is_delim(hay[s - 1]) && i - s < 512 {
+        s -= 1;
+    }
+    let mut e = i;
+    while e < hay.len() && !is_delim(hay[e]) && e - i < 2048 {
+        e += 1;
+    }
+    while e < hay.len() && e + 1 < hay.len() && is_delim(hay[e]) && e - i < 2048 {
+        let mut k = e + 1;
+        while k < hay.len() && !is_delim(hay[k]) && k - e < 512 {
+            k += 1;
+        }
+        if hay[e + 1..k].iter().any(|&b| b >= 0x80) {
+            e = k;
+        } else {
+            break;
+        }
+    }
+    (s, e)
+}
+
 fn scan_high(hay: &[u8], blocks: &[Masks], from: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
     let mut i = from;
     let mut done = from;
@@ -607,27 +632,7 @@ fn scan_high(hay: &[u8], blocks: &[Masks], from: usize, to: usize, f: &mut impl 
         if i >= to {
             break;
         }
-        let mut s = i;
-        while s > 0 && !is_delim(hay[s - 1]) && i - s < 512 {
-            s -= 1;
-        }
-        let mut e = i;
-        while e < hay.len() && !is_delim(hay[e]) && e - i < 2048 {
-            e += 1;
-        }
-        // Invisible characters are often placed between words too: join neighbours across one
-        // delimiter when the next word also carries non-ASCII bytes.
-        while e < hay.len() && e + 1 < hay.len() && is_delim(hay[e]) && e - i < 2048 {
-            let mut k = e + 1;
-            while k < hay.len() && !is_delim(hay[k]) && k - e < 512 {
-                k += 1;
-            }
-            if hay[e + 1..k].iter().any(|&b| b >= 0x80) {
-                e = k;
-            } else {
-                break;
-            }
-        }
+        let (s, e) = non_ascii_extent(hay, i);
         f(Region::NonAscii(s.max(done)..e));
         i = e.max(i + 1);
         done = i;
@@ -788,27 +793,7 @@ mod reference {
                 i += 1;
                 continue;
             }
-            let mut s = i;
-            while s > 0 && !is_delim(hay[s - 1]) && i - s < 512 {
-                s -= 1;
-            }
-            let mut e = i;
-            while e < hay.len() && !is_delim(hay[e]) && e - i < 2048 {
-                e += 1;
-            }
-            // Invisible characters are often placed between words too: join neighbours across one
-            // delimiter when the next word also carries non-ASCII bytes.
-            while e < hay.len() && e + 1 < hay.len() && is_delim(hay[e]) && e - i < 2048 {
-                let mut k = e + 1;
-                while k < hay.len() && !is_delim(hay[k]) && k - e < 512 {
-                    k += 1;
-                }
-                if hay[e + 1..k].iter().any(|&b| b >= 0x80) {
-                    e = k;
-                } else {
-                    break;
-                }
-            }
+            let (s, e) = non_ascii_extent(hay, i);
             f(Region::NonAscii(s.max(done)..e));
             i = e.max(i + 1);
             done = i;

@@ -182,8 +182,8 @@ impl HttpBody {
     /// The next SSE event's data (events without data are skipped); `None` at the end.
     async fn next_event(&mut self, max: usize) -> Result<Option<Vec<u8>>> {
         loop {
-            if let Some((end, used)) = event_end(&self.payload) {
-                let data = event_data(&self.payload[..end]);
+            if let Some((end, used)) = cork_http::sse::event_end(&self.payload) {
+                let data = cork_http::sse::event_data(&self.payload[..end]);
                 self.payload.drain(..used);
                 if data.is_empty() {
                     continue;
@@ -195,38 +195,11 @@ impl HttpBody {
             }
             if !self.fill().await? {
                 let rest = std::mem::take(&mut self.payload);
-                let data = event_data(&rest);
+                let data = cork_http::sse::event_data(&rest);
                 return Ok((!data.is_empty()).then_some(data));
             }
         }
     }
-}
-
-fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    (0..buf.len()).find_map(|i| {
-        if buf[i] != b'\n' {
-            return None;
-        }
-        match (buf.get(i + 1), buf.get(i + 2)) {
-            (Some(b'\n'), _) => Some((i, i + 2)),
-            (Some(b'\r'), Some(b'\n')) => Some((i, i + 3)),
-            _ => None,
-        }
-    })
-}
-
-fn event_data(event: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for line in event.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(rest) = line.strip_prefix(b"data:") {
-            if !out.is_empty() {
-                out.push(b'\n');
-            }
-            out.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
-        }
-    }
-    out
 }
 
 /// POSTs one JSON-RPC payload to the upstream and reads the response head.
