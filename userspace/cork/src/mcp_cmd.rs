@@ -152,6 +152,19 @@ impl Relay {
     }
 
     /// A message too long to read: refused without being parsed.
+    /// Reads the next non-blank line from `reader` and routes it; `None` at end of input or on a
+    /// read error.
+    pub async fn next_line<R: AsyncBufRead + Unpin>(&self, reader: &mut R, buf: &mut Vec<u8>, dir: McpDirection, max: usize) -> Option<Routed> {
+        loop {
+            return match read_line_bounded(reader, buf, max).await {
+                Ok(None) | Err(_) => None,
+                Ok(Some(Err(len))) => Some(self.overlong(dir, len, max)),
+                Ok(Some(Ok(()))) if buf.trim_ascii().is_empty() => continue,
+                Ok(Some(Ok(()))) => Some(self.route(dir, buf)),
+            };
+        }
+    }
+
     pub fn overlong(&self, dir: McpDirection, len: usize, max: usize) -> Routed {
         let reason = format!("message of at least {len} bytes exceeds mcp.max_message_bytes ({max})");
         self.audit.write(&json!({
@@ -321,12 +334,7 @@ async fn stdio_wrap(relay: Arc<Relay>, command: &[String], max: usize) -> Result
             let mut reader = BufReader::new(tokio::io::stdin());
             let mut buf = Vec::new();
             loop {
-                let routed = match read_line_bounded(&mut reader, &mut buf, max).await {
-                    Ok(None) | Err(_) => break,
-                    Ok(Some(Err(len))) => relay.overlong(McpDirection::ToServer, len, max),
-                    Ok(Some(Ok(()))) if buf.trim_ascii().is_empty() => continue,
-                    Ok(Some(Ok(()))) => relay.route(McpDirection::ToServer, &buf),
-                };
+                let Some(routed) = relay.next_line(&mut reader, &mut buf, McpDirection::ToServer, max).await else { break };
                 if let Some(back) = routed.back {
                     let mut out = stdout.lock().await;
                     if out.write_all(&back).await.is_err() || out.flush().await.is_err() {
@@ -346,12 +354,7 @@ async fn stdio_wrap(relay: Arc<Relay>, command: &[String], max: usize) -> Result
     let mut reader = BufReader::new(child_out);
     let mut buf = Vec::new();
     loop {
-        let routed = match read_line_bounded(&mut reader, &mut buf, max).await {
-            Ok(None) | Err(_) => break,
-            Ok(Some(Err(len))) => relay.overlong(McpDirection::ToClient, len, max),
-            Ok(Some(Ok(()))) if buf.trim_ascii().is_empty() => continue,
-            Ok(Some(Ok(()))) => relay.route(McpDirection::ToClient, &buf),
-        };
+        let Some(routed) = relay.next_line(&mut reader, &mut buf, McpDirection::ToClient, max).await else { break };
         if let Some(on) = routed.onward {
             let mut out = stdout.lock().await;
             if out.write_all(&on).await.is_err() || out.flush().await.is_err() {

@@ -19,7 +19,7 @@ use cork_scan::mcp::McpDirection;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
-use crate::mcp_cmd::{line_of, read_line_bounded, AuditSink, Relay, Routed};
+use crate::mcp_cmd::{line_of, AuditSink, Relay, Routed};
 
 /// Head bytes accepted from either side.
 const MAX_HEAD: usize = 64 * 1024;
@@ -342,12 +342,7 @@ pub async fn stdio_bridge(relay: Arc<Relay>, upstream: Upstream, max: usize) -> 
     let session = Mutex::new(None);
     let mut buf = Vec::new();
     loop {
-        let routed = match read_line_bounded(&mut reader, &mut buf, max).await {
-            Ok(None) | Err(_) => break,
-            Ok(Some(Err(len))) => relay.overlong(McpDirection::ToServer, len, max),
-            Ok(Some(Ok(()))) if buf.trim_ascii().is_empty() => continue,
-            Ok(Some(Ok(()))) => relay.route(McpDirection::ToServer, &buf),
-        };
+        let Some(routed) = relay.next_line(&mut reader, &mut buf, McpDirection::ToServer, max).await else { break };
         let mut out: Vec<Vec<u8>> = routed.back.into_iter().collect();
         if let Some(on) = routed.onward {
             exchange(&relay, &upstream, &session, &on, max, &mut |line| out.push(line)).await?;
