@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::thread;
 
 use cork_ktls::{complete_handshake, offload, probe, tls_stat, KtlsStream, KtlsSupport, Offloaded, RecordError};
-use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
+use rustls::client::ClientSessionMemoryCache;
 use rustls::crypto::ring;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::{CipherSuite, ClientConfig, ClientConnection, Connection, NamedGroup, ServerConfig, ServerConnection, StreamOwned, SupportedCipherSuite};
+use rustls::{CipherSuite, ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection, StreamOwned, SupportedCipherSuite};
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -54,37 +54,9 @@ fn version_of(id: CipherSuite) -> &'static rustls::SupportedProtocolVersion {
     }
 }
 
-/// Counts the TLS 1.3 tickets a client receives.
-#[derive(Debug)]
-struct CountingStore {
-    inner: ClientSessionMemoryCache,
-    tickets: AtomicUsize,
-}
-
-impl ClientSessionStore for CountingStore {
-    fn set_kx_hint(&self, name: ServerName<'static>, group: NamedGroup) {
-        self.inner.set_kx_hint(name, group)
-    }
-    fn kx_hint(&self, name: &ServerName<'_>) -> Option<NamedGroup> {
-        self.inner.kx_hint(name)
-    }
-    fn set_tls12_session(&self, name: ServerName<'static>, value: Tls12ClientSessionValue) {
-        self.inner.set_tls12_session(name, value)
-    }
-    fn tls12_session(&self, name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
-        self.inner.tls12_session(name)
-    }
-    fn remove_tls12_session(&self, name: &ServerName<'static>) {
-        self.inner.remove_tls12_session(name)
-    }
-    fn insert_tls13_ticket(&self, name: ServerName<'static>, value: Tls13ClientSessionValue) {
-        self.tickets.fetch_add(1, Ordering::SeqCst);
-        self.inner.insert_tls13_ticket(name, value)
-    }
-    fn take_tls13_ticket(&self, name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
-        self.inner.take_tls13_ticket(name)
-    }
-}
+#[path = "support/ticket_store.rs"]
+mod ticket_store;
+use ticket_store::CountingStore;
 
 fn configs(id: &Identity, cs: CipherSuite, store: Arc<CountingStore>) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
     let mut server = ServerConfig::builder_with_provider(provider(cs))

@@ -28,10 +28,10 @@ use std::time::Duration;
 
 use cork_ktls::{tls_stat, KtlsSupport};
 use cork_proxy::{AuditLog, ProxyState, Snapshot};
-use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
+use rustls::client::ClientSessionMemoryCache;
 use rustls::crypto::ring;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::{CipherSuite, ClientConfig, ClientConnection, NamedGroup, ServerConfig, ServerConnection, StreamOwned, SupportedCipherSuite};
+use rustls::{CipherSuite, ClientConfig, ClientConnection, ServerConfig, ServerConnection, StreamOwned, SupportedCipherSuite};
 use sha2::{Digest, Sha256};
 
 type Result<T> = std::result::Result<T, String>;
@@ -302,37 +302,9 @@ fn legs(cork: &Cork, result: &str) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // The client.
 
-/// Counts the TLS 1.3 tickets a client receives.
-#[derive(Debug)]
-struct CountingStore {
-    inner: ClientSessionMemoryCache,
-    tickets: AtomicUsize,
-}
-
-impl ClientSessionStore for CountingStore {
-    fn set_kx_hint(&self, name: ServerName<'static>, group: NamedGroup) {
-        self.inner.set_kx_hint(name, group)
-    }
-    fn kx_hint(&self, name: &ServerName<'_>) -> Option<NamedGroup> {
-        self.inner.kx_hint(name)
-    }
-    fn set_tls12_session(&self, name: ServerName<'static>, value: Tls12ClientSessionValue) {
-        self.inner.set_tls12_session(name, value)
-    }
-    fn tls12_session(&self, name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
-        self.inner.tls12_session(name)
-    }
-    fn remove_tls12_session(&self, name: &ServerName<'static>) {
-        self.inner.remove_tls12_session(name)
-    }
-    fn insert_tls13_ticket(&self, name: ServerName<'static>, value: Tls13ClientSessionValue) {
-        self.tickets.fetch_add(1, Ordering::SeqCst);
-        self.inner.insert_tls13_ticket(name, value)
-    }
-    fn take_tls13_ticket(&self, name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
-        self.inner.take_tls13_ticket(name)
-    }
-}
+#[path = "../../cork-ktls/tests/support/ticket_store.rs"]
+mod ticket_store;
+use ticket_store::CountingStore;
 
 /// CONNECTs through cork to `host` and starts TLS with `root` trusted, offering only `cs`.
 fn connect(cork: &Cork, host: &str, port: u16, root: &CertificateDer<'static>, cs: CipherSuite, store: Arc<CountingStore>) -> Result<StreamOwned<ClientConnection, TcpStream>> {
