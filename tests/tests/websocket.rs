@@ -36,7 +36,7 @@ impl WsOrigin {
     fn start_with(extra: &[&str]) -> WsOrigin {
         let dir = TempDir::new("ws-origin");
         let ca = TestCa::generate().unwrap();
-        let leaf = ca.issue_server(&["origin.test".into(), "evil.test".into()], &[]).unwrap();
+        let leaf = ca.issue_server(&["origin.test".into(), "evil.test".into()], &["127.0.0.2".parse().unwrap()]).unwrap();
         let (ca_path, cert, key, log) = (dir.path().join("ca.pem"), dir.path().join("cert.pem"), dir.path().join("key.pem"), dir.path().join("log.jsonl"));
         std::fs::write(&ca_path, ca.ca_pem()).unwrap();
         std::fs::write(&cert, &leaf.cert_pem).unwrap();
@@ -364,4 +364,42 @@ fn a_poisoned_tool_list_over_websocket_never_reaches_the_client() {
     let session = cork.wait_audit("the poisoned session", |a| a["kind"] == "websocket" && a["path"] == "/mcp-poisoned");
     assert_eq!(session["rules"][0], "mcp.tool_poisoning", "{session}");
     assert_eq!(session["websocket"]["direction"], "to_client", "{session}");
+}
+
+#[test]
+fn cork_mcp_proxy_bridges_stdio_to_a_wss_mcp_server_with_the_same_checks() {
+    let origin = WsOrigin::start();
+    let dir = TempDir::new("mcp-wss");
+    let audit = dir.path().join("audit.jsonl");
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"README.md"}}}"#;
+    let unlisted = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"upload_everything","arguments":{}}}"#;
+    // An agent's MCP client: one request at a time, each answer awaited.
+    let steps = dir.path().join("steps.json");
+    std::fs::write(&steps, format!("[{list},{call},{unlisted}]")).unwrap();
+    let mut cmd = python();
+    cmd.arg(clients_dir().join("mcp_client.py")).arg(&steps).arg("--").arg(binary("cork"));
+    cmd.args(["mcp", "proxy", "--upstream", &format!("wss://127.0.0.2:{}/mcp", origin.port), "--ca"]).arg(&origin.ca).arg("--audit").arg(&audit);
+    let out = run(&mut cmd);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(report["exit"], 0, "cork mcp proxy ended cleanly once stdin closed: {report}");
+    let answers = report["replies"].as_array().unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert_eq!(answers[0]["result"]["tools"][0]["name"], "read_file", "{answers:?}");
+    assert_eq!(answers[1]["result"]["content"][0]["text"], "file contents: hello", "{answers:?}");
+    assert_eq!(answers[2]["error"]["code"], -32001, "{answers:?}");
+    assert!(answers[2]["error"]["message"].as_str().unwrap().contains("mcp.unlisted_tool"), "{answers:?}");
+    let seen: Vec<Value> = origin.received("/mcp").iter().map(|m| serde_json::from_str(m["text"].as_str().unwrap_or("")).unwrap()).collect();
+    let sent: Vec<Value> = [list, call].iter().map(|m| serde_json::from_str(m).unwrap()).collect();
+    assert_eq!(seen, sent, "the unlisted call never reached the server");
+    let lines = std::fs::read_to_string(&audit).unwrap();
+    assert!(lines.lines().any(|l| l.contains("mcp.unlisted_tool") && l.contains("\"verdict\":\"block\"")), "{lines}");
+
+    // A server whose certificate cork cannot verify is refused before anything is sent.
+    let mut cmd = Command::new(binary("cork"));
+    cmd.args(["mcp", "proxy", "--upstream", &format!("wss://127.0.0.2:{}/mcp", origin.port), "--audit"]).arg(&audit);
+    let out = run_with_input(&mut cmd, Some(format!("{list}\n").into_bytes()));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TLS"), "{}", text(&out));
 }

@@ -4,6 +4,7 @@ mod bottle_cmd;
 mod config_cmd;
 mod mcp_cmd;
 mod mcp_http;
+mod mcp_ws;
 mod run;
 mod scan_cmd;
 mod setup;

@@ -85,10 +85,15 @@ fn proxy(args: ProxyArgs) -> Result<std::process::ExitCode> {
             let name = args.name.clone().unwrap_or_else(|| upstream.host.clone());
             let max = engine.mcp_policy().config().max_message_bytes;
             match listen {
+                None if upstream.websocket => {
+                    let relay = Arc::new(Relay::new(&engine, &name, audit));
+                    rt.block_on(crate::mcp_ws::stdio_bridge(relay, upstream, max))
+                }
                 None => {
                     let relay = Arc::new(Relay::new(&engine, &name, audit));
                     rt.block_on(crate::mcp_http::stdio_bridge(relay, upstream, max))
                 }
+                Some(_) if upstream.websocket => bail!("--listen serves streamable HTTP: give it an https:// upstream"),
                 Some(addr) => rt.block_on(crate::mcp_http::reverse_proxy(engine, name, audit, addr, upstream, max)),
             }
         }
@@ -151,7 +156,6 @@ impl Relay {
         route(dir, raw, &obs)
     }
 
-    /// A message too long to read: refused without being parsed.
     /// Reads the next non-blank line from `reader` and routes it; `None` at end of input or on a
     /// read error.
     pub async fn next_line<R: AsyncBufRead + Unpin>(&self, reader: &mut R, buf: &mut Vec<u8>, dir: McpDirection, max: usize) -> Option<Routed> {
@@ -165,6 +169,7 @@ impl Relay {
         }
     }
 
+    /// A message too long to read: refused without being parsed.
     pub fn overlong(&self, dir: McpDirection, len: usize, max: usize) -> Routed {
         let reason = format!("message of at least {len} bytes exceeds mcp.max_message_bytes ({max})");
         self.audit.write(&json!({

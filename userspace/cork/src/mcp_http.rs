@@ -5,7 +5,7 @@
 //! with `Accept: application/json, text/event-stream`; the `Mcp-Session-Id` the server gives is
 //! sent back on later requests. A JSON answer is one message, an SSE answer one message per event;
 //! each goes through the same [`Relay`] as stdio. Not done: keep-alive, the server's own GET
-//! stream, resumption (`Last-Event-ID`), and `wss://` upstreams.
+//! stream, resumption (`Last-Event-ID`). `wss://` upstreams are bridged by [`crate::mcp_ws`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,13 +31,17 @@ pub struct Upstream {
     pub host: String,
     pub port: u16,
     pub path: String,
-    tls: Arc<rustls::ClientConfig>,
+    /// A `wss://` URL: the server speaks MCP over WebSocket.
+    pub websocket: bool,
+    pub(crate) tls: Arc<rustls::ClientConfig>,
 }
 
 impl Upstream {
     pub fn parse(url: &str, extra_roots: &[PathBuf]) -> Result<Upstream> {
-        let Some(rest) = url.strip_prefix("https://") else {
-            bail!("--upstream must be an https:// URL (wss:// is not supported yet): {url}");
+        let (rest, websocket) = match (url.strip_prefix("https://"), url.strip_prefix("wss://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => bail!("--upstream must be an https:// or wss:// URL: {url}"),
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -61,10 +65,10 @@ impl Upstream {
         if host.is_empty() || authority.contains('@') {
             bail!("bad --upstream URL: {url}");
         }
-        Ok(Upstream { host: host.to_string(), port, path: path.to_string(), tls: tls_config(extra_roots)? })
+        Ok(Upstream { host: host.to_string(), port, path: path.to_string(), websocket, tls: tls_config(extra_roots)? })
     }
 
-    fn authority(&self) -> String {
+    pub(crate) fn authority(&self) -> String {
         let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
         if self.port == 443 { host } else { format!("{host}:{}", self.port) }
     }
