@@ -9,9 +9,14 @@
 //! the rustls handshake-pair ceiling and leaf issuance (`cork-bench-tls`) and the scanner
 //! (`cork-bench-scan`). Prints a table, writes markdown and PNG charts.
 //!
+//! cork is measured twice: as an explicit proxy, and in transparent mode with the load generator
+//! inside a bottle (`bench/bottle.rs`). As root, the measuring part re-runs itself inside a
+//! private network namespace for that; without root the transparent column says why it is empty.
+//!
 //! `--quick` is the 1–3 minute smoke version; nothing here asserts speed. A proxy that cannot be
 //! installed, built or started gets a "not measured: reason" line, never a number.
 
+mod bottle;
 mod chart;
 mod peers;
 
@@ -32,8 +37,8 @@ const ORIGIN_IP: &str = "127.0.0.2";
 const ORIGIN_NAME: &str = "origin.test";
 /// How long a child gets to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// The proxies, in report order.
-const PROXIES: [&str; 3] = ["cork", "mitmproxy", "squid"];
+/// The proxies, in report order: cork (explicit), the peers, then cork in transparent mode.
+const PROXIES: [&str; 4] = ["cork", "mitmproxy", "squid", bottle::NAME];
 
 struct Options {
     quick: bool,
@@ -85,10 +90,20 @@ pub fn run(args: &[String]) -> Result<()> {
         (Err("skipped (--no-peers)".to_string()), Err("skipped (--no-peers)".to_string()))
     };
     let cork_status = if opts.build { build(&root)? } else { CorkBuild::Built };
+    // Installs and the build need the network; what follows runs on loopback only. As root it
+    // runs in a private network namespace, so that cork can steer a bottle there.
+    if bottle::should_reexec() {
+        if let CorkBuild::Failed(why) = &cork_status {
+            println!("bench: *** cork did not build ({why}); measuring the peers only");
+        }
+        return bottle::reexec_in_netns(args);
+    }
     let work = target.join("bench-run");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
 
+    let fd_limit = raise_fd_limit();
+    println!("bench: file-descriptor limit {fd_limit}");
     println!("bench: starting the origin on {ORIGIN_IP}");
     let origin = Origin::start(&release.join("cork-origin"), &work.join("origin"))?;
     println!("bench: origin ready at {}", origin.https);
@@ -103,7 +118,11 @@ pub fn run(args: &[String]) -> Result<()> {
     let squid: Slot = squid
         .map_err(|e| format!("Squid could not be installed: {e}"))
         .and_then(|bin| peers::start_squid(&bin, &work, &origin).map_err(|e| format!("squid did not start: {e:#}")));
-    let mut proxies: Vec<Slot> = vec![cork, mitm, squid];
+    let transparent: Slot = match &cork {
+        Ok(_) => bottle::start(&release.join("cork"), &work, &origin).map_err(|e| format!("{e:#}")),
+        Err(why) => Err(why.clone()),
+    };
+    let mut proxies: Vec<Slot> = vec![cork, mitm, squid, transparent];
     for (name, slot) in PROXIES.iter().zip(&proxies) {
         match slot {
             Ok(p) => println!("bench: {name} ready, proxy {} (pid {})", p.listen, p.pid()),
@@ -115,15 +134,17 @@ pub fn run(args: &[String]) -> Result<()> {
     let secs = if opts.quick { 2.0 } else { 10.0 };
     // Warm-up: the first bumped connection to a host mints its leaf (and warms Python's caches);
     // keep that out of the figures.
-    for p in proxies.iter().flatten() {
+    for p in proxies.iter_mut().flatten() {
         let _ = run_load(&loadgen, &origin, Some(p), &Scenario::ALL[0], 1.0, None);
     }
     // Idle connections first: after the big transfers mitmproxy's Python heap holds GiBs it
     // gives back slowly, which would swamp (or invert) the per-connection growth.
-    let idle_conns = if opts.quick { IDLE_CONNECTIONS_QUICK } else { IDLE_CONNECTIONS_FULL };
+    let idle_conns = if opts.quick { IDLE_CONNECTIONS_QUICK } else { idle_connections_full(fd_limit) };
     let mut idle = Vec::new();
     for slot in proxies.iter_mut() {
         idle.push(match slot {
+            // The same cork process as explicit mode's, per connection; not repeated.
+            Ok(p) if p.shell.is_some() => None,
             Ok(p) => {
                 println!("bench: {idle_conns} idle bumped connections (via {})", p.name);
                 Some(measure_idle(&loadgen, &origin, p, idle_conns))
@@ -150,7 +171,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
     // Added latency at half load: cork's peak keep-alive 1 KiB rate, halved, paced, direct and
     // via cork. Open loop, so a slow response delays the next ones' timing too.
-    let half_load = match (&proxies[0], rows.first().and_then(|r| r.via[0].as_ref())) {
+    let half_load = match (&mut proxies[0], rows.first().and_then(|r| r.via[0].as_ref())) {
         (Ok(c), Some((peak, _))) if peak.failure.is_none() && peak.value > 0.0 => {
             let rate = peak.value / 2.0;
             let sc = Scenario::ALL[0];
@@ -209,6 +230,11 @@ enum CorkBuild {
 
 /// Builds cork and the harness in release. The harness must build; cork may not be ready yet.
 fn build(root: &Path) -> Result<CorkBuild> {
+    // cork embeds the eBPF object at compile time; without it there is no transparent mode.
+    println!("bench: building the eBPF programs (installs their toolchain if missing)");
+    if let Err(e) = crate::ebpf::build() {
+        println!("bench: *** eBPF programs not built ({e:#}); cork transparent will not be measured");
+    }
     println!("bench: cargo build --release -p cork -p bench-harness");
     let both = Command::new(cargo())
         .current_dir(root)
@@ -254,17 +280,29 @@ fn target_dir(root: &Path) -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 // Child processes
 
-/// A child process killed when dropped, whose output is drained into a log file by a thread
-/// (so it never blocks on a full pipe) and scanned for a ready marker.
+/// A child process killed when dropped, whose output is drained into a log file by threads
+/// (so it never blocks on a full pipe) and scanned for marker lines.
 struct Proc {
     child: Child,
+    /// Output lines that contained the ready marker or the event marker, in order.
+    marked: mpsc::Receiver<String>,
 }
 
 impl Proc {
     /// Spawns `cmd` and waits until a stdout/stderr line contains `marker`; returns that line.
-    fn spawn(name: &'static str, mut cmd: Command, log: &Path, marker: &'static str) -> Result<(Proc, String)> {
+    fn spawn(name: &'static str, cmd: Command, log: &Path, marker: &'static str) -> Result<(Proc, String)> {
+        Proc::start(name, cmd, log, marker, None)
+    }
+
+    /// Like `spawn`, with stdin piped (in `child.stdin`) and lines containing `event` kept for
+    /// [`Proc::next_event`].
+    fn spawn_piped(name: &'static str, cmd: Command, log: &Path, marker: &'static str, event: &'static str) -> Result<(Proc, String)> {
+        Proc::start(name, cmd, log, marker, Some(event))
+    }
+
+    fn start(name: &'static str, mut cmd: Command, log: &Path, marker: &'static str, event: Option<&'static str>) -> Result<(Proc, String)> {
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(if event.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -284,18 +322,19 @@ impl Proc {
                     if let Ok(mut f) = log_file.lock() {
                         let _ = writeln!(f, "{line}");
                     }
-                    if line.contains(marker) {
+                    if line.contains(marker) || event.is_some_and(|e| line.contains(e)) {
                         let _ = tx.send(line);
                     }
                 }
             });
         }
         drop(tx);
-        let mut proc = Proc { child };
+        let mut proc = Proc { child, marked: rx };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(line) => return Ok((proc, line)),
+            match proc.marked.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) if line.contains(marker) => return Ok((proc, line)),
+                Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) | Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Some(status) = proc.child.try_wait()? {
                         bail!("{name} exited ({status}) before it was ready; see {}", log.display());
@@ -305,6 +344,19 @@ impl Proc {
                         bail!("{name} printed no {marker:?} line within {READY_TIMEOUT:?}; see {}", log.display());
                     }
                 }
+            }
+        }
+    }
+
+    /// The next marked output line, waiting at most `wait`.
+    fn next_event(&mut self, wait: Duration) -> Option<String> {
+        match self.marked.recv_timeout(wait) {
+            Ok(line) => Some(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Both pipes closed: nothing more will come; don't spin.
+                thread::sleep(wait);
+                None
             }
         }
     }
@@ -360,6 +412,8 @@ struct Proxy {
     proc: Proc,
     listen: SocketAddr,
     ca: PathBuf,
+    /// cork in transparent mode: loads run through the bottled shell, not from here.
+    shell: Option<bottle::Shell>,
 }
 
 /// cork's configuration for the bench: allow the origin, trust its test CA, pin its name.
@@ -400,7 +454,7 @@ impl Proxy {
         if !ca.exists() {
             bail!("cork is listening but wrote no {}", ca.display());
         }
-        Ok(Proxy { name: "cork", proc, listen, ca })
+        Ok(Proxy { name: "cork", proc, listen, ca, shell: None })
     }
 
     fn pid(&self) -> u32 {
@@ -413,6 +467,10 @@ impl Proxy {
 
     /// CPU seconds of the proxy and its helper processes (Squid's certificate generators).
     fn cpu_secs(&self) -> Option<f64> {
+        if self.shell.is_some() {
+            // The bottle's descendants are the shell and the load generator: not the proxy.
+            return cpu_seconds(self.pid());
+        }
         let tree = process_tree(self.pid());
         let own = cpu_seconds(self.pid())?;
         Some(own + tree.iter().skip(1).filter_map(|&p| cpu_seconds(p)).sum::<f64>())
@@ -421,6 +479,9 @@ impl Proxy {
     /// RSS of the proxy and its helper processes.
     fn rss_kib(&self) -> Option<u64> {
         let own = status_kib(self.pid(), "VmRSS:")?;
+        if self.shell.is_some() {
+            return Some(own);
+        }
         Some(own + process_tree(self.pid()).iter().skip(1).filter_map(|&p| status_kib(p, "VmRSS:")).sum::<u64>())
     }
 }
@@ -592,43 +653,57 @@ struct HalfLoad {
     via: LoadResult,
 }
 
-fn run_load(loadgen: &Path, origin: &Origin, proxy: Option<&Proxy>, sc: &Scenario, secs: f64, rate: Option<f64>) -> LoadResult {
-    if let Some(why) = proxy.and_then(|p| sc.unsupported_by(p.name)) {
+fn run_load(loadgen: &Path, origin: &Origin, proxy: Option<&mut Proxy>, sc: &Scenario, secs: f64, rate: Option<f64>) -> LoadResult {
+    if let Some(why) = proxy.as_ref().and_then(|p| sc.unsupported_by(p.name)) {
         return LoadResult { failure: Some(format!("not measured: {why}")), ..Default::default() };
     }
-    let mut cmd = Command::new(loadgen);
-    cmd.arg(origin.url(sc.path))
-        .args(["--mode", sc.mode, "--concurrency", &sc.concurrency.to_string()])
-        .arg("--json");
+    let mut args: Vec<String> = vec![loadgen.display().to_string(), origin.url(sc.path)];
+    let mut push = |more: &[&str]| args.extend(more.iter().map(|s| s.to_string()));
+    push(&["--mode", sc.mode, "--concurrency", &sc.concurrency.to_string(), "--json"]);
     match sc.requests {
         // Single big transfers: bounded by count, with generous time and timeout caps.
-        Some(n) => cmd.args(["--requests", &n.to_string(), "--duration", "300", "--timeout", "300"]),
-        None => cmd.args(["--duration", &secs.to_string(), "--timeout", "20"]),
+        Some(n) => push(&["--requests", &n.to_string(), "--duration", "300", "--timeout", "300"]),
+        None => push(&["--duration", &secs.to_string(), "--timeout", "20"]),
     };
     if sc.upload > 0 {
-        cmd.args(["--upload", &sc.upload.to_string()]);
+        push(&["--upload", &sc.upload.to_string()]);
     }
     if let Some(r) = rate {
-        cmd.args(["--rate", &format!("{r:.1}")]);
+        push(&["--rate", &format!("{r:.1}")]);
     }
-    match proxy {
+    let ran = match proxy {
+        // Transparent: dial the origin itself from inside the bottle; eBPF steers it to cork.
+        Some(p) if p.shell.is_some() => {
+            push(&["--connect-to", &origin.https.to_string(), "--cacert", &p.ca.display().to_string()]);
+            let limit = Duration::from_secs_f64(if sc.requests.is_some() { 330.0 } else { secs + 60.0 });
+            let Proxy { shell, proc, .. } = p;
+            match shell.as_mut().expect("checked").run(proc, &args, limit) {
+                Ok(r) => (r.success, r.stdout, r.stderr),
+                Err(e) => return LoadResult { failure: Some(format!("running cork-load in the bottle: {e:#}")), ..Default::default() },
+            }
+        }
         Some(p) => {
-            cmd.args(["--proxy", &format!("http://{}", p.listen)]).arg("--cacert").arg(&p.ca);
+            push(&["--proxy", &format!("http://{}", p.listen), "--cacert", &p.ca.display().to_string()]);
+            match Command::new(&args[0]).args(&args[1..]).output() {
+                Ok(o) => (o.status.success(), o.stdout, o.stderr),
+                Err(e) => return LoadResult { failure: Some(format!("running cork-load: {e}")), ..Default::default() },
+            }
         }
         None => {
-            cmd.args(["--connect-to", &origin.https.to_string()]).arg("--cacert").arg(&origin.ca);
+            push(&["--connect-to", &origin.https.to_string(), "--cacert", &origin.ca.display().to_string()]);
+            match Command::new(&args[0]).args(&args[1..]).output() {
+                Ok(o) => (o.status.success(), o.stdout, o.stderr),
+                Err(e) => return LoadResult { failure: Some(format!("running cork-load: {e}")), ..Default::default() },
+            }
         }
-    }
-    let out = match cmd.output() {
-        Ok(o) => o,
-        Err(e) => return LoadResult { failure: Some(format!("running cork-load: {e}")), ..Default::default() },
     };
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
+    let (success, stdout, stderr) = ran;
+    if !success {
+        let err = String::from_utf8_lossy(&stderr);
         let first = err.lines().next().unwrap_or("").to_string();
         return LoadResult { failure: Some(format!("cork-load failed: {first}")), ..Default::default() };
     }
-    let v: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+    let v: serde_json::Value = match serde_json::from_slice(&stdout) {
         Ok(v) => v,
         Err(e) => return LoadResult { failure: Some(format!("cork-load output is not JSON: {e}")), ..Default::default() },
     };
@@ -750,10 +825,42 @@ fn run_scan_bench(bin: &Path, quick: bool) -> String {
 // ---------------------------------------------------------------------------------------------
 // Idle connections
 
-/// Idle bumped connections held open through cork. Each costs cork two sockets (client and
-/// upstream), so the count stays well inside the default 20k file-descriptor limit.
-const IDLE_CONNECTIONS_FULL: usize = 5000;
+/// Idle bumped connections held open through each proxy: the 10k where the
+/// file-descriptor limit can be raised to hold them (each costs a proxy two sockets, the load
+/// generator and the origin one each), else 5000 inside a 20k limit.
+const IDLE_CONNECTIONS_FULL: usize = 10_000;
+const IDLE_CONNECTIONS_FALLBACK: usize = 5000;
 const IDLE_CONNECTIONS_QUICK: usize = 300;
+/// The file-descriptor limit the bench asks for (children inherit it).
+const FD_LIMIT_WANTED: u64 = 65_536;
+
+/// Raises this process's RLIMIT_NOFILE (soft and, as root, hard) towards `FD_LIMIT_WANTED`;
+/// returns the soft limit in force afterwards.
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        let want = libc::rlimit { rlim_cur: FD_LIMIT_WANTED.max(lim.rlim_cur), rlim_max: FD_LIMIT_WANTED.max(lim.rlim_max) };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+            return want.rlim_cur;
+        }
+        // Not allowed to raise the hard limit: at least take the soft one up to it.
+        let soft = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
+            return soft.rlim_cur;
+        }
+        lim.rlim_cur
+    }
+}
+
+/// How many idle connections the full run holds, given the file-descriptor limit.
+fn idle_connections_full(fd_limit: u64) -> usize {
+    // The proxy needs two per connection plus its own; 20% headroom.
+    if fd_limit as usize >= IDLE_CONNECTIONS_FULL * 2 * 12 / 10 { IDLE_CONNECTIONS_FULL } else { IDLE_CONNECTIONS_FALLBACK }
+}
 
 struct IdleResult {
     wanted: usize,
@@ -1008,46 +1115,54 @@ impl Report<'_> {
     }
 
     fn results(&self, md: &mut String) {
-        let _ = writeln!(md, "## Results\n\nThroughput as seen by the load generator:\n");
-        let _ = writeln!(md, "| scenario | unit | direct | cork | mitmproxy | squid | cork / direct |\n|---|---|---:|---:|---:|---:|---:|");
+        let names = PROXIES.join(" | ");
+        let aligned = "---:|".repeat(PROXIES.len());
+        let _ = writeln!(md, "## Results\n\nThroughput as seen by the load generator (cork transparent: the load generator runs in a bottle and eBPF steers it):\n");
+        let _ = writeln!(md, "| scenario | unit | direct | {names} | cork / direct |\n|---|---|---:|{aligned}---:|");
         for row in self.rows {
             let cells: Vec<String> = row.via.iter().map(|v| v.as_ref().map_or("not measured".into(), |(r, _)| fmt_value(r))).collect();
             let cork_direct = row.via[0]
                 .as_ref()
                 .filter(|(r, _)| r.failure.is_none() && r.requests > 0 && row.direct.failure.is_none())
                 .and_then(|(r, _)| ratio(Some(r.value), Some(row.direct.value)));
-            let _ = writeln!(md, "| {} | {} | {} | {} | {} | {} | {} |", row.scenario.name, row.scenario.unit(), fmt_value(&row.direct), cells[0], cells[1], cells[2], opt(cork_direct, 2));
+            let _ = writeln!(md, "| {} | {} | {} | {} | {} |", row.scenario.name, row.scenario.unit(), fmt_value(&row.direct), cells.join(" | "), opt(cork_direct, 2));
         }
         let _ = writeln!(md, "\nPer proxy core (the figure divided by the cores the proxy used), and cork's ratios:\n");
-        let _ = writeln!(md, "| scenario | unit | cork | mitmproxy | squid | cork / mitmproxy | cork / squid |\n|---|---|---:|---:|---:|---:|---:|");
+        let _ = writeln!(md, "| scenario | unit | {names} | cork / mitmproxy | cork / squid | transparent / explicit |\n|---|---|{aligned}---:|---:|---:|");
         for row in self.rows {
+            let per_core: Vec<String> = (0..PROXIES.len()).map(|i| opt(row.per_core(i), 1)).collect();
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |",
                 row.scenario.name,
                 row.scenario.unit(),
-                opt(row.per_core(0), 1),
-                opt(row.per_core(1), 1),
-                opt(row.per_core(2), 1),
+                per_core.join(" | "),
                 opt(ratio(row.per_core(0), row.per_core(1)), 2),
-                opt(ratio(row.per_core(0), row.per_core(2)), 2)
+                opt(ratio(row.per_core(0), row.per_core(2)), 2),
+                opt(ratio(row.per_core(3), row.per_core(0)), 2)
             );
         }
         let _ = writeln!(md, "\nProxy cost — cores used (CPU seconds / wall seconds) and RSS after the scenario (MiB):\n");
-        let _ = writeln!(md, "| scenario | cork cores | mitmproxy cores | squid cores | cork RSS | mitmproxy RSS | squid RSS |\n|---|---:|---:|---:|---:|---:|---:|");
+        let cores_head: Vec<String> = PROXIES.iter().map(|n| format!("{n} cores")).collect();
+        let rss_head: Vec<String> = PROXIES.iter().map(|n| format!("{n} RSS")).collect();
+        let _ = writeln!(md, "| scenario | {} | {} |\n|---|{aligned}{aligned}", cores_head.join(" | "), rss_head.join(" | "));
         for row in self.rows {
-            let cores = |i: usize| row.via[i].as_ref().map_or("—".into(), |(_, c)| opt(c.cores(), 2));
-            let rss = |i: usize| {
-                row.via[i].as_ref().map_or("—".into(), |(_, c)| c.rss_kib.map_or(if c.died { "died".into() } else { "?".into() }, |k| format!("{:.1}", k as f64 / 1024.0)))
-            };
-            let _ = writeln!(md, "| {} | {} | {} | {} | {} | {} | {} |", row.scenario.name, cores(0), cores(1), cores(2), rss(0), rss(1), rss(2));
+            let cores: Vec<String> = row.via.iter().map(|v| v.as_ref().map_or("—".into(), |(_, c)| opt(c.cores(), 2))).collect();
+            let rss: Vec<String> = row
+                .via
+                .iter()
+                .map(|v| {
+                    v.as_ref().map_or("—".into(), |(_, c)| c.rss_kib.map_or(if c.died { "died".into() } else { "?".into() }, |k| format!("{:.1}", k as f64 / 1024.0)))
+                })
+                .collect();
+            let _ = writeln!(md, "| {} | {} | {} |", row.scenario.name, cores.join(" | "), rss.join(" | "));
         }
         let _ = writeln!(md, "\nLatency p50 / p99 (ms) at full load:\n");
-        let _ = writeln!(md, "| scenario | direct | cork | mitmproxy | squid |\n|---|---|---|---|---|");
+        let _ = writeln!(md, "| scenario | direct | {names} |\n|---|---|{}", "---|".repeat(PROXIES.len()));
         let lat = |r: &LoadResult| if r.failure.is_none() && r.requests > 0 { format!("{:.2} / {:.2}", r.p50_ms, r.p99_ms) } else { "—".into() };
         for row in self.rows {
             let via: Vec<String> = row.via.iter().map(|v| v.as_ref().map_or("—".into(), |(r, _)| lat(r))).collect();
-            let _ = writeln!(md, "| {} | {} | {} | {} | {} |", row.scenario.name, lat(&row.direct), via[0], via[1], via[2]);
+            let _ = writeln!(md, "| {} | {} | {} |", row.scenario.name, lat(&row.direct), via.join(" | "));
         }
         if let Some(h) = self.half_load {
             let _ = writeln!(
@@ -1068,7 +1183,8 @@ impl Report<'_> {
         for (name, (r, note)) in PROXIES.iter().zip(self.idle.iter().zip(self.notes)) {
             match r {
                 None => {
-                    let _ = writeln!(md, "| {name} | not measured: {} | | | |", note.as_deref().unwrap_or("?"));
+                    let why = note.as_deref().unwrap_or("not repeated: the same cork code holds them as in explicit mode");
+                    let _ = writeln!(md, "| {name} | not measured: {why} | | | |");
                 }
                 Some(i) if i.failure.is_some() => {
                     let _ = writeln!(md, "| {name} | not measured: {} | | | |", i.failure.as_deref().unwrap_or(""));
@@ -1192,6 +1308,14 @@ cork-bench-tls --seconds 3
   with cork), `security_file_certgen` helpers with their own db, memory cache of generated certs
   16 MB, caching off, access log off, one process (`-N`, no SMP workers) running as `proxy`.
   Squid does not speak HTTP/2 to clients, so the h2 scenario is not measured for it.
+- cork transparent: `cork bottle run` with the same policy; its bottled command is a shell that
+  runs each `cork-load` in turn, so the load generator lives in the bottle's cgroup, dials
+  127.0.0.2 itself (no proxy settings; `--connect-to`, SNI `origin.test`) and trusts the
+  bottle's exported CA; eBPF `connect4` steers each connection to cork's transparent listener.
+  As root, everything after the installs and the build runs inside a private network namespace
+  (`tests/netns/isolated.sh`) so that steering can never reach beyond loopback; without root
+  this column is not measured. Its CPU and RSS are cork's own process only (the shell and the
+  load generator are its children but not the proxy). Idle connections are not repeated for it.
 - New-connection scenarios disable TLS session resumption, so each is a full handshake on both
   legs.
 - Proxy CPU: utime+stime from `/proc/PID/stat` of the proxy and its child processes (Squid's
@@ -1205,8 +1329,10 @@ cork-bench-tls --seconds 3
   timed from each request's scheduled slot, so queueing behind a slow request counts.
 - Idle connections: `cork-load --mode idle` opens them through each proxy, one request each, and
   holds them; the proxy's RSS is sampled before and while they are held. Measured right after
-  the warm-up, before the throughput scenarios, so no proxy carries a heap grown by big bodies. 5000 rather than 10k so a
-  proxy's two sockets per connection fit the container's 20k file-descriptor limit.
+  the warm-up, before the throughput scenarios, so no proxy carries a heap grown by big bodies. 10k
+  connections where the bench can raise its file-descriptor limit to 65536 (as root; every
+  process it starts inherits it; Squid gets `max_filedescriptors 65536`), else 5000, so that a
+  proxy's two sockets per connection fit a 20k limit.
 - Handshake-pair ceiling: `cork-bench-tls` runs a rustls client and server handshake (TLS 1.3,
   P-256 leaf, ring) back to back in memory on one thread — one pair is the TLS work a bumping
   proxy does per new connection, so pairs/s is the per-core ceiling for new bumped connections.

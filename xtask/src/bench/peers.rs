@@ -153,7 +153,7 @@ pub fn start_mitmproxy(mitmdump: &Path, work: &Path, origin: &Origin) -> Result<
     if !ca.exists() {
         bail!("mitmdump is listening but wrote no {}", ca.display());
     }
-    Ok(Proxy { name: "mitmproxy", proc, listen, ca })
+    Ok(Proxy { name: "mitmproxy", proc, listen, ca, shell: None })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ fn squid_conf(dir: &Path, listen: SocketAddr, origin: &Origin) -> String {
          cache_effective_user proxy\n\
          pinger_enable off\n\
          shutdown_lifetime 1 seconds\n\
-         max_filedescriptors 16384\n",
+         max_filedescriptors 65536\n",
         origin_ca = origin.ca.display(),
     )
 }
@@ -220,5 +220,5 @@ pub fn start_squid(squid: &Path, work: &Path, origin: &Origin) -> Result<Proxy> 
     // -N: foreground, no daemon; -d 1: startup messages on stderr (the ready line).
     cmd.arg("-N").args(["-d", "1"]).arg("-f").arg(&conf);
     let (proc, _line) = Proc::spawn("squid", cmd, &dir.join("squid.log"), "Accepting SSL bumped HTTP Socket connections")?;
-    Ok(Proxy { name: "squid", proc, listen, ca: ca_crt })
+    Ok(Proxy { name: "squid", proc, listen, ca: ca_crt, shell: None })
 }
