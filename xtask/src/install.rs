@@ -115,8 +115,9 @@ pub fn test_all() -> Result<()> {
     crate::ebpf::build()?;
     step("building the binaries the end-to-end tests run");
     run_checked(cargo().args(["build", "-p", "cork", "-p", "bench-harness", "--bins"]))?;
-    // The host kernel has no CONFIG_TLS: kTLS is proven in a VM that boots Debian's cloud kernel.
-    step("kTLS proof in a VM");
+    // The host kernel has no CONFIG_TLS: kTLS is proven in a VM that boots Debian's cloud kernel,
+    // which also runs the bottle steering tests on a second kernel version.
+    step("kTLS proof and bottle steering in a VM");
     crate::vm::run(false)?;
     step("running the workspace tests");
     run_checked(

@@ -33,7 +33,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Prove cork-ktls on a real kTLS kernel (Debian 6.1) booted in QEMU.
+    /// Prove kTLS and the bottles' eBPF programs on a second kernel (Debian 6.1) booted in QEMU.
     Vm {
         /// Keep the staged guest root in target/vm/guest-root.
         #[arg(long)]

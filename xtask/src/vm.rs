@@ -1,6 +1,9 @@
-//! `cargo xtask vm`: the kTLS proof. Boots a real kTLS kernel under QEMU and runs the guest
-//! tests: cork-ktls's (`userspace/cork-ktls/tests/vm_guest.rs`) and cork's proxy data path on
-//! kTLS (`userspace/cork-proxy/tests/ktls_vm_guest.rs`).
+//! `cargo xtask vm`: the kTLS proof, and a second kernel for the bottles' eBPF programs. Boots a
+//! real kTLS kernel under QEMU and runs the guest tests: cork-ktls's
+//! (`userspace/cork-ktls/tests/vm_guest.rs`), cork's proxy data path on kTLS
+//! (`userspace/cork-proxy/tests/ktls_vm_guest.rs`), and bottle steering with every eBPF program
+//! attached to a cgroup v2 (`userspace/cork-bottle/tests/steering_vm_guest.rs`), so the programs
+//! are verified and run on 6.1 as well as on the host's kernel.
 //!
 //! The host kernel may have no CONFIG_TLS, and a container cannot load modules, so the proof
 //! runs in a VM: Debian bookworm's cloud kernel (6.1, `tls.ko`), booted with TCG (no KVM
@@ -45,6 +48,8 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 # Modules load only when the test asks, so its "not loaded yet" phases are real.
 echo /bin/false > /proc/sys/kernel/modprobe
+# Bottles live in a cgroup v2; the loader mounts its own bpffs at /run/cork/bpffs.
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
 rc=0
 # cork's proxy before anything loads tls: the probe refuses and connections stay on rustls.
@@ -53,6 +58,9 @@ rc=0
 /cork-ktls-guest || rc=1
 # cork's proxy on kTLS, every module loaded.
 /cork-proxy-guest || rc=1
+# The bottles' eBPF programs on this kernel. The variable is the test's licence to run in
+# PID 1's network namespace (it still refuses one with anything but lo).
+CORK_VM_GUEST=1 /cork-bottle-guest || rc=1
 echo "[init] guest tests exited with status $rc"
 # The kernel has no /dev/port, so the test binary itself writes the verdict to isa-debug-exit.
 /cork-ktls-guest --qemu-exit "$rc"
@@ -175,7 +183,11 @@ fn kernel_package() -> Result<String> {
 }
 
 /// The guest test binaries: (package, test target, name in the guest's root).
-const GUESTS: &[(&str, &str, &str)] = &[("cork-ktls", "vm_guest", "cork-ktls-guest"), ("cork-proxy", "ktls_vm_guest", "cork-proxy-guest")];
+const GUESTS: &[(&str, &str, &str)] = &[
+    ("cork-ktls", "vm_guest", "cork-ktls-guest"),
+    ("cork-proxy", "ktls_vm_guest", "cork-proxy-guest"),
+    ("cork-bottle", "steering_vm_guest", "cork-bottle-guest"),
+];
 
 /// Runs `cargo <args>` for the guest target, statically linked, and returns the executables it
 /// reported by target name.
@@ -206,7 +218,7 @@ fn cargo_static(args: &[&str]) -> Result<Vec<(String, PathBuf)>> {
 /// Builds the guest test binaries and the `cork` binary (which the proxy guest test runs as
 /// `/cork`) statically; returns (path, name in the guest's root).
 fn build_guests() -> Result<Vec<(PathBuf, &'static str)>> {
-    step("building the kTLS guest tests and cork (static glibc)");
+    step("building the guest tests and cork (static glibc)");
     let mut args = vec!["test"];
     for (package, test, _) in GUESTS {
         args.extend(["-p", package, "--test", test]);
@@ -363,7 +375,7 @@ fn boot(kernel: &Path, initrd: &Path) -> Result<i32> {
 /// inspection.
 pub fn run(keep: bool) -> Result<()> {
     if std::env::consts::ARCH != "x86_64" {
-        step(&format!("SKIPPED: the kTLS VM boots an x86_64 Debian kernel; this host is {}", std::env::consts::ARCH));
+        step(&format!("SKIPPED: the guest VM boots an x86_64 Debian kernel; this host is {}", std::env::consts::ARCH));
         return Ok(());
     }
     let started = Instant::now();
@@ -375,6 +387,8 @@ pub fn run(keep: bool) -> Result<()> {
     ensure_unpacked(&kernel_pkg, &kernel_dir)?;
     let busybox_dir = dir.join("busybox");
     ensure_unpacked(BUSYBOX_PACKAGE, &busybox_dir)?;
+    // cork-bottle embeds the eBPF object at compile time; the bottle guest test fails without it.
+    crate::ebpf::build()?;
     let guests = build_guests()?;
 
     // Staged under this checkout's target/, not the shared download cache.
@@ -392,10 +406,10 @@ pub fn run(keep: bool) -> Result<()> {
     let code = boot(&vmlinuz, &initrd)?;
     match code {
         GUEST_PASSED => {
-            step(&format!("kTLS proof passed on {release} ({}s in all)", started.elapsed().as_secs()));
+            step(&format!("guest tests (kTLS, bottle steering) passed on {release} ({}s in all)", started.elapsed().as_secs()));
             Ok(())
         }
-        3 => bail!("the kTLS guest test failed (see [guest] FAIL lines above)"),
+        3 => bail!("a guest test failed (see [guest] FAIL lines above)"),
         other => bail!("the guest exited without a verdict (QEMU status {other}): it panicked, powered off or never ran the test"),
     }
 }

@@ -457,44 +457,11 @@ fn destroy_kills_the_bottle_and_leaves_no_cgroup_pin_program_or_map() {
             );
             assert!(!cgroup.exists(), "cgroup left: {}", cgroup.display());
             assert!(!pin_dir.exists(), "pins left: {}", pin_dir.display());
-            // The kernel frees programs and maps once the last reference goes, shortly after.
-            let mut left = (programs.clone(), maps.clone());
-            for _ in 0..500 {
-                left = still_loaded(&programs, &maps);
-                if left.0.is_empty() && left.1.is_empty() {
-                    break;
-                }
-                thread::sleep(std::time::Duration::from_millis(10));
-            }
-            assert_eq!(left, (vec![], vec![]), "programs/maps still loaded");
+            assert_eq!(
+                wait_until_freed(&programs, &maps),
+                (vec![], vec![]),
+                "programs/maps still loaded"
+            );
         },
     );
-}
-
-fn cork_bottle_processes(cgroup: &Path) -> Vec<u32> {
-    std::fs::read_to_string(cgroup.join("cgroup.procs"))
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect()
-}
-
-fn still_loaded(programs: &[u32], maps: &[u32]) -> (Vec<u32>, Vec<u32>) {
-    let live_programs: Vec<u32> = aya::programs::loaded_programs()
-        .filter_map(|p| p.ok().map(|p| p.id()))
-        .collect();
-    let live_maps: Vec<u32> = aya::maps::loaded_maps()
-        .filter_map(|m| m.ok().map(|m| m.id()))
-        .collect();
-    (
-        programs
-            .iter()
-            .copied()
-            .filter(|id| live_programs.contains(id))
-            .collect(),
-        maps.iter()
-            .copied()
-            .filter(|id| live_maps.contains(id))
-            .collect(),
-    )
 }

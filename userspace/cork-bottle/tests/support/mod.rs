@@ -25,6 +25,9 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Set by `cargo xtask vm`'s /init for the guest tests: this is the throwaway guest machine.
+pub const VM_GUEST_ENV: &str = "CORK_VM_GUEST";
+
 /// Why the current network namespace is not a private test one, if it is not.
 pub fn isolation_problem() -> Option<String> {
     let ours = fs::read_link("/proc/self/ns/net").ok();
@@ -32,6 +35,13 @@ pub fn isolation_problem() -> Option<String> {
     if ours.is_some() && ours == host {
         return Some("this is PID 1's (the host's) network namespace".into());
     }
+    network_problem()
+}
+
+/// Why this network namespace could reach anything beyond loopback, if it could: an interface
+/// other than lo (or a test veth) or a default route. The VM guest runs in PID 1's namespace,
+/// so this is the part of the isolation guard that applies there.
+pub fn network_problem() -> Option<String> {
     let dev = fs::read_to_string("/proc/net/dev").unwrap_or_default();
     for line in dev.lines().skip(2) {
         let name = line.split(':').next().unwrap_or("").trim();
@@ -231,4 +241,48 @@ pub fn spawn_in_cgroup_keeping_caps(
         });
     }
     command.spawn()
+}
+
+/// The processes in a bottle's cgroup.
+pub fn cork_bottle_processes(cgroup: &Path) -> Vec<u32> {
+    fs::read_to_string(cgroup.join("cgroup.procs"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+/// Which of `programs` and `maps` (kernel ids) are still loaded.
+pub fn still_loaded(programs: &[u32], maps: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    let live_programs: Vec<u32> = aya::programs::loaded_programs()
+        .filter_map(|p| p.ok().map(|p| p.id()))
+        .collect();
+    let live_maps: Vec<u32> = aya::maps::loaded_maps()
+        .filter_map(|m| m.ok().map(|m| m.id()))
+        .collect();
+    (
+        programs
+            .iter()
+            .copied()
+            .filter(|id| live_programs.contains(id))
+            .collect(),
+        maps.iter()
+            .copied()
+            .filter(|id| live_maps.contains(id))
+            .collect(),
+    )
+}
+
+/// Waits (bounded) until the kernel has freed `programs` and `maps`, which it does once the
+/// last reference goes, shortly after teardown; returns what is still loaded.
+pub fn wait_until_freed(programs: &[u32], maps: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    let mut left = still_loaded(programs, maps);
+    for _ in 0..500 {
+        if left.0.is_empty() && left.1.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        left = still_loaded(programs, maps);
+    }
+    left
 }
