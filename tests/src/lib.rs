@@ -305,6 +305,16 @@ pub fn policy_for(origin: &Origin, allow: &[&str], hosts_extra: &str, extra: &st
     )
 }
 
+/// Whether this host should let cork relay on io_uring: the sysctl allows every process and no
+/// seccomp filter sits on the test process (cork inherits both). Tests expect the io_uring path
+/// exactly when this holds, so a probe that wrongly gives up fails them.
+pub fn io_uring_expected() -> bool {
+    let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").map(|s| s.trim() == "0").unwrap_or(false);
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let seccomp_off = status.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Seccomp:", "0"]);
+    sysctl && seccomp_off
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))

@@ -711,6 +711,72 @@ exit 0
     });
 }
 
+/// A service that reads its client to end of stream (the client's half-close), then answers
+/// with `reply` and the length and SHA-256 of what it read, and closes.
+fn drain_then_reply_server(listener: TcpListener, reply: Vec<u8>) -> std::thread::JoinHandle<(usize, String)> {
+    std::thread::spawn(move || {
+        listener.set_nonblocking(false).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).expect("reading the client to its half-close");
+        conn.write_all(&reply).unwrap();
+        (got.len(), sha256_hex(&got))
+    })
+}
+
+#[test]
+fn raw_tcp_half_close_and_large_transfers_on_io_uring_and_with_it_off() {
+    in_isolated_netns("raw_tcp_half_close_and_large_transfers_on_io_uring_and_with_it_off", || {
+        let up_len = 5_000_000usize;
+        let down: Vec<u8> = (0..6_000_001u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let expect_uring = if io_uring_expected() { "uring" } else { "splice" };
+        for (mode, expected_relay) in [("auto", expect_uring), ("off", "splice")] {
+            let s = Setup::new();
+            let listener = TcpListener::bind("127.0.0.2:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let extra = format!("  raw_tcp: ['127.0.0.2:{port}']\n");
+            let policy = policy_for(&s.origin, &["origin.test"], &extra, &format!("limits:\n  io_uring: {mode}\n"));
+            fs::write(s.dir.path().join("policy.yaml"), policy).unwrap();
+            let server = drain_then_reply_server(listener, down.clone());
+            // The client sends its whole upload, half-closes, and only then can the reply come:
+            // the server answers after end of stream, so a relay that loses the half-close hangs
+            // (and the client's timeout fails the test).
+            let script = format!(
+                r#"
+import hashlib, socket
+s = socket.create_connection(("127.0.0.2", {port}), timeout=60)
+data = bytes((i * 7 + (i >> 9)) & 0xff for i in range({up_len}))
+s.sendall(data)
+s.shutdown(socket.SHUT_WR)
+got = bytearray()
+while True:
+    chunk = s.recv(1 << 16)
+    if not chunk:
+        break
+    got += chunk
+print("sent", len(data), hashlib.sha256(data).hexdigest())
+print("got", len(got), hashlib.sha256(got).hexdigest())
+"#
+            );
+            let name = bottle_name(&format!("rawio{mode}"));
+            let out = run(&mut s.cork(&name, &["python3", "-c", &script]));
+            assert!(out.status.success(), "io_uring {mode}: {}", text(&out));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let line = |tag: &str| stdout.lines().find(|l| l.starts_with(tag)).unwrap_or_else(|| panic!("no {tag} line: {}", text(&out))).to_string();
+            let (server_len, server_sha) = server.join().unwrap();
+            assert_eq!(line("sent "), format!("sent {server_len} {server_sha}"), "io_uring {mode}: the server received different bytes");
+            assert_eq!(server_len, up_len);
+            assert_eq!(line("got "), format!("got {} {}", down.len(), sha256_hex(&down)), "io_uring {mode}: the client received different bytes");
+
+            let tunnel = s.find("the raw TCP tunnel", |r| r["kind"] == "steer" && r["rules"].as_array().unwrap().iter().any(|x| x == "steer.raw_tcp"));
+            assert_eq!(tunnel["relay"], expected_relay, "io_uring {mode}: {tunnel}");
+            assert_eq!(tunnel["bytes_up"], up_len as u64, "{tunnel}");
+            assert_eq!(tunnel["bytes_down"], down.len() as u64, "{tunnel}");
+        }
+    });
+}
+
 #[test]
 fn bottle_ls_shows_a_running_bottle_with_its_counters() {
     in_isolated_netns("bottle_ls_shows_a_running_bottle_with_its_counters", || {

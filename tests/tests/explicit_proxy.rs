@@ -118,15 +118,61 @@ fn passthrough_hosts_are_tunnelled_without_interception() {
     assert!(rec["bytes_down"].as_u64().unwrap() > 10);
     assert_eq!(cork.metric("cork_leaf_certificates_issued_total"), 0);
 
-    // A larger body through the tunnel arrives intact, and splice(2) carried it in the kernel.
+    // Larger bodies both ways arrive intact, relayed by io_uring where this host allows it.
+    let path = if io_uring_expected() { "uring" } else { "splice" };
+    big_transfers_through_a_passthrough_tunnel(&cork, &origin);
+    assert_eq!(cork.metric(&format!("cork_connections_total{{kind=\"tunnel_{path}\"}}")), 3, "{}", cork.admin_get("/metrics"));
+    assert_eq!(cork.metric(&format!("cork_relay_path_total{{path=\"{path}\"}}")), 3, "{}", cork.admin_get("/metrics"));
+    assert_eq!(cork.metric("cork_connections_total{kind=\"tunnel_copy\"}"), 0);
+    let tunnels: Vec<_> = cork.audit().into_iter().filter(|r| r["kind"] == "tunnel").collect();
+    assert_eq!(tunnels.len(), 3);
+    assert!(tunnels.iter().all(|r| r["relay"] == path), "{tunnels:#?}");
+    let status = cork.admin_get("/status");
+    if path == "uring" {
+        assert!(status.contains("io_uring: supported (tunnels are relayed on"), "{status}");
+        assert!(cork.stdout.iter().any(|l| l.starts_with("io_uring: supported (")), "{:?}", cork.stdout);
+        assert_eq!(cork.metric("cork_io_uring_supported"), 1);
+    }
+}
+
+/// Uploads 8 MB and downloads 20 MB through a passthrough tunnel to pinned.test, checking both by
+/// content. The client trusts only the origin's CA, so this works only through a real tunnel.
+fn big_transfers_through_a_passthrough_tunnel(cork: &Cork, origin: &Origin) {
+    let upload = bench_pattern(8_000_000);
+    let file = cork.dir.path().join("upload.bin");
+    std::fs::write(&file, &upload).unwrap();
+    let url = format!("https://pinned.test:{}/upload", origin.https.port());
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "120", "--proxy", &cork.proxy_url(), "--data-binary"]).arg(format!("@{}", file.display()));
+    cmd.arg("--cacert").arg(&origin.ca).arg(&url);
+    let out = run(&mut cmd);
+    assert!(out.status.success(), "{}", text(&out));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(answer["len"], 8_000_000);
+    assert_eq!(answer["sha256"], sha256_hex(&upload), "the origin received different bytes");
+
     let big = format!("https://pinned.test:{}/bytes/20000000", origin.https.port());
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--max-time", "120", "--proxy", &cork.proxy_url(), "--cacert"]).arg(&origin.ca).arg(&big);
     let out = run(&mut cmd);
     assert!(out.status.success(), "{}", text(&out));
     assert!(out.stdout == bench_pattern(20_000_000), "the 20 MB body differs (got {} bytes)", out.stdout.len());
+}
+
+#[test]
+fn passthrough_with_io_uring_off_is_relayed_by_splice() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["origin.test"], "  passthrough: [pinned.test]\n", "limits:\n  io_uring: off\n"));
+    big_transfers_through_a_passthrough_tunnel(&cork, &origin);
     assert_eq!(cork.metric("cork_connections_total{kind=\"tunnel_splice\"}"), 2, "{}", cork.admin_get("/metrics"));
-    assert_eq!(cork.metric("cork_connections_total{kind=\"tunnel_copy\"}"), 0);
+    assert_eq!(cork.metric("cork_relay_path_total{path=\"splice\"}"), 2);
+    assert_eq!(cork.metric("cork_relay_path_total{path=\"uring\"}"), 0);
+    let tunnels: Vec<_> = cork.audit().into_iter().filter(|r| r["kind"] == "tunnel").collect();
+    assert!(tunnels.len() == 2 && tunnels.iter().all(|r| r["relay"] == "splice"), "{tunnels:#?}");
+    let status = cork.admin_get("/status");
+    if io_uring_expected() {
+        assert!(status.contains("io_uring: supported, switched off by policy (limits.io_uring: off)"), "{status}");
+    }
 }
 
 #[test]

@@ -14,7 +14,9 @@ fn startup_line_status_and_metrics_agree_and_bumping_works() {
     let origin = Origin::start(&TEST_NAMES);
     let cork = Cork::start(&policy_for(&origin, &["origin.test"], "", ""));
     let line = ktls_line(&cork);
-    assert_eq!(cork.admin_get("/status"), format!("{line}\n"));
+    // /status also carries the io_uring line, in start-up order.
+    let uring = cork.stdout.iter().find(|l| l.starts_with("io_uring: ")).unwrap_or_else(|| panic!("no io_uring: start-up line in {:#?}", cork.stdout));
+    assert_eq!(cork.admin_get("/status"), format!("{line}\n{uring}\n"));
     let supported = line.starts_with("ktls: supported");
     assert!(supported || line.starts_with("ktls: unsupported ("), "{line}");
     assert_eq!(cork.metric("cork_ktls_supported"), u64::from(supported), "{line}");

@@ -30,6 +30,17 @@ pub enum KtlsMode {
     Off,
 }
 
+/// Whether tunnels that need no scanning (passthrough, raw TCP) are relayed on io_uring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IoUringMode {
+    /// Where the kernel and the process allow it; otherwise `splice`.
+    #[default]
+    Auto,
+    /// Always `splice` (or a copy where the kernel refuses that).
+    Off,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
@@ -84,6 +95,7 @@ pub struct Limits {
     /// Largest WebSocket message (all fragments together) cork buffers and scans before relaying.
     pub websocket_message_bytes: usize,
     pub ktls: KtlsMode,
+    pub io_uring: IoUringMode,
 }
 
 impl Default for Limits {
@@ -99,6 +111,7 @@ impl Default for Limits {
             leaf_cache_entries: 4096,
             websocket_message_bytes: 16 * 1024 * 1024,
             ktls: KtlsMode::Auto,
+            io_uring: IoUringMode::Auto,
         }
     }
 }
@@ -208,6 +221,16 @@ mod tests {
         assert_eq!(with("auto").unwrap().limits.ktls, KtlsMode::Auto);
         let err = with("maybe").unwrap_err().to_string();
         assert!(err.contains("maybe") || err.contains("unknown variant"), "{err}");
+    }
+
+    #[test]
+    fn io_uring_is_auto_by_default_and_only_auto_or_off() {
+        assert_eq!(Policy::embedded_default().limits.io_uring, IoUringMode::Auto);
+        let with = |value: &str| Policy::from_yaml(&format!("hosts:\n  allow: [a.test]\nlimits:\n  io_uring: {value}\n"), "t");
+        assert_eq!(with("off").unwrap().limits.io_uring, IoUringMode::Off);
+        assert_eq!(with("auto").unwrap().limits.io_uring, IoUringMode::Auto);
+        let err = with("on").unwrap_err().to_string();
+        assert!(err.contains("unknown variant"), "{err}");
     }
 
     #[test]

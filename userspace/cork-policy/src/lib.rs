@@ -8,5 +8,5 @@
 mod config;
 mod hosts;
 
-pub use config::{ConfigError, CredentialGrant, KtlsMode, Limits, Mode, Policy, Upstream, DEFAULT_POLICY_YAML};
+pub use config::{ConfigError, CredentialGrant, IoUringMode, KtlsMode, Limits, Mode, Policy, Upstream, DEFAULT_POLICY_YAML};
 pub use hosts::{normalize_host, HostPattern, HostRules, HostVerdict};

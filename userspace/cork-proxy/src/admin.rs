@@ -1,4 +1,4 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/status` (kTLS) and
+//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/status` (kTLS, io_uring) and
 //! `/ca.pem`.
 
 use std::sync::Arc;
@@ -26,7 +26,10 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
             let (status, reason, content_type, body) = match (head.method.as_str(), path) {
                 ("GET", "/metrics") => (200, "OK", "text/plain; version=0.0.4", state.render_metrics()),
                 ("GET", "/healthz") => (200, "OK", "text/plain", "ok\n".to_string()),
-                ("GET", "/status") => (200, "OK", "text/plain", format!("{}\n", crate::ktls_leg::describe(state.snapshot().policy.limits.ktls))),
+                ("GET", "/status") => {
+                    let limits = state.snapshot().policy.limits.clone();
+                    (200, "OK", "text/plain", format!("{}\n{}\n", crate::ktls_leg::describe(limits.ktls), crate::uring::describe(limits.io_uring)))
+                }
                 ("GET", "/ca.pem") => (200, "OK", "application/x-pem-file", state.leaves.ca().cert_pem()),
                 _ => (404, "Not Found", "text/plain", "not found\n".to_string()),
             };

@@ -76,6 +76,9 @@ pub struct AuditRecord {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_ms: f64,
+    /// For tunnels: the mechanism that relayed the bytes (`uring`, `splice` or `copy`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<&'static str>,
     /// The process that opened the connection, when known (transparent mode in a bottle).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -110,6 +113,7 @@ impl AuditRecord {
             bytes_up: 0,
             bytes_down: 0,
             duration_ms: 0.0,
+            relay: None,
             pid: None,
             via: None,
             websocket: None,

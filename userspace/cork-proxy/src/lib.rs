@@ -13,6 +13,8 @@
 //!   [`ws_endpoint`] serves the same relay as `GET /ws?url=` on the explicit listener.
 //! - [`mcp`] follows MCP sessions (streamable HTTP) and A2A Agent Cards in bumped exchanges.
 //! - [`ktls_leg`] moves a bumped HTTP/1.1 connection's TLS records into the kernel where it can.
+//! - [`relay`] carries unscanned tunnels on io_uring ([`uring`], one ring per core), `splice` or a
+//!   copy.
 //! - [`h2relay`] relays HTTP/2 stream by stream when both sides negotiated `h2`.
 //! - [`audit`] and [`metrics`] record every decision.
 
@@ -30,12 +32,14 @@ pub mod inspect;
 pub mod mcp;
 pub mod ktls_leg;
 pub mod metrics;
+pub mod relay;
 pub mod respond;
 pub mod splice;
 pub mod state;
 pub mod transparent;
 pub mod tunnel;
 pub mod upstream;
+pub mod uring;
 pub mod websocket;
 pub mod wire;
 pub mod ws_endpoint;

@@ -32,6 +32,8 @@ pub struct Metrics {
     websocket_blocked: LabelledCounter,
     /// Bumped legs by where their records went, keyed `leg/result`.
     ktls_legs: LabelledCounter,
+    /// Unscanned tunnels by the mechanism that relayed them (`uring`, `splice`, `copy`).
+    relay_paths: LabelledCounter,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
     active_connections: AtomicI64,
@@ -54,6 +56,7 @@ pub struct ExternalFigures {
     pub leaf_cache_entries: usize,
     pub max_connections: usize,
     pub ktls_supported: bool,
+    pub io_uring_supported: bool,
 }
 
 impl Metrics {
@@ -86,6 +89,11 @@ impl Metrics {
     /// A bumped HTTP/1.1 leg (`client` or `upstream`) offloaded to the kernel or kept on rustls.
     pub fn ktls_leg(&self, leg: &str, kernel: bool) {
         self.ktls_legs.add(&format!("{leg}/{}", if kernel { "kernel" } else { "userspace" }), 1);
+    }
+
+    /// A tunnel relayed by `path` (`uring`, `splice` or `copy`).
+    pub fn relay_path(&self, path: &str) {
+        self.relay_paths.add(path, 1);
     }
 
     pub fn bytes(&self, up: u64, down: u64) {
@@ -127,6 +135,7 @@ impl Metrics {
         family(&mut out, "cork_errors_total", "Connections ended by an error, by kind.", "kind", self.errors.snapshot());
         family(&mut out, "cork_websocket_messages_total", "WebSocket data messages relayed, by direction.", "direction", self.websocket_messages.snapshot());
         family(&mut out, "cork_websocket_blocked_total", "WebSocket sessions closed for a blocked message, by direction.", "direction", self.websocket_blocked.snapshot());
+        family(&mut out, "cork_relay_path_total", "Unscanned tunnels (passthrough, raw TCP) by the mechanism that relayed them.", "path", self.relay_paths.snapshot());
         let _ = writeln!(out, "# HELP cork_ktls_legs_total Bumped HTTP/1.1 legs by where their TLS records were handled.\n# TYPE cork_ktls_legs_total counter");
         for (key, n) in self.ktls_legs.snapshot() {
             let (leg, result) = key.split_once('/').unwrap_or((&key, ""));
@@ -142,6 +151,7 @@ impl Metrics {
             ("cork_leaf_cache_entries", "gauge", "Leaf certificates in the cache.", ext.leaf_cache_entries as i64),
             ("cork_max_connections", "gauge", "Configured connection limit.", ext.max_connections as i64),
             ("cork_ktls_supported", "gauge", "1 if the kernel accepted the tls upper-layer protocol at start-up.", ext.ktls_supported as i64),
+            ("cork_io_uring_supported", "gauge", "1 if io_uring passed its start-up probe (limits.io_uring may still switch it off).", ext.io_uring_supported as i64),
         ];
         for (name, kind, help, value) in simple {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");

@@ -3,7 +3,8 @@
 //! Bytes move socket → pipe → socket inside the kernel and never enter userspace. Each direction
 //! has its own pipe and runs until its source reaches end of stream, which is then passed on as
 //! a write shutdown, so half-closed protocols keep working. Where the kernel refuses `splice` for
-//! these descriptors, the relay falls back to an ordinary userspace copy.
+//! these descriptors, the relay falls back to an ordinary userspace copy. Where io_uring is
+//! available, [`crate::relay`] prefers it ([`crate::uring`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -11,24 +12,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+pub use crate::relay::RelayPath;
+
 /// How much one `splice` call moves at most (the default pipe capacity).
 const PIPE_CHUNK: usize = 64 * 1024;
-
-/// Which mechanism carried a tunnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelayPath {
-    Splice,
-    Copy,
-}
-
-impl RelayPath {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RelayPath::Splice => "splice",
-            RelayPath::Copy => "copy",
-        }
-    }
-}
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];

@@ -145,6 +145,7 @@ impl ProxyState {
             leaf_cache_entries: stats.entries,
             max_connections: self.snapshot().policy.limits.max_connections,
             ktls_supported: *crate::ktls_leg::support() == cork_ktls::KtlsSupport::Supported,
+            io_uring_supported: *crate::uring::support() == crate::uring::UringSupport::Supported,
         })
     }
 }

@@ -190,7 +190,7 @@ async fn raw_tcp_entry(snap: &Snapshot, orig: SocketAddr) -> Option<String> {
 
 /// Tunnels an allowed raw TCP connection to the address the bottle dialled (which the entry
 /// vouches for), unscanned, and audits it with the bytes moved each way.
-async fn raw_tcp(state: &ProxyState, mut stream: TcpStream, orig: SocketAddr, entry: String, mut record: AuditRecord) {
+async fn raw_tcp(state: &ProxyState, stream: TcpStream, orig: SocketAddr, entry: String, mut record: AuditRecord) {
     let started = std::time::Instant::now();
     record.rules.push("steer.raw_tcp".into());
     let note = format!("raw TCP allowed by hosts.raw_tcp entry {entry}; not scanned");
@@ -199,16 +199,18 @@ async fn raw_tcp(state: &ProxyState, mut stream: TcpStream, orig: SocketAddr, en
         None => note,
     });
     let limit = Duration::from_secs(state.snapshot().policy.upstream.connect_timeout_secs.max(1));
-    let mut upstream_io = match tokio::time::timeout(limit, TcpStream::connect(orig)).await {
+    let upstream_io = match tokio::time::timeout(limit, TcpStream::connect(orig)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return refuse(state, record, "upstream.unreachable", format!("connecting to {orig} failed: {e}")),
         Err(_) => return refuse(state, record, "upstream.unreachable", format!("connecting to {orig} timed out")),
     };
-    match crate::splice::relay(&mut stream, &mut upstream_io).await {
+    match crate::relay::tunnel(state.snapshot().policy.limits.io_uring, stream, upstream_io).await {
         Ok((up, down, path)) => {
             record.bytes_up = up;
             record.bytes_down = down;
+            record.relay = Some(path.as_str());
             state.metrics.connection(&format!("raw_tcp_{}", path.as_str()));
+            state.metrics.relay_path(path.as_str());
         }
         Err(e) => record.reason = record.reason.take().map(|r| format!("{r}; ended with an error: {e}")),
     }

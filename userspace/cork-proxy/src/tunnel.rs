@@ -90,14 +90,16 @@ pub async fn passthrough(state: Arc<ProxyState>, snap: Arc<Snapshot>, client: So
     record.rules.push("host.passthrough".into());
     let copied = async {
         upstream_io.write_all(&raw).await?;
-        crate::splice::relay(&mut client_io, &mut upstream_io).await
+        crate::relay::tunnel(snap.policy.limits.io_uring, client_io, upstream_io).await
     }
     .await;
     match copied {
         Ok((up, down, path)) => {
             record.bytes_up = up + raw.len() as u64;
             record.bytes_down = down;
+            record.relay = Some(path.as_str());
             state.metrics.connection(&format!("tunnel_{}", path.as_str()));
+            state.metrics.relay_path(path.as_str());
         }
         Err(e) => record.reason = Some(format!("tunnel ended with an error: {e}")),
     }

@@ -63,6 +63,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         println!("policy: {source} ({mode:?} mode, {allowed} allowed hosts); audit log: {}", audit_path.display());
         // Probed once; every bumped connection after this relies on the answer.
         println!("{}", cork_proxy::ktls_leg::describe(state.snapshot().policy.limits.ktls));
+        // Probed once too, and the relay threads (one ring per core) start here when it passed.
+        println!("{}", cork_proxy::uring::describe(state.snapshot().policy.limits.io_uring));
         println!("CA certificate: {} (with system roots: {})", trust.ca_cert.display(), trust.bundle.display());
         println!("To send a client through cork:");
         println!("  export HTTPS_PROXY=http://{listen} HTTP_PROXY=http://{listen}");
