@@ -18,6 +18,7 @@
 
 mod bottle;
 mod chart;
+mod paths;
 mod peers;
 
 use std::collections::BTreeMap;
@@ -89,6 +90,9 @@ pub fn run(args: &[String]) -> Result<()> {
     } else {
         (Err("skipped (--no-peers)".to_string()), Err("skipped (--no-peers)".to_string()))
     };
+    if let Err(e) = peers::ensure_apt(&[paths::STRACE_PACKAGE]) {
+        println!("bench: *** strace could not be installed ({e:#}); syscalls per path will not be counted");
+    }
     let cork_status = if opts.build { build(&root)? } else { CorkBuild::Built };
     // Installs and the build need the network; what follows runs on loopback only. As root it
     // runs in a private network namespace, so that cork can steer a bottle there.
@@ -183,6 +187,12 @@ pub fn run(args: &[String]) -> Result<()> {
         _ => None,
     };
 
+    // The relay paths side by side (#5): each gets its own cork with one switch changed.
+    let data_paths = match &proxies[0] {
+        Ok(_) => paths::measure(&release.join("cork"), &loadgen, &work, &origin, secs),
+        Err(_) => Vec::new(),
+    };
+
     let notes: Vec<Option<String>> = proxies.iter().map(|s| s.as_ref().err().cloned()).collect();
     drop(proxies);
     drop(origin);
@@ -212,7 +222,7 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     };
 
-    let report = Report { rows: &rows, quick: opts.quick, secs, notes: &notes, idle: &idle, half_load: half_load.as_ref(), tls: &tls, scan_md: &scan_md, charts_md: &charts_md }.render();
+    let report = Report { rows: &rows, quick: opts.quick, secs, notes: &notes, idle: &idle, half_load: half_load.as_ref(), paths: &data_paths, tls: &tls, scan_md: &scan_md, charts_md: &charts_md }.render();
     println!("\n{report}");
     std::fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
     write_json(&target.join("bench-results.json"), &rows)?;
@@ -420,11 +430,16 @@ struct Proxy {
 /// Schema per userspace/cork-policy (`hosts`, `upstream.extra_roots`, `upstream.resolve`); this
 /// is the one place to change if it moves.
 fn cork_config_yaml(origin: &Origin) -> String {
+    cork_config_yaml_with(origin, "", "")
+}
+
+/// The bench configuration with extra lines under `hosts:` and `limits:` (each indented by two).
+fn cork_config_yaml_with(origin: &Origin, hosts_extra: &str, limits_extra: &str) -> String {
     format!(
         "mode: enforce\n\
-         hosts:\n  allow: [{name}]\n  ports: [{port}]\n\
+         hosts:\n  allow: [{name}]\n  ports: [{port}]\n{hosts_extra}\
          upstream:\n  extra_roots: [{ca:?}]\n  resolve:\n    {name}: {ip}\n\
-         limits:\n  max_connections: {max_conns}\n",
+         limits:\n  max_connections: {max_conns}\n{limits_extra}",
         name = ORIGIN_NAME,
         port = origin.https.port(),
         ca = origin.ca.display().to_string(),
@@ -435,13 +450,19 @@ fn cork_config_yaml(origin: &Origin) -> String {
 
 impl Proxy {
     fn start_cork(bin: &Path, work: &Path, origin: &Origin) -> Result<Proxy> {
+        Proxy::start_cork_with(bin, work, &cork_config_yaml(origin))
+    }
+
+    /// cork as an explicit proxy on `config` (YAML), with its state and log under `work`.
+    fn start_cork_with(bin: &Path, work: &Path, config_yaml: &str) -> Result<Proxy> {
         if !bin.exists() {
             bail!("{} does not exist", bin.display());
         }
+        std::fs::create_dir_all(work)?;
         let state = work.join("cork-state");
         std::fs::create_dir_all(&state)?;
         let config = work.join("cork.yaml");
-        std::fs::write(&config, cork_config_yaml(origin))?;
+        std::fs::write(&config, config_yaml)?;
         let listen = free_port("127.0.0.1")?;
         let admin = free_port("127.0.0.1")?;
         let mut cmd = Command::new(bin);
@@ -1016,6 +1037,7 @@ struct Report<'a> {
     notes: &'a [Option<String>],
     idle: &'a [Option<IdleResult>],
     half_load: Option<&'a HalfLoad>,
+    paths: &'a [paths::PathRow],
     tls: &'a TlsBench,
     scan_md: &'a str,
     charts_md: &'a str,
@@ -1044,6 +1066,7 @@ impl Report<'_> {
         self.targets(&mut md);
         self.results(&mut md);
         self.idle_section(&mut md);
+        self.paths_section(&mut md);
         self.in_process(&mut md);
         let _ = writeln!(md, "## Charts\n\n{}", self.charts_md);
         let _ = writeln!(md, "## Scanner alone\n\n{}", self.scan_md);
@@ -1202,6 +1225,42 @@ impl Report<'_> {
                     );
                 }
             }
+        }
+        let _ = writeln!(md);
+    }
+
+    fn paths_section(&self, md: &mut String) {
+        let _ = writeln!(md, "## Data-plane paths (1 MiB keep-alive GET, one cork per path)\n");
+        let _ = writeln!(
+            md,
+            "Syscalls are counted by `strace -c -f` on cork in a second run of the same load (its speed under strace means nothing); throughput and cores come from the first run, without strace. Copies are the design's kernel↔user payload copies per relayed byte. kTLS with io_uring is not measured here: this host's kernel has no `CONFIG_TLS`, and the VM guest runs under TCG, where figures are functional only.\n"
+        );
+        if self.paths.is_empty() {
+            let _ = writeln!(md, "Not measured: cork did not start.\n");
+            return;
+        }
+        let _ = writeln!(md, "| path | MB/s | cores | MB/s per core | syscalls per request | io_uring_enter per request | kernel↔user copies per byte |\n|---|---:|---:|---:|---:|---:|---|");
+        for p in self.paths {
+            let ok = p.result.failure.is_none() && p.result.requests > 0;
+            let mbps = if ok { format!("{:.1}", p.result.value) } else { fmt_value(&p.result) };
+            let cores = p.cost.cores();
+            let per_core = cores.filter(|c| ok && *c > 0.01).map(|c| p.result.value / c);
+            let syscalls = match (&p.failure, p.syscalls_per_request) {
+                (_, Some(v)) => format!("{v:.1}"),
+                (Some(f), None) => format!("not counted: {f}"),
+                (None, None) => "—".into(),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                p.name,
+                mbps,
+                opt(cores, 2),
+                opt(per_core, 1),
+                syscalls,
+                opt(p.uring_enters_per_request, 1),
+                p.copies
+            );
         }
         let _ = writeln!(md);
     }
