@@ -1392,6 +1392,12 @@ cork-bench-tls --seconds 3
   connections where the bench can raise its file-descriptor limit to 65536 (as root; every
   process it starts inherits it; Squid gets `max_filedescriptors 65536`), else 5000, so that a
   proxy's two sockets per connection fit a 20k limit.
+- Data-plane paths: three more corks, each with one switch changed, run the 1 MiB keep-alive
+  GET: bumped with TLS records in rustls on tokio (`limits.ktls: off`), and the origin as a
+  passthrough host (TLS end to end, never decrypted) relayed on io_uring (`limits.io_uring:
+  auto`) or on `splice` (`off`). Each runs once flat out (MB/s, cores) and once more with
+  `strace -c -f` attached to cork for the syscall count only (Debian's `strace`, installed by the
+  bench). Copies per byte are stated from the design, not measured.
 - Handshake-pair ceiling: `cork-bench-tls` runs a rustls client and server handshake (TLS 1.3,
   P-256 leaf, ring) back to back in memory on one thread — one pair is the TLS work a bumping
   proxy does per new connection, so pairs/s is the per-core ceiling for new bumped connections.
