@@ -477,22 +477,29 @@ fn scan_token_runs(hay: &[u8], blocks: &[Masks], from: usize, floor: usize, to: 
     while i > floor && CLASS[hay[i - 1] as usize] & T != 0 {
         i -= 1;
     }
-    let mut done = from;
-    // Runs are found with the class bitmasks: a trailing-zeros jump to the next token byte and
-    // a trailing-ones jump over the run, 64 bytes per step.
-    loop {
-        i = next_in(blocks, i, to, |m| m.token);
-        if i >= to {
+    // Only runs of MIN_TOKEN bytes matter, and most runs (words, numbers, JSON keys) are
+    // shorter: each step looks at the 64 bytes from `i` and jumps straight to where MIN_TOKEN
+    // token bytes in a row end, skipping the short runs before it wholesale.
+    while i < to {
+        let m = mask_at(blocks, i, |m| m.token);
+        let long = runs_ending(m, 0, MIN_TOKEN as u32);
+        if long == 0 {
+            // No long run completes in these 64 bytes; one may begin in their unfinished tail.
+            i += 64 - m.leading_ones() as usize;
+            continue;
+        }
+        // The run holding the first long stretch starts after the last non-token byte before it.
+        let k = long.trailing_zeros() as usize + 1 - MIN_TOKEN;
+        let before = !m & ((1u64 << k) - 1);
+        let start = if before == 0 { i } else { i + 64 - before.leading_zeros() as usize };
+        if start >= to {
             break;
         }
-        let start = i;
-        i = run_end(blocks, hay.len(), i, |m| m.token);
-        if i - start >= MIN_TOKEN {
-            f(Region::Token(start..i));
-        }
-        done = i;
+        let end = run_end(blocks, hay.len(), start, |m| m.token);
+        f(Region::Token(start..end));
+        i = end;
     }
-    done.max(to.min(hay.len()))
+    i.max(to.min(hay.len()))
 }
 
 /// Bits `k` of `x` where `x` has `len` (1..=64) set bits ending at `k`, counting the `carry`
