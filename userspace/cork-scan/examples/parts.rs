@@ -34,11 +34,13 @@ fn main() {
         ("corpus", cork_scan::corpus::generate(8 << 20, 256 << 10, 42).bytes),
         ("pattern", b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_".repeat(120_000)),
     ];
-    // An optional argument picks one part (for profiling).
+    // Optional arguments pick one part and one direction (for profiling).
     let only = std::env::args().nth(1);
+    let dir = std::env::args().nth(2);
     for (name, data) in inputs.into_iter().filter(|(n, _)| only.as_deref().is_none_or(|o| o == *n)) {
-        let (up, found_up) = gbps(&data, || engine.request_body(BodyMeta::default()));
-        let (down, found_down) = gbps(&data, || engine.response_body(BodyMeta::default()));
+        let skip = |d: &str| dir.as_deref().is_some_and(|x| x != d);
+        let (up, found_up) = if skip("request") { (0.0, 0) } else { gbps(&data, || engine.request_body(BodyMeta::default())) };
+        let (down, found_down) = if skip("response") { (0.0, 0) } else { gbps(&data, || engine.response_body(BodyMeta::default())) };
         println!("{name:8} request {up:6.3} GB/s ({found_up} findings)  response {down:6.3} GB/s ({found_down} findings)");
     }
 }

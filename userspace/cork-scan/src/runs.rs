@@ -272,6 +272,12 @@ impl Classes<'_> {
     pub fn alnum_at(&self, p: usize) -> u64 {
         mask_at(self.0, p, |m| m.alpha | m.digit)
     }
+
+    /// Calls `f` with each maximal run of at least `min` (1..=64) ASCII letters and digits
+    /// that starts in `r` (whose start must not be inside such a run), clipped to `r`.
+    pub fn alnum_words(&self, r: Range<usize>, min: usize, mut f: impl FnMut(Range<usize>)) {
+        long_runs(self.0, r.end, r.start, r.end, min, |m| m.alpha | m.digit, |w| f(w.start..w.end.min(r.end)));
+    }
 }
 
 impl Classes<'_> {
@@ -478,28 +484,39 @@ fn scan_token_runs(hay: &[u8], blocks: &[Masks], from: usize, floor: usize, to: 
         i -= 1;
     }
     // Only runs of MIN_TOKEN bytes matter, and most runs (words, numbers, JSON keys) are
-    // shorter: each step looks at the 64 bytes from `i` and jumps straight to where MIN_TOKEN
-    // token bytes in a row end, skipping the short runs before it wholesale.
+    // shorter; `long_runs` skips those wholesale.
+    let end = long_runs(blocks, hay.len(), i, to, MIN_TOKEN, |m| m.token, |r| f(Region::Token(r)));
+    end.max(to.min(hay.len()))
+}
+
+/// Calls `f` with each maximal run of at least `min` (1..=64) bytes of the class `pick`
+/// selects that starts in `[from, to)` (`from` being at a run start or outside any run);
+/// returns how far it looked. Each step looks at the 64 bytes from the cursor and jumps
+/// straight to where `min` class bytes in a row end, so short runs cost nothing each.
+#[inline]
+fn long_runs(blocks: &[Masks], n: usize, from: usize, to: usize, min: usize, pick: impl Fn(&Masks) -> u64, mut f: impl FnMut(Range<usize>)) -> usize {
+    let mut i = from;
     while i < to {
-        let m = mask_at(blocks, i, |m| m.token);
-        let long = runs_ending(m, 0, MIN_TOKEN as u32);
+        let m = mask_at(blocks, i, &pick);
+        let long = runs_ending(m, 0, min as u32);
         if long == 0 {
             // No long run completes in these 64 bytes; one may begin in their unfinished tail.
             i += 64 - m.leading_ones() as usize;
             continue;
         }
-        // The run holding the first long stretch starts after the last non-token byte before it.
-        let k = long.trailing_zeros() as usize + 1 - MIN_TOKEN;
+        // The run holding the first long stretch starts after the last byte before it that
+        // is not in the class.
+        let k = long.trailing_zeros() as usize + 1 - min;
         let before = !m & ((1u64 << k) - 1);
         let start = if before == 0 { i } else { i + 64 - before.leading_zeros() as usize };
         if start >= to {
             break;
         }
-        let end = run_end(blocks, hay.len(), start, |m| m.token);
-        f(Region::Token(start..end));
+        let end = run_end(blocks, n, start, &pick);
+        f(start..end);
         i = end;
     }
-    i.max(to.min(hay.len()))
+    i
 }
 
 /// Bits `k` of `x` where `x` has `len` (1..=64) set bits ending at `k`, counting the `carry`
@@ -562,6 +579,10 @@ fn scan_numeric(hay: &[u8], blocks: &[Masks], from: usize, to: usize, f: &mut im
     let n = hay.len();
     let mut i = from;
     let mut done = from;
+    // The stretch of allowed bytes `i` is in, measured once per stretch: in one long stretch
+    // (a token run with digits every few bytes) measuring it again at each digit group made
+    // the walk quadratic in the stretch's length.
+    let mut span_end = 0;
     loop {
         i = next_in(blocks, i, to, |m| m.digit);
         if i >= to {
@@ -569,11 +590,13 @@ fn scan_numeric(hay: &[u8], blocks: &[Masks], from: usize, to: usize, f: &mut im
         }
         // A region cannot leave the stretch of allowed bytes it starts in; when that stretch
         // holds too few digits for any region, skip it whole instead of walking extents.
-        let span_end = run_end(blocks, n, i, |m| m.alpha | m.digit | m.numsep);
-        if count_in(blocks, i, span_end, |m| m.digit) < MIN_DIGITS - 2 {
-            i = span_end.max(i + 1);
-            done = i;
-            continue;
+        if i >= span_end {
+            span_end = run_end(blocks, n, i, |m| m.alpha | m.digit | m.numsep);
+            if count_in(blocks, i, span_end, |m| m.digit) < MIN_DIGITS - 2 {
+                i = span_end.max(i + 1);
+                done = i;
+                continue;
+            }
         }
         let (stop, count, last) = numeric_extent(blocks, i);
         if count >= MIN_DIGITS - 2 {

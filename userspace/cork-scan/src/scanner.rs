@@ -405,34 +405,19 @@ impl Compiled {
         let seg = &hay[r.clone()];
         let is_hex = seg.iter().all(u8::is_ascii_hexdigit);
         if dir == Direction::Egress {
-            // Alphanumeric words inside the segment: Twilio keys and WIF keys are whole words.
-            // Word edges come from the walk's class bitmasks (trailing zeros/ones), not bytes.
-            let mut i = 0;
-            while i < seg.len() {
-                let m = classes.alnum_at(r.start + i);
-                if m & 1 == 0 {
-                    i += m.trailing_zeros() as usize;
-                    continue;
-                }
-                let mut len = 0;
-                loop {
-                    let ones = classes.alnum_at(r.start + i + len).trailing_ones() as usize;
-                    len += ones;
-                    if ones < 64 || i + len >= seg.len() {
-                        break;
-                    }
-                }
-                let len = len.min(seg.len() - i);
-                let w = &seg[i..i + len];
-                let at = r.start + i;
+            // Alphanumeric words inside the segment: Twilio keys (34 bytes) and WIF keys (51 or
+            // 52) are whole words. Word edges come from the walk's class bitmasks, which skip
+            // the many shorter words (base64 has a `+` or `/` every 32 bytes) wholesale.
+            classes.alnum_words(r.clone(), 34, |w| {
+                let (at, len) = (w.start, w.len());
+                let w = &hay[w];
                 if len == 34 && w.starts_with(b"SK") && w[2..].iter().all(u8::is_ascii_hexdigit) && self.on(self.idx.twilio) && validate::shannon_entropy(&w[2..]) > 3.0 {
                     out.push(Hit { rule: self.idx.twilio, span: at..at + len, layers: Vec::new() });
                 }
                 if (len == 51 || len == 52) && matches!(w[0], b'5' | b'K' | b'L' | b'9' | b'c') && self.on(self.idx.wif) && validate::bitcoin_wif_valid(w) {
                     out.push(Hit { rule: self.idx.wif, span: at..at + len, layers: Vec::new() });
                 }
-                i += len;
-            }
+            });
             if self.on(self.idx.generic) {
                 self.generic(hay, r.clone(), is_hex, no_eq, out);
             }
