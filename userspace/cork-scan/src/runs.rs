@@ -591,6 +591,41 @@ fn scan_numeric(hay: &[u8], blocks: &[Masks], from: usize, to: usize, f: &mut im
         // A region cannot leave the stretch of allowed bytes it starts in; when that stretch
         // holds too few digits for any region, skip it whole instead of walking extents.
         if i >= span_end {
+            // The stretches that end within the 64 bytes from `i` are sized from the bitmasks
+            // alone; those with too few digits (base64 has a `+` or `/` every 32 bytes, JSON a
+            // quote every few) are skipped together, and the walk resumes at the first
+            // stretch that has enough, or at the one the next 64 bytes must finish.
+            let allowed = mask_at(blocks, i, |m| m.alpha | m.digit | m.numsep);
+            let tail = allowed.leading_ones();
+            if tail < 64 {
+                let digit = mask_at(blocks, i, |m| m.digit);
+                let mut spans = allowed & (u64::MAX >> tail);
+                let mut dense = None;
+                // Prose and markup rarely have that many digits in 64 bytes at all.
+                if ((digit & spans).count_ones() as usize) < MIN_DIGITS - 2 {
+                    spans = 0;
+                }
+                while spans != 0 {
+                    let at = spans.trailing_zeros();
+                    let span = (((1u128 << (spans >> at).trailing_ones()) - 1) as u64) << at;
+                    if (digit & span).count_ones() as usize >= MIN_DIGITS - 2 {
+                        dense = Some(i + (digit & span).trailing_zeros() as usize);
+                        break;
+                    }
+                    spans &= !span;
+                }
+                match dense {
+                    // Too few digits in each: skip them all.
+                    None => {
+                        i += 64 - tail as usize;
+                        done = i;
+                        continue;
+                    }
+                    // A stretch past `to` is the next call's.
+                    Some(first_digit) if first_digit >= to => break,
+                    Some(first_digit) => i = first_digit,
+                }
+            }
             span_end = run_end(blocks, n, i, |m| m.alpha | m.digit | m.numsep);
             if count_in(blocks, i, span_end, |m| m.digit) < MIN_DIGITS - 2 {
                 i = span_end.max(i + 1);
@@ -613,20 +648,7 @@ fn scan_words(hay: &[u8], blocks: &[Masks], from: usize, floor: usize, to: usize
     while i > floor && CLASS[hay[i - 1] as usize] & W != 0 {
         i -= 1;
     }
-    let mut done = from;
-    loop {
-        i = next_in(blocks, i, to, |m| m.word);
-        if i >= to {
-            break;
-        }
-        let start = i;
-        i = run_end(blocks, hay.len(), i, |m| m.word);
-        if i - start >= MIN_WORDS_REGION {
-            f(Region::Words(start..i));
-        }
-        done = i;
-    }
-    done.max(to)
+    long_runs(blocks, hay.len(), i, to, MIN_WORDS_REGION, |m| m.word, |r| f(Region::Words(r))).max(to)
 }
 
 /// The word around the non-ASCII byte at `i`, bounded, joined with neighbouring words that also
