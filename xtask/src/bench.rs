@@ -222,7 +222,7 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     };
 
-    let report = Report { rows: &rows, quick: opts.quick, secs, notes: &notes, idle: &idle, half_load: half_load.as_ref(), paths: &data_paths, tls: &tls, scan_md: &scan_md, charts_md: &charts_md }.render();
+    let report = Report { rows: &rows, quick: opts.quick, secs, notes: &notes, idle: &idle, half_load: half_load.as_ref(), paths: &data_paths, tls: &tls, idle_note: if opts.quick { None } else { idle_shortfall(fd_limit, idle_conns) }, scan_md: &scan_md, charts_md: &charts_md }.render();
     println!("\n{report}");
     std::fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
     write_json(&target.join("bench-results.json"), &rows)?;
@@ -847,10 +847,9 @@ fn run_scan_bench(bin: &Path, quick: bool) -> String {
 // Idle connections
 
 /// Idle bumped connections held open through each proxy: the issue's 10k where the
-/// file-descriptor limit can be raised to hold them (each costs a proxy two sockets, the load
-/// generator and the origin one each), else 5000 inside a 20k limit.
+/// file-descriptor limit holds them (each costs a proxy two sockets, the load generator and
+/// the origin one each), else as many as fit it.
 const IDLE_CONNECTIONS_FULL: usize = 10_000;
-const IDLE_CONNECTIONS_FALLBACK: usize = 5000;
 const IDLE_CONNECTIONS_QUICK: usize = 300;
 /// The file-descriptor limit the bench asks for (children inherit it).
 const FD_LIMIT_WANTED: u64 = 65_536;
@@ -877,10 +876,22 @@ fn raise_fd_limit() -> u64 {
     }
 }
 
-/// How many idle connections the full run holds, given the file-descriptor limit.
+/// How many idle connections the full run holds, given the file-descriptor limit: the
+/// proxy needs two per connection plus its own (10% headroom), in steps of 500.
 fn idle_connections_full(fd_limit: u64) -> usize {
-    // The proxy needs two per connection plus its own; 20% headroom.
-    if fd_limit as usize >= IDLE_CONNECTIONS_FULL * 2 * 12 / 10 { IDLE_CONNECTIONS_FULL } else { IDLE_CONNECTIONS_FALLBACK }
+    let fit = (fd_limit as usize * 10 / 11 / 2) / 500 * 500;
+    fit.clamp(500, IDLE_CONNECTIONS_FULL)
+}
+
+/// Why the full run holds fewer than the issue's 10k idle connections, if it does.
+fn idle_shortfall(fd_limit: u64, held: usize) -> Option<String> {
+    (held < IDLE_CONNECTIONS_FULL).then(|| {
+        format!(
+            "Fewer than {IDLE_CONNECTIONS_FULL} idle connections: each process here may open at most {fd_limit} files and the \
+             hard limit could not be raised (raising it needs CAP_SYS_RESOURCE); a proxy holds two sockets per \
+             connection, so {held} is the most that fits with headroom."
+        )
+    })
 }
 
 struct IdleResult {
@@ -1039,6 +1050,8 @@ struct Report<'a> {
     half_load: Option<&'a HalfLoad>,
     paths: &'a [paths::PathRow],
     tls: &'a TlsBench,
+    /// Why fewer idle connections than wanted were held, if so.
+    idle_note: Option<String>,
     scan_md: &'a str,
     charts_md: &'a str,
 }
@@ -1226,6 +1239,9 @@ impl Report<'_> {
                 }
             }
         }
+        if let Some(why) = &self.idle_note {
+            let _ = writeln!(md, "\n{why}");
+        }
         let _ = writeln!(md);
     }
 
@@ -1389,9 +1405,10 @@ cork-bench-tls --seconds 3
 - Idle connections: `cork-load --mode idle` opens them through each proxy, one request each, and
   holds them; the proxy's RSS is sampled before and while they are held. Measured right after
   the warm-up, before the throughput scenarios, so no proxy carries a heap grown by big bodies. 10k
-  connections where the bench can raise its file-descriptor limit to 65536 (as root; every
-  process it starts inherits it; Squid gets `max_filedescriptors 65536`), else 5000, so that a
-  proxy's two sockets per connection fit a 20k limit.
+  connections where the bench can raise its file-descriptor limit to 65536 (as root with
+  CAP_SYS_RESOURCE; every process it starts inherits it; Squid gets `max_filedescriptors
+  65536`), else as many (in steps of 500) as a proxy's two sockets per connection leave room
+  for in the limit there is, and the report says so under the table.
 - Data-plane paths: three more corks, each with one switch changed, run the 1 MiB keep-alive
   GET: bumped with TLS records in rustls on tokio (`limits.ktls: off`), and the origin as a
   passthrough host (TLS end to end, never decrypted) relayed on io_uring (`limits.io_uring:
