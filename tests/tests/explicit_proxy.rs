@@ -432,3 +432,69 @@ fn expect_100_continue_is_answered_and_the_body_delivered() {
     assert_eq!(reply["len"], 5000);
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP/1.1 100 Continue"), "{}", text(&out));
 }
+
+/// Plain-HTTP forward proxying moves long bodies on io_uring once their head is out: the bytes
+/// arrive intact both ways, keep-alive carries on behind them, and a secret deep inside a body
+/// still stops it. With `limits.io_uring: off` the same exchanges take the tokio path.
+fn long_plain_http_bodies(io_uring: &str) -> Cork {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["origin.test"], "", &format!("limits:\n  io_uring: {io_uring}\n")));
+    let port = origin.http.port();
+    // 6 MB down, then a small body on the same connection.
+    let out = curl(&cork, &["-w", "\\n%{num_connects}\\n", &format!("http://origin.test:{port}/bytes/6000000"), &format!("http://origin.test:{port}/bytes/1000")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut want = bench_pattern(6_000_000);
+    want.extend_from_slice(b"\n1\n");
+    want.extend_from_slice(&bench_pattern(1000));
+    want.extend_from_slice(b"\n0\n");
+    assert!(out.stdout == want, "the bodies differ (got {} bytes)", out.stdout.len());
+
+    // 5 MB up, with a Content-Length.
+    let upload = bench_pattern(5_000_000);
+    let file = cork.dir.path().join("plain-upload.bin");
+    std::fs::write(&file, &upload).unwrap();
+    let out = curl(&cork, &["-H", "Content-Type: application/octet-stream", "--data-binary", &format!("@{}", file.display()), &format!("http://origin.test:{port}/upload")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(answer["len"], 5_000_000);
+    assert_eq!(answer["sha256"], sha256_hex(&upload), "the origin received different bytes");
+
+    // A token 4 MB into an upload: past the buffered first megabyte, so the head is already
+    // upstream; the request is cut before the token leaves and the client gets the 403.
+    let mut leaky = bench_pattern(5_000_000);
+    let planted = format!("\ntoken={GITHUB_TOKEN}\n");
+    leaky[4_000_000..4_000_000 + planted.len()].copy_from_slice(planted.as_bytes());
+    let file = cork.dir.path().join("leaky-upload.bin");
+    std::fs::write(&file, &leaky).unwrap();
+    let out = curl(&cork, &["-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/octet-stream", "--data-binary", &format!("@{}", file.display()), &format!("http://origin.test:{port}/upload")]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "{}", text(&out));
+    let rec = cork.wait_audit("the cut upload", |r| r["kind"] == "request" && r["status"] == 403 && r["path"] == "/upload");
+    assert_eq!(rec["findings"][0]["rule"], "github.pat_classic", "{rec}");
+    assert!(rec["reason"].as_str().unwrap().contains("cut before the secret was sent"), "{rec}");
+    cork
+}
+
+const GITHUB_TOKEN: &str = "ghp_Zx8Kq2Lm9Vb4Nc7Rt1Yp5Wd3Gf6Hj0Sa2QeX";
+
+#[test]
+fn long_plain_http_bodies_move_on_io_uring() {
+    let cork = long_plain_http_bodies("auto");
+    let on_ring = cork.metric("cork_body_bytes_on_io_uring_total");
+    let requests: Vec<_> = cork.audit().into_iter().filter(|r| r["kind"] == "request").collect();
+    if io_uring_expected() {
+        // Each long body has more than 3.5 MB left once its first megabyte is buffered.
+        assert!(on_ring > 3 * 3_500_000, "{}", cork.admin_get("/metrics"));
+        let ringed: Vec<_> = requests.iter().filter(|r| r["relay"] == "uring").map(|r| r["path"].as_str().unwrap().to_string()).collect();
+        assert_eq!(ringed, ["/bytes/6000000", "/upload", "/upload"], "{requests:#?}");
+    } else {
+        eprintln!("io_uring is not expected on this host: only the tokio path was exercised");
+        assert_eq!(on_ring, 0);
+    }
+}
+
+#[test]
+fn long_plain_http_bodies_with_io_uring_off_take_the_tokio_path() {
+    let cork = long_plain_http_bodies("off");
+    assert_eq!(cork.metric("cork_body_bytes_on_io_uring_total"), 0);
+    assert!(cork.audit().iter().all(|r| r.get("relay").is_none()), "no request names a relay");
+}

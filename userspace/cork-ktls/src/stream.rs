@@ -65,6 +65,14 @@ impl KtlsStream {
         self.sock.shutdown(Shutdown::Write)
     }
 
+    /// Whether the socket may be read and written directly (by io_uring, say): no plaintext is
+    /// buffered here, the peer has not closed and nothing failed. A direct reader must stop at a
+    /// non-data record (the kernel fails a read without a control buffer with `EIO`) and come
+    /// back here, where control records are handled.
+    pub fn holds_nothing(&self) -> bool {
+        self.start == self.end && !self.peer_closed && self.failed.is_none()
+    }
+
     fn check(&self) -> io::Result<()> {
         match &self.failed {
             Some(e) => Err(io::Error::other(e.clone())),

@@ -76,7 +76,8 @@ pub struct AuditRecord {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_ms: f64,
-    /// For tunnels: the mechanism that relayed the bytes (`uring`, `splice` or `copy`).
+    /// For tunnels: the mechanism that relayed the bytes (`uring`, `splice` or `copy`). For
+    /// requests: `uring` when a body moved on io_uring.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay: Option<&'static str>,
     /// The process that opened the connection, when known (transparent mode in a bottle).

@@ -8,7 +8,17 @@
 //! - Beyond that, the last [`cork_scan::BodyScan::hold_back`] bytes are always held back, so a
 //!   match that completes in a later piece can still be redacted in place or stop the message
 //!   before its bytes leave. A block at that stage cuts the exchange.
+//!
+//! A long body of known length between two plaintext sockets (plain TCP, or kTLS legs) moves on
+//! io_uring once its head is out ([`crate::uring::Pool::body`]): the same scanner judges each read
+//! in the ring's buffer, with the same hold-back, and the write leaves from that buffer. Anything
+//! the ring cannot carry on with (a kTLS control record, end of stream) comes back here with the
+//! bytes it still held, and the body goes on on this path.
 
+use std::any::Any;
+use std::ops::Range;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cork_http::chunked::{chunk_header, ChunkedDecoder, CHUNK_TRAILER, LAST_CHUNK};
@@ -16,10 +26,14 @@ use cork_http::BodyFraming;
 use cork_scan::{BodyScan, Finding};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::uring::{BodyEnd, BodyFilter, BodyMoved, Judgement, Pool, BODY_MAX_HELD};
 use crate::wire::Wire;
 
 /// Pieces smaller than this are not released on their own, to avoid tiny writes and chunks.
 const MIN_RELEASE: usize = 16 * 1024;
+/// Bodies with at least this much left after the head is out move on io_uring (when they can):
+/// below it, setting up a transfer costs more than it saves.
+const RING_MIN_BODY: u64 = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -51,6 +65,17 @@ impl BodyReader {
 
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// Payload bytes still to come, where the framing says how many.
+    fn length_left(&self) -> Option<u64> {
+        (matches!(self.framing, BodyFraming::Length(_)) && !self.done).then_some(self.remaining)
+    }
+
+    /// Counts `n` payload bytes that were read past this reader (by the ring).
+    fn advance(&mut self, n: u64) {
+        self.remaining -= n.min(self.remaining);
+        self.done = self.remaining == 0;
     }
 
     /// Appends the next payload bytes to `out`, reading from the socket if nothing is buffered.
@@ -155,6 +180,10 @@ pub trait BodyCheck: Send {
     fn reason(&self) -> Option<String> {
         None
     }
+    /// True when the check never looks at the payload, so the body may bypass it.
+    fn is_noop(&self) -> bool {
+        false
+    }
 }
 
 /// No check beyond the scanner.
@@ -168,17 +197,37 @@ impl BodyCheck for NoCheck {
     fn hold_back(&self) -> usize {
         0
     }
+
+    fn is_noop(&self) -> bool {
+        true
+    }
 }
 
-pub struct ScannedRelay<'a> {
-    pub scan: &'a mut BodyScan,
-    pub decide: &'a (dyn Fn(&Finding) -> Effect + Sync),
+/// Decides what a finding does (the rule's action under the policy's mode).
+pub type Decide = Arc<dyn Fn(&Finding) -> Effect + Send + Sync>;
+
+pub struct ScannedRelay {
+    /// Away only while the ring has it.
+    scan: Option<BodyScan>,
+    decide: Decide,
     /// Bodies up to this many bytes are scanned whole before the head is sent.
-    pub buffer_limit: usize,
-    pub idle: Duration,
+    buffer_limit: usize,
+    idle: Duration,
+    /// The io_uring relay, where the policy and the kernel allow it.
+    ring: Option<&'static Pool>,
+    /// Body bytes that moved on io_uring.
+    pub ring_bytes: u64,
 }
 
-impl ScannedRelay<'_> {
+impl ScannedRelay {
+    pub fn new(scan: BodyScan, decide: Decide, buffer_limit: usize, idle: Duration, ring: Option<&'static Pool>) -> Self {
+        Self { scan: Some(scan), decide, buffer_limit, idle, ring, ring_bytes: 0 }
+    }
+
+    fn scan(&mut self) -> &mut BodyScan {
+        self.scan.as_mut().expect("the scanner is only away during a ring transfer")
+    }
+
     /// Relays a body from `src` to `dst`. `head` is written to `dst` before the first body byte
     /// (and only once nothing can block the body any more, for bodies within the buffer limit).
     pub async fn run<R, W>(
@@ -211,19 +260,19 @@ impl ScannedRelay<'_> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let hold = self.scan.hold_back();
         let mut held: Vec<u8> = Vec::new();
         let mut scanned = 0usize; // bytes of `held` already pushed to the scanner
         let mut released: u64 = 0; // stream offset of held[0]
         let mut committed = false;
         let mut seen: Vec<(Finding, Effect)> = Vec::new();
+        let mut ring_allowed = self.ring.is_some() && out == OutFraming::Raw && check.is_noop();
         loop {
             let more = reader.read_into(src, &mut held, self.idle).await?;
-            let mut fresh = self.scan.push(&held[scanned..]);
+            let mut fresh = self.scan().push(&held[scanned..]);
             let checked = check.push(&held[scanned..], !more);
             scanned = held.len();
             if !more {
-                fresh.extend(self.scan.finish());
+                fresh.extend(self.scan().finish());
             }
             for finding in fresh {
                 let mut effect = (self.decide)(&finding);
@@ -256,7 +305,8 @@ impl ScannedRelay<'_> {
                 dst.send(head).await.map_err(RelayError::Write)?;
                 committed = true;
             }
-            let hold = hold.max(check.hold_back());
+            // The scanner's hold-back grows with what it has seen; ask after every push.
+            let hold = self.scan().hold_back().max(check.hold_back());
             if committed && held.len() >= hold + MIN_RELEASE {
                 let n = held.len() - hold;
                 write_piece(dst, out, &held[..n]).await?;
@@ -264,6 +314,77 @@ impl ScannedRelay<'_> {
                 scanned -= n;
                 released += n as u64;
             }
+            let left = reader.length_left().unwrap_or(0);
+            if ring_allowed && committed && left >= RING_MIN_BODY && src.buffered().is_empty() && held.len() <= BODY_MAX_HELD {
+                if let (Some(from), Some(to), Some(pool)) = (src.plain_fd(), dst.plain_fd(), self.ring) {
+                    // SAFETY: both descriptors belong to the wires, which outlive this call.
+                    let (from, to) = unsafe { (BorrowedFd::borrow_raw(from), BorrowedFd::borrow_raw(to)) };
+                    let filter = Box::new(RingFilter { scan: self.scan.take().expect("the scanner is here"), decide: self.decide.clone(), found: Vec::new() });
+                    let moved = pool.body(from, to, &held, released, left, filter).await.map_err(|e| RelayError::Write(std::io::Error::other(e)))?;
+                    let BodyMoved { read, written, end, filter } = moved;
+                    let filter = filter.into_any().downcast::<RingFilter>().expect("the ring gives back the filter it was given");
+                    self.scan = Some(filter.scan);
+                    seen.extend(filter.found);
+                    reader.advance(read);
+                    src.bytes_in += read;
+                    dst.bytes_out += written;
+                    self.ring_bytes += read;
+                    released += written;
+                    match end {
+                        BodyEnd::Complete => {
+                            dst.flush().await.map_err(RelayError::Write)?;
+                            return Ok(RelayEnd::Complete { findings: seen, bytes: released });
+                        }
+                        BodyEnd::Refused(_) => return Ok(RelayEnd::Blocked { findings: seen, committed }),
+                        BodyEnd::Handback { held: rest, reason } => {
+                            // This path reads on and meets whatever stopped the ring itself.
+                            tracing::debug!(%reason, "the io_uring body transfer handed back");
+                            held = rest;
+                            scanned = held.len();
+                            ring_allowed = false;
+                        }
+                    }
+                }
+            }
         }
+    }
+}
+
+/// The scanner's judgement on the ring: what [`ScannedRelay::run_checked`] does after each read,
+/// for the bytes in the ring's buffer.
+struct RingFilter {
+    scan: BodyScan,
+    decide: Decide,
+    found: Vec<(Finding, Effect)>,
+}
+
+impl BodyFilter for RingFilter {
+    fn judge(&mut self, fresh: &[u8], window: Range<u64>, last: bool) -> Judgement {
+        let mut findings = self.scan.push(fresh);
+        if last {
+            findings.extend(self.scan.finish());
+        }
+        let mut judgement = Judgement::default();
+        for finding in findings {
+            let mut effect = (self.decide)(&finding);
+            if effect == Effect::Redact {
+                match finding.span.clone().filter(|s| s.start >= window.start && s.end <= window.end) {
+                    Some(span) => judgement.redact.push(span),
+                    // Already written, or inside an encoding: refuse rather than let it through.
+                    None => effect = Effect::Block,
+                }
+            }
+            if effect == Effect::Block && judgement.refuse.is_none() {
+                judgement.refuse = Some(format!("{} found in {}", finding.rule, finding.location));
+            }
+            self.found.push((finding, effect));
+        }
+        let unwritten = window.end - window.start;
+        judgement.release_to = window.end - (self.scan.hold_back() as u64).min(unwritten);
+        judgement
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
     }
 }

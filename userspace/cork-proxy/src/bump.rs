@@ -146,14 +146,14 @@ where
         Ok(leg) => leg,
         Err(e) => return connection_record(&state, &snap, client, &dest, "connection", "tls.ktls_offload", &e.to_string()),
     };
-    let mut client_wire = Wire::new(client_leg);
+    let mut client_wire = Wire::new(client_leg).with_plain_fd(ktls_leg::Leg::plain_fd);
     let exchange = Exchange { state: &state, snap: &snap, client, dest: &dest };
     let head_limits = head_limits(&snap);
     let idle = Duration::from_secs(limits.idle_timeout_secs);
     let head_timeout = Duration::from_secs(limits.head_timeout_secs);
 
     let mut upstream_wire = match upstream_result {
-        Ok(stream) => Wire::new(stream),
+        Ok(stream) => Wire::new(stream).with_plain_fd(ktls_leg::Leg::plain_fd),
         Err(err) => {
             // Read the request so the refusal is audited with it, then answer 502.
             if let Ok(Some(head)) = read_head(&mut client_wire, &head_limits, head_timeout, head_timeout, RequestHead::parse).await {

@@ -7,6 +7,7 @@
 //! scanned on the way out, and the response is scanned on the way back.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cork_http::framing::{request_framing, response_framing};
@@ -254,17 +255,18 @@ impl Exchange<'_> {
         let upstream_head = head.to_bytes();
 
         // The request body, scanned on its way upstream.
-        let mut scan = self.snap.engine.request_body(BodyMeta { content_type: content_type.as_deref(), content_encoding: content_encoding.as_deref() });
-        let decide = |f: &cork_scan::Finding| effect(mode, f);
+        let scan = self.snap.engine.request_body(BodyMeta { content_type: content_type.as_deref(), content_encoding: content_encoding.as_deref() });
         let idle = Duration::from_secs(limits.idle_timeout_secs);
-        let mut relay = ScannedRelay { scan: &mut scan, decide: &decide, buffer_limit: limits.body_buffer_bytes, idle };
+        let mut relay = ScannedRelay::new(scan, Arc::new(move |f| effect(mode, f)), limits.body_buffer_bytes, idle, self.ring());
         let out = if framing == BodyFraming::Chunked { OutFraming::Chunked } else { OutFraming::Raw };
         let mut reader = BodyReader::new(framing);
         let mut check: Box<dyn BodyCheck> = match &mcp {
             Some(m) => Box::new(m.request_check(limits.body_buffer_bytes)),
             None => Box::new(NoCheck),
         };
-        match relay.run_checked(client, &mut reader, upstream, out, &upstream_head, &mut *check).await {
+        let relayed = relay.run_checked(client, &mut reader, upstream, out, &upstream_head, &mut *check).await;
+        self.note_ring(&relay, &mut record);
+        match relayed {
             Ok(RelayEnd::Complete { findings, .. }) => record_findings(&mut record, mode, &findings),
             Ok(RelayEnd::Blocked { findings, committed }) => {
                 record_findings(&mut record, mode, &findings);
@@ -318,6 +320,18 @@ impl Exchange<'_> {
         self.finish(record, started, upstream.bytes_out - up_out0, client.bytes_out - client_out0);
         let _ = client_in0;
         after
+    }
+
+    /// The io_uring pool bodies may move on, where the policy and the kernel allow it.
+    fn ring(&self) -> Option<&'static crate::uring::Pool> {
+        crate::uring::wanted(self.snap.policy.limits.io_uring).then(crate::uring::pool).and_then(Result::ok)
+    }
+
+    fn note_ring(&self, relay: &ScannedRelay, record: &mut AuditRecord) {
+        if relay.ring_bytes > 0 {
+            self.state.metrics.body_on_ring(relay.ring_bytes);
+            record.relay = Some("uring");
+        }
     }
 
     /// Scans the URL and every header of a request, redacting in place where rules say so, and
@@ -443,17 +457,18 @@ impl Exchange<'_> {
             response.headers.push(Header::new("Connection", "close"));
         }
         let head_bytes = response.to_bytes();
-        let mut scan = self.snap.engine.response_body(BodyMeta { content_type: content_type.as_deref(), content_encoding: content_encoding.as_deref() });
-        let decide = |f: &cork_scan::Finding| effect(mode, f);
+        let scan = self.snap.engine.response_body(BodyMeta { content_type: content_type.as_deref(), content_encoding: content_encoding.as_deref() });
         let idle = Duration::from_secs(limits.idle_timeout_secs);
-        let mut relay = ScannedRelay { scan: &mut scan, decide: &decide, buffer_limit: limits.body_buffer_bytes, idle };
+        let mut relay = ScannedRelay::new(scan, Arc::new(move |f| effect(mode, f)), limits.body_buffer_bytes, idle, self.ring());
         let out = if framing == BodyFraming::Chunked { OutFraming::Chunked } else { OutFraming::Raw };
         let mut reader = BodyReader::new(framing);
         let mut check: Box<dyn BodyCheck> = match mcp {
             Some(m) => Box::new(m.response_check(content_type.as_deref(), content_encoding.as_deref(), limits.body_buffer_bytes)),
             None => Box::new(NoCheck),
         };
-        match relay.run_checked(upstream, &mut reader, client, out, &head_bytes, &mut *check).await {
+        let relayed = relay.run_checked(upstream, &mut reader, client, out, &head_bytes, &mut *check).await;
+        self.note_ring(&relay, record);
+        match relayed {
             Ok(RelayEnd::Complete { findings, .. }) => {
                 record_findings(record, mode, &findings);
                 if keep_alive { After::KeepAlive } else { After::Close }

@@ -26,7 +26,7 @@ async fn handle(state: Arc<ProxyState>, stream: TcpStream, client: SocketAddr) {
     let limits = head_limits(&snap);
     let first = Duration::from_secs(snap.policy.limits.handshake_timeout_secs);
     let complete = Duration::from_secs(snap.policy.limits.head_timeout_secs);
-    let mut wire = Wire::new(stream);
+    let mut wire = Wire::new(stream).with_plain_fd(crate::wire::tcp_fd);
     let head = match read_head(&mut wire, &limits, first, complete, RequestHead::parse).await {
         Ok(Some(head)) => head,
         Ok(None) => return,
@@ -155,7 +155,7 @@ async fn forward(state: Arc<ProxyState>, snap: Arc<Snapshot>, client: SocketAddr
         let reuse = matches!(&upstream_conn, Some((h, p, _)) if *h == dest.host && *p == dest.port);
         if !reuse {
             match upstream::connect_tcp(&snap.policy, &dest.host, dest.port).await {
-                Ok(stream) => upstream_conn = Some((dest.host.clone(), dest.port, Wire::new(stream))),
+                Ok(stream) => upstream_conn = Some((dest.host.clone(), dest.port, Wire::new(stream).with_plain_fd(crate::wire::tcp_fd))),
                 Err(e) => {
                     exchange.refuse(&mut wire, &head, 502, e.rule(), &e.to_string()).await;
                     return;

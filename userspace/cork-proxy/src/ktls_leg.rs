@@ -475,6 +475,16 @@ impl AsyncWrite for KernelIo {
     }
 }
 
+impl<T> Leg<T> {
+    /// For [`crate::wire::Wire::with_plain_fd`]: a kernel leg's socket carries plaintext.
+    pub fn plain_fd(&self) -> Option<RawFd> {
+        match self {
+            Leg::Kernel(k) if k.failure.is_none() && !k.closed && k.fd.get_ref().holds_nothing() => Some(k.fd.as_raw_fd()),
+            _ => None,
+        }
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for Leg<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {

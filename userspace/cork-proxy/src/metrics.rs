@@ -34,6 +34,8 @@ pub struct Metrics {
     ktls_legs: LabelledCounter,
     /// Unscanned tunnels by the mechanism that relayed them (`uring`, `splice`, `copy`).
     relay_paths: LabelledCounter,
+    /// Scanned body bytes that moved on io_uring.
+    body_ring_bytes: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
     active_connections: AtomicI64,
@@ -96,6 +98,11 @@ impl Metrics {
         self.relay_paths.add(path, 1);
     }
 
+    /// Scanned HTTP/1.1 body bytes that moved on io_uring.
+    pub fn body_on_ring(&self, n: u64) {
+        self.body_ring_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn bytes(&self, up: u64, down: u64) {
         self.bytes_up.fetch_add(up, Ordering::Relaxed);
         self.bytes_down.fetch_add(down, Ordering::Relaxed);
@@ -144,6 +151,7 @@ impl Metrics {
         let simple = [
             ("cork_bytes_up_total", "counter", "Bytes sent upstream (plaintext or tunnelled).", self.bytes_up.load(Ordering::Relaxed) as i64),
             ("cork_bytes_down_total", "counter", "Bytes sent back to clients.", self.bytes_down.load(Ordering::Relaxed) as i64),
+            ("cork_body_bytes_on_io_uring_total", "counter", "Scanned HTTP/1.1 body bytes moved on io_uring (plain TCP or kTLS legs).", self.body_ring_bytes.load(Ordering::Relaxed) as i64),
             ("cork_active_connections", "gauge", "Client connections being served.", self.active_connections.load(Ordering::Relaxed)),
             ("cork_policy_reloads_total", "counter", "Successful policy reloads.", self.reloads.load(Ordering::Relaxed) as i64),
             ("cork_leaf_certificates_issued_total", "counter", "Leaf certificates signed.", ext.leaf_issued as i64),

@@ -314,7 +314,7 @@ async fn http(state: Arc<ProxyState>, snap: Arc<Snapshot>, client: SocketAddr, s
     let limits = head_limits(&snap);
     let idle = Duration::from_secs(snap.policy.limits.idle_timeout_secs);
     let complete = Duration::from_secs(snap.policy.limits.head_timeout_secs);
-    let mut wire = Wire::with_buffered(stream, peeked);
+    let mut wire = Wire::with_buffered(stream, peeked).with_plain_fd(crate::wire::tcp_fd);
     let head = match read_head(&mut wire, &limits, complete, complete, RequestHead::parse).await {
         Ok(Some(head)) => head,
         Ok(None) => return refuse(&state, record, "http.truncated", "the client closed inside its first head".into()),
@@ -355,7 +355,7 @@ async fn http(state: Arc<ProxyState>, snap: Arc<Snapshot>, client: SocketAddr, s
         Some(_) => {}
     }
     let mut upstream_wire = match upstream::connect_tcp(&snap.policy, &host, orig.port()).await {
-        Ok(stream) => Wire::new(stream),
+        Ok(stream) => Wire::new(stream).with_plain_fd(crate::wire::tcp_fd),
         Err(e) => {
             exchange.refuse(&mut wire, &head, 502, e.rule(), &e.to_string()).await;
             return;

@@ -46,6 +46,9 @@ use std::sync::{Arc, OnceLock};
 use io_uring::{opcode, squeue, types, IoUring};
 use tokio::sync::oneshot;
 
+mod body;
+pub use body::{BodyEnd, BodyFilter, BodyMoved, Judgement, BODY_BYTES, BODY_MAX_HELD};
+
 /// One direction's buffer: a few TCP segments' worth, and the largest a single send takes in.
 const SLOT_BYTES: usize = 64 * 1024;
 /// Registered buffers per ring (two per relay); 4 MiB of pinned memory per core.
@@ -321,6 +324,7 @@ impl WorkerHandle {
 
 enum Msg {
     Start(Job),
+    StartBody(body::BodyJob),
     Cancel(u64),
 }
 
@@ -390,13 +394,18 @@ impl Pool {
     pub async fn relay(&self, a: OwnedFd, b: OwnedFd, inspector: Option<Box<dyn Inspector>>) -> Result<Moved, UringError> {
         set_blocking(&a).map_err(UringError::Socket)?;
         set_blocking(&b).map_err(UringError::Socket)?;
+        self.dispatch(move |id, active, done| Msg::Start(Job { id, fds: [a, b], inspector, done, active })).await
+    }
+
+    /// Hands a job to the least loaded worker and waits for its result; dropping the future
+    /// cancels the job.
+    async fn dispatch<T>(&self, job: impl FnOnce(u64, Arc<AtomicUsize>, oneshot::Sender<Result<T, UringError>>) -> Msg) -> Result<T, UringError> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let worker = self.workers.iter().min_by_key(|w| w.active.load(Ordering::Relaxed)).ok_or(UringError::WorkerGone)?;
         worker.active.fetch_add(1, Ordering::Relaxed);
         let (done, finished) = oneshot::channel();
-        let job = Job { id, fds: [a, b], inspector, done, active: worker.active.clone() };
-        if let Err(e) = worker.send(Msg::Start(job)) {
+        if let Err(e) = worker.send(job(id, worker.active.clone(), done)) {
             worker.active.fetch_sub(1, Ordering::Relaxed);
             return Err(e);
         }
@@ -544,6 +553,11 @@ struct Worker {
     generations: Vec<u16>,
     free_keys: Vec<usize>,
     by_id: HashMap<u64, usize>,
+    /// Body transfers ([`body`]), kept like `relays`.
+    bodies: Vec<Option<body::BodyRelay>>,
+    body_generations: Vec<u16>,
+    free_body_keys: Vec<usize>,
+    bodies_by_id: HashMap<u64, usize>,
     /// Entries queued by the handlers, pushed to the ring in one batch.
     pending: Vec<squeue::Entry>,
 }
@@ -556,7 +570,21 @@ impl Worker {
     fn new(wake: Arc<OwnedFd>) -> io::Result<Worker> {
         let ring = IoUring::builder().setup_cqsize(CQ_ENTRIES).build(RING_ENTRIES)?;
         let slots = Slots::new(&ring)?;
-        Ok(Worker { ring, slots, wake, wake_buf: Box::new(0), relays: Vec::new(), generations: Vec::new(), free_keys: Vec::new(), by_id: HashMap::new(), pending: Vec::new() })
+        Ok(Worker {
+            ring,
+            slots,
+            wake,
+            wake_buf: Box::new(0),
+            relays: Vec::new(),
+            generations: Vec::new(),
+            free_keys: Vec::new(),
+            by_id: HashMap::new(),
+            bodies: Vec::new(),
+            body_generations: Vec::new(),
+            free_body_keys: Vec::new(),
+            bodies_by_id: HashMap::new(),
+            pending: Vec::new(),
+        })
     }
 
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
@@ -579,10 +607,13 @@ impl Worker {
                     while let Ok(msg) = rx.try_recv() {
                         match msg {
                             Msg::Start(job) => self.start(job),
+                            Msg::StartBody(job) => self.start_body(job),
                             Msg::Cancel(id) => {
                                 if let Some(&key) = self.by_id.get(&id) {
                                     self.stop(key, UringError::Cancelled);
                                     self.finish_if_done(key);
+                                } else if let Some(&key) = self.bodies_by_id.get(&id) {
+                                    self.body_stop(key, UringError::Cancelled);
                                 }
                             }
                         }
@@ -617,7 +648,8 @@ impl Worker {
     /// kernel may still hold operations on them.
     fn die(self, e: io::Error) {
         tracing::error!(error = %e, "an io_uring relay thread failed; its relays end");
-        let Worker { ring, slots, relays, wake_buf, .. } = self;
+        let Worker { ring, slots, relays, bodies, wake_buf, .. } = self;
+        Worker::abandon_bodies(bodies);
         for relay in relays.into_iter().flatten() {
             let Relay { done, halves, .. } = relay;
             if let Some(done) = done {
@@ -687,6 +719,9 @@ impl Worker {
 
     fn complete(&mut self, data: u64, res: i32) {
         let (key, generation, half, op) = decode(data);
+        if body::is_body_op(op) {
+            return self.body_complete(data, res);
+        }
         if op == OP_CANCEL {
             return;
         }
@@ -805,24 +840,24 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
 
     /// A connected loopback pair: (the end cork would hold, the end a peer holds).
-    fn tcp_pair() -> (TcpStream, TcpStream) {
+    pub(super) fn tcp_pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (ours, _) = listener.accept().unwrap();
         (ours, peer)
     }
 
-    fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    pub(super) fn pattern(n: usize, seed: u8) -> Vec<u8> {
         (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed).wrapping_add((i >> 11) as u8)).collect()
     }
 
-    fn test_pool() -> &'static Pool {
+    pub(super) fn test_pool() -> &'static Pool {
         assert_eq!(*support(), UringSupport::Supported, "these tests need io_uring on the test host");
         static POOL: OnceLock<Pool> = OnceLock::new();
         POOL.get_or_init(|| Pool::start(2).unwrap())
     }
 
-    fn runtime() -> tokio::runtime::Runtime {
+    pub(super) fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
 

@@ -1,5 +1,6 @@
 //! A connection with a read buffer: heads are parsed from the buffer, bodies drained from it.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -12,6 +13,9 @@ const HEAD_CHUNK: usize = 4 * 1024;
 
 pub struct Wire<S> {
     pub io: S,
+    /// Finds the socket under `io` when it carries the plaintext itself (plain TCP, a kTLS leg)
+    /// and holds no bytes of its own; such a wire can move bodies on io_uring.
+    plain: Option<fn(&S) -> Option<RawFd>>,
     buf: Vec<u8>,
     start: usize,
     /// Bytes read from the socket so far.
@@ -22,13 +26,25 @@ pub struct Wire<S> {
 
 impl<S> Wire<S> {
     pub fn new(io: S) -> Self {
-        Self { io, buf: Vec::with_capacity(8 * 1024), start: 0, bytes_in: 0, bytes_out: 0 }
+        Self { io, plain: None, buf: Vec::with_capacity(8 * 1024), start: 0, bytes_in: 0, bytes_out: 0 }
     }
 
     /// Wraps `io` with bytes that were already read from it.
     pub fn with_buffered(io: S, buffered: Vec<u8>) -> Self {
         let bytes_in = buffered.len() as u64;
-        Self { io, buf: buffered, start: 0, bytes_in, bytes_out: 0 }
+        Self { io, plain: None, buf: buffered, start: 0, bytes_in, bytes_out: 0 }
+    }
+
+    /// Says how to find the plaintext socket under `io` (see [`Wire::plain_fd`]).
+    pub fn with_plain_fd(mut self, plain: fn(&S) -> Option<RawFd>) -> Self {
+        self.plain = Some(plain);
+        self
+    }
+
+    /// The socket that carries this wire's plaintext, if there is one and nothing is buffered
+    /// above it.
+    pub fn plain_fd(&self) -> Option<RawFd> {
+        self.plain.and_then(|f| f(&self.io))
     }
 
     /// Bytes read but not yet consumed.
@@ -152,4 +168,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// [`Wire::with_plain_fd`] for plain TCP.
+pub fn tcp_fd(stream: &tokio::net::TcpStream) -> Option<RawFd> {
+    Some(stream.as_raw_fd())
 }

@@ -38,6 +38,9 @@ type Result<T> = std::result::Result<T, String>;
 
 /// Bytes sent each way per connection: many full records, modest for TCG.
 const PAYLOAD: usize = 1024 * 1024;
+/// The guest's corks scan this much of a body before sending its head (the default is 1 MiB):
+/// the rest of a `PAYLOAD` body then moves on io_uring between the kTLS sockets.
+const BUFFERED: usize = 64 * 1024;
 const ORIGIN: &str = "origin.test";
 const PASSTHROUGH: &str = "pinned.test";
 
@@ -241,7 +244,7 @@ fn policy_yaml(origin: &Origin, dir: &Path, ktls: &str) -> Result<String> {
     let pem = format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64(&origin.cert));
     std::fs::write(&roots, pem).map_err(|e| e.to_string())?;
     Ok(format!(
-        "mode: enforce\nhosts:\n  allow: [{ORIGIN}]\n  passthrough: [{PASSTHROUGH}]\n  ports: [{port}]\nupstream:\n  extra_roots: [{roots}]\n  resolve:\n    {ORIGIN}: 127.0.0.1\n    {PASSTHROUGH}: 127.0.0.1\nlimits:\n  ktls: {ktls}\n",
+        "mode: enforce\nhosts:\n  allow: [{ORIGIN}]\n  passthrough: [{PASSTHROUGH}]\n  ports: [{port}]\nupstream:\n  extra_roots: [{roots}]\n  resolve:\n    {ORIGIN}: 127.0.0.1\n    {PASSTHROUGH}: 127.0.0.1\nlimits:\n  ktls: {ktls}\n  body_buffer_bytes: {BUFFERED}\n",
         port = origin.addr.port(),
         roots = roots.display()
     ))
@@ -374,6 +377,20 @@ impl Checks {
     }
 }
 
+/// Whether cork moved at least `least` body bytes on io_uring, where this kernel lets it.
+fn moved_on_ring(cork: &Cork, least: u64) -> Result<()> {
+    let on_ring = metric(cork, "cork_body_bytes_on_io_uring_total ");
+    if metric(cork, "cork_io_uring_supported ") == 0 {
+        println!("[guest]   io_uring unavailable here: bodies stayed on the tokio path ({on_ring} bytes on the ring)");
+        return if on_ring == 0 { Ok(()) } else { Err(format!("{on_ring} body bytes on a ring that is not supported")) };
+    }
+    println!("[guest]   {on_ring} body bytes moved on io_uring");
+    if on_ring < least {
+        return Err(format!("only {on_ring} body bytes moved on io_uring, expected at least {least}"));
+    }
+    Ok(())
+}
+
 /// One bumped echo of `PAYLOAD` bytes each way with `cs` forced on both legs. Returns the tickets
 /// the client received.
 fn bumped_echo(cork: &Cork, origin: &Origin, cs: CipherSuite, seed: u32) -> Result<usize> {
@@ -469,9 +486,10 @@ fn main() {
             if tx != 2 + trial || rx != 2 + trial {
                 return Err(format!("tls_stat rose by TX {tx} / RX {rx}, expected {} each", 2 + trial));
             }
-            Ok(())
+            // Past the buffered head of each body, both bodies moved between the kTLS sockets.
+            moved_on_ring(&cork, 2 * (PAYLOAD - BUFFERED - 64 * 1024) as u64)
         });
-        checks.check(&format!("{cs:?} on both legs: {PAYLOAD} bytes each way through cork, kernel records, close_notify"), result);
+        checks.check(&format!("{cs:?} on both legs: {PAYLOAD} bytes each way through cork, kernel records, io_uring bodies, close_notify"), result);
     }
     let decrypt_errors = stat("TlsDecryptError");
     checks.check("no kTLS decrypt errors", if decrypt_errors == 0 { Ok(()) } else { Err(format!("TlsDecryptError {decrypt_errors}")) });
@@ -503,7 +521,9 @@ fn key_update() -> Result<()> {
     let cork = start_cork(&origin, Path::new("/tmp/cork-keyupdate"), "auto")?;
     let store = Arc::new(CountingStore { inner: ClientSessionMemoryCache::new(8), tickets: AtomicUsize::new(0) });
     let mut tls = connect(&cork, ORIGIN, origin.addr.port(), &cork.ca, cs, store)?;
-    let n = 64 * 1024;
+    // Long enough that the body is on io_uring when the KeyUpdate record arrives: the ring's read
+    // fails on it and hands back to the kTLS stream, which must end the connection cleanly.
+    let n = 512 * 1024;
     let head = format!("GET /keyupdate?n={n} HTTP/1.1\r\nHost: {ORIGIN}\r\n\r\n");
     tls.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
     tls.flush().map_err(|e| e.to_string())?;
@@ -525,6 +545,7 @@ fn key_update() -> Result<()> {
     if legs(&cork, "kernel") != 2 {
         return Err(format!("expected both legs in the kernel, {} were", legs(&cork, "kernel")));
     }
+    moved_on_ring(&cork, (n - BUFFERED - 64 * 1024) as u64)?;
     // The audit record is written after the relay ends; give the runtime a moment to write it.
     for _ in 0..100 {
         let log = std::fs::read_to_string(&cork.audit).unwrap_or_default();
@@ -550,7 +571,11 @@ fn ktls_off() -> Result<()> {
     if legs(&cork, "kernel") != 0 {
         return Err("a leg was offloaded with kTLS off".into());
     }
-    Ok(())
+    // Bodies on rustls legs have no plaintext socket to move on io_uring.
+    match metric(&cork, "cork_body_bytes_on_io_uring_total ") {
+        0 => Ok(()),
+        n => Err(format!("{n} body bytes moved on io_uring although both legs were on rustls")),
+    }
 }
 
 fn passthrough() -> Result<()> {
