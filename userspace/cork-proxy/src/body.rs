@@ -388,3 +388,44 @@ impl BodyFilter for RingFilter {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cork_scan::{BodyMeta, Engine, ScanConfig};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const TOKEN: &str = "ghp_Zx8Kq2Lm9Vb4Nc7Rt1Yp5Wd3Gf6Hj0Sa2QeX";
+
+    /// A token split across two reads, past the buffered head of a body: the first half must
+    /// still be held when the second arrives, so nothing of it leaves.
+    #[tokio::test]
+    async fn a_token_split_across_reads_is_held_back_until_it_is_judged() {
+        let engine = Engine::new(&ScanConfig::default()).unwrap();
+        let scan = engine.request_body(BodyMeta { content_type: Some("text/plain"), content_encoding: None });
+        let mut relay = ScannedRelay::new(scan, Arc::new(|f| crate::inspect::effect(cork_policy::Mode::Enforce, f)), 1024, Duration::from_secs(20), None);
+        let filler = "lorem ipsum dolor sit amet ".repeat(4000);
+        let first = format!("{filler}token={}", &TOKEN[..20]);
+        let second = format!("{} and more text\n", &TOKEN[20..]);
+        let total = first.len() + second.len();
+        let (mut client, src) = tokio::io::duplex(1 << 20);
+        let (dst, mut upstream) = tokio::io::duplex(1 << 20);
+        let (mut src, mut dst) = (Wire::new(src), Wire::new(dst));
+        let mut reader = BodyReader::new(BodyFraming::Length(total as u64));
+        client.write_all(first.as_bytes()).await.unwrap();
+        let feed = async {
+            // The relay reads the first part alone before the rest is written.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            client.write_all(second.as_bytes()).await.unwrap();
+        };
+        let (end, ()) = tokio::join!(relay.run(&mut src, &mut reader, &mut dst, OutFraming::Raw, b"HEAD\r\n\r\n"), feed);
+        let end = end.unwrap();
+        assert!(matches!(end, RelayEnd::Blocked { committed: true, .. }), "{end:?}");
+        drop(dst);
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.unwrap();
+        let got = String::from_utf8(got).unwrap();
+        assert!(got.starts_with("HEAD\r\n\r\n"), "the head went out once the body outgrew the buffer");
+        assert!(!got.contains("ghp_"), "part of the token was released before it was judged ({} bytes went out)", got.len());
+    }
+}
