@@ -392,6 +392,7 @@ impl Drop for Proc {
 struct Origin {
     _proc: Proc,
     https: SocketAddr,
+    http: SocketAddr,
     ca: PathBuf,
 }
 
@@ -399,20 +400,26 @@ impl Origin {
     fn start(bin: &Path, dir: &Path) -> Result<Origin> {
         std::fs::create_dir_all(dir)?;
         let mut cmd = Command::new(bin);
-        cmd.args(["--https", &format!("{ORIGIN_IP}:0"), "--name", ORIGIN_NAME, "--ip", ORIGIN_IP, "--ca-out"])
+        cmd.args(["--https", &format!("{ORIGIN_IP}:0"), "--http", &format!("{ORIGIN_IP}:0"), "--name", ORIGIN_NAME, "--ip", ORIGIN_IP, "--ca-out"])
             .arg(dir);
         let (proc, line) = Proc::spawn("cork-origin", cmd, &dir.join("origin.log"), "ready https=")?;
-        let https = line
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("https="))
-            .ok_or_else(|| anyhow!("unexpected ready line {line:?}"))?
-            .parse()
-            .with_context(|| format!("parsing the ready line {line:?}"))?;
-        Ok(Origin { _proc: proc, https, ca: dir.join("ca.pem") })
+        let field = |name: &str| -> Result<SocketAddr> {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(name))
+                .ok_or_else(|| anyhow!("unexpected ready line {line:?}"))?
+                .parse()
+                .with_context(|| format!("parsing the ready line {line:?}"))
+        };
+        Ok(Origin { _proc: proc, https: field("https=")?, http: field("http=")?, ca: dir.join("ca.pem") })
     }
 
     fn url(&self, path: &str) -> String {
         format!("https://{ORIGIN_NAME}:{}{path}", self.https.port())
+    }
+
+    /// The same path on the origin's plain-HTTP listener.
+    fn plain_url(&self, path: &str) -> String {
+        format!("http://{ORIGIN_NAME}:{}{path}", self.http.port())
     }
 }
 
@@ -437,11 +444,12 @@ fn cork_config_yaml(origin: &Origin) -> String {
 fn cork_config_yaml_with(origin: &Origin, hosts_extra: &str, limits_extra: &str) -> String {
     format!(
         "mode: enforce\n\
-         hosts:\n  allow: [{name}]\n  ports: [{port}]\n{hosts_extra}\
+         hosts:\n  allow: [{name}]\n  ports: [{port}, {http_port}]\n{hosts_extra}\
          upstream:\n  extra_roots: [{ca:?}]\n  resolve:\n    {name}: {ip}\n\
          limits:\n  max_connections: {max_conns}\n{limits_extra}",
         name = ORIGIN_NAME,
         port = origin.https.port(),
+        http_port = origin.http.port(),
         ca = origin.ca.display().to_string(),
         ip = ORIGIN_IP,
         max_conns = IDLE_CONNECTIONS_FULL * 2,
@@ -596,17 +604,19 @@ struct Scenario {
     requests: Option<u64>,
     /// Too slow for `--quick`.
     full_only: bool,
+    /// Plain HTTP (the origin's http listener, forwarded by the proxy) instead of HTTPS.
+    plain: bool,
 }
 
 impl Scenario {
     const ALL: &'static [Scenario] = &[
-        Scenario { name: "keep-alive 1 KiB GET", path: "/bytes/1024", mode: "keepalive", concurrency: 16, upload: 0, metric: Metric::ReqPerSec, requests: None, full_only: false },
-        Scenario { name: "1 MiB GET throughput", path: "/bytes/1048576", mode: "keepalive", concurrency: 4, upload: 0, metric: Metric::DownMBps, requests: None, full_only: false },
-        Scenario { name: "new bumped connection per request", path: "/bytes/1024", mode: "newconn", concurrency: 8, upload: 0, metric: Metric::ReqPerSec, requests: None, full_only: false },
-        Scenario { name: "HTTP/2, 100 streams, 1 KiB GET", path: "/bytes/1024", mode: "h2", concurrency: 100, upload: 0, metric: Metric::ReqPerSec, requests: None, full_only: false },
-        Scenario { name: "1 MiB POST upload", path: "/upload", mode: "keepalive", concurrency: 4, upload: 1 << 20, metric: Metric::UpMBps, requests: None, full_only: false },
-        Scenario { name: "1 GiB single stream", path: "/bytes/1073741824", mode: "keepalive", concurrency: 1, upload: 0, metric: Metric::DownMBps, requests: Some(1), full_only: true },
-        Scenario { name: "100 MB single upload", path: "/upload", mode: "keepalive", concurrency: 1, upload: 100_000_000, metric: Metric::UpMBps, requests: Some(1), full_only: true },
+        Scenario { name: "keep-alive 1 KiB GET", path: "/bytes/1024", mode: "keepalive", concurrency: 16, upload: 0, metric: Metric::ReqPerSec, requests: None, full_only: false, plain: false },
+        Scenario { name: "1 MiB GET throughput", path: "/bytes/1048576", mode: "keepalive", concurrency: 4, upload: 0, metric: Metric::DownMBps, requests: None, full_only: false, plain: false },
+        Scenario { name: "new bumped connection per request", path: "/bytes/1024", mode: "newconn", concurrency: 8, upload: 0, metric: Metric::ReqPerSec, requests: None, full_only: false, plain: false },
+        Scenario { name: "HTTP/2, 100 streams, 1 KiB GET", path: "/bytes/1024", mode: "h2", concurrency: 100, upload: 0, metric: Metric::ReqPerSec, requests: None, full_only: false, plain: false },
+        Scenario { name: "1 MiB POST upload", path: "/upload", mode: "keepalive", concurrency: 4, upload: 1 << 20, metric: Metric::UpMBps, requests: None, full_only: false, plain: false },
+        Scenario { name: "1 GiB single stream", path: "/bytes/1073741824", mode: "keepalive", concurrency: 1, upload: 0, metric: Metric::DownMBps, requests: Some(1), full_only: true, plain: false },
+        Scenario { name: "100 MB single upload", path: "/upload", mode: "keepalive", concurrency: 1, upload: 100_000_000, metric: Metric::UpMBps, requests: Some(1), full_only: true, plain: false },
     ];
 
     /// Why a proxy cannot run this scenario at all, if it cannot.
@@ -678,7 +688,8 @@ fn run_load(loadgen: &Path, origin: &Origin, proxy: Option<&mut Proxy>, sc: &Sce
     if let Some(why) = proxy.as_ref().and_then(|p| sc.unsupported_by(p.name)) {
         return LoadResult { failure: Some(format!("not measured: {why}")), ..Default::default() };
     }
-    let mut args: Vec<String> = vec![loadgen.display().to_string(), origin.url(sc.path)];
+    let url = if sc.plain { origin.plain_url(sc.path) } else { origin.url(sc.path) };
+    let mut args: Vec<String> = vec![loadgen.display().to_string(), url];
     let mut push = |more: &[&str]| args.extend(more.iter().map(|s| s.to_string()));
     push(&["--mode", sc.mode, "--concurrency", &sc.concurrency.to_string(), "--json"]);
     match sc.requests {
@@ -1249,13 +1260,13 @@ impl Report<'_> {
         let _ = writeln!(md, "## Data-plane paths (1 MiB keep-alive GET, one cork per path)\n");
         let _ = writeln!(
             md,
-            "Syscalls are counted by `strace -c -f` on cork in a second run of the same load (its speed under strace means nothing); throughput and cores come from the first run, without strace. Copies are the design's kernel↔user payload copies per relayed byte. kTLS with io_uring is not measured here: this host's kernel has no `CONFIG_TLS`, and the VM guest runs under TCG, where figures are functional only.\n"
+            "Syscalls are counted by `strace -c -f` on cork in a second run of the same load (its speed under strace means nothing); throughput and cores come from the first run, without strace. Copies are the design's payload copies per relayed byte. The plain-HTTP paths are scanned like bumped traffic and scan the first 64 KiB of each body before its head goes out; on io_uring the rest moves between the sockets the way it does between kTLS legs. kTLS itself is not measured here: this host's kernel has no `CONFIG_TLS`, and the VM guest runs under TCG, where figures are functional only (`cargo xtask vm` checks there that kTLS legs move bodies on io_uring).\n"
         );
         if self.paths.is_empty() {
             let _ = writeln!(md, "Not measured: cork did not start.\n");
             return;
         }
-        let _ = writeln!(md, "| path | MB/s | cores | MB/s per core | syscalls per request | io_uring_enter per request | kernel↔user copies per byte |\n|---|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(md, "| path | MB/s | cores | MB/s per core | syscalls per request | io_uring_enter per request | copies per byte |\n|---|---:|---:|---:|---:|---:|---|");
         for p in self.paths {
             let ok = p.result.failure.is_none() && p.result.requests > 0;
             let mbps = if ok { format!("{:.1}", p.result.value) } else { fmt_value(&p.result) };
@@ -1409,10 +1420,12 @@ cork-bench-tls --seconds 3
   CAP_SYS_RESOURCE; every process it starts inherits it; Squid gets `max_filedescriptors
   65536`), else as many (in steps of 500) as a proxy's two sockets per connection leave room
   for in the limit there is, and the report says so under the table.
-- Data-plane paths: three more corks, each with one switch changed, run the 1 MiB keep-alive
-  GET: bumped with TLS records in rustls on tokio (`limits.ktls: off`), and the origin as a
-  passthrough host (TLS end to end, never decrypted) relayed on io_uring (`limits.io_uring:
-  auto`) or on `splice` (`off`). Each runs once flat out (MB/s, cores) and once more with
+- Data-plane paths: five more corks, each with one switch changed, run the 1 MiB keep-alive
+  GET: bumped with TLS records in rustls on tokio (`limits.ktls: off`); plain HTTP through the
+  forward proxy, scanned, with `body_buffer_bytes: 65536` and the body streamed by tokio
+  (`limits.io_uring: off`) or moved on io_uring (`auto`); and the origin as a passthrough host
+  (TLS end to end, never decrypted) relayed on io_uring (`limits.io_uring: auto`) or on `splice`
+  (`off`). Each runs once flat out (MB/s, cores) and once more with
   `strace -c -f` attached to cork for the syscall count only (Debian's `strace`, installed by the
   bench). Copies per byte are stated from the design, not measured.
 - Handshake-pair ceiling: `cork-bench-tls` runs a rustls client and server handshake (TLS 1.3,

@@ -29,7 +29,7 @@ pub struct Connector {
 }
 
 impl Connector {
-    /// `tls_roots` empty means plain HTTP to the target (still tunnelled if there is a proxy).
+    /// `tls_roots` empty means plain HTTP to the target; `via_proxy` tunnels with `CONNECT`.
     pub fn new(
         host: &str,
         port: u16,

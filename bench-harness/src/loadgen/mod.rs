@@ -160,6 +160,8 @@ struct Plan {
     /// Origin-form for HTTP/1.1, absolute form for HTTP/2.
     path: Uri,
     absolute: Uri,
+    /// HTTP/1.1 requests carry the absolute form (plain HTTP through a forward proxy).
+    forward: bool,
     host_header: HeaderValue,
     upload_bytes: u64,
     timeout: Duration,
@@ -179,7 +181,7 @@ impl Plan {
             *req.uri_mut() = self.absolute.clone();
             *req.version_mut() = http::Version::HTTP_2;
         } else {
-            *req.uri_mut() = self.path.clone();
+            *req.uri_mut() = if self.forward { self.absolute.clone() } else { self.path.clone() };
             req.headers_mut().insert(header::HOST, self.host_header.clone());
             if self.close {
                 req.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -278,7 +280,10 @@ async fn plan(cfg: &LoadConfig) -> Result<Plan, HarnessError> {
         Mode::H2 => vec![b"h2".to_vec()],
         _ => vec![b"http/1.1".to_vec()],
     };
-    let connector = Connector::new(&host, port, dial, cfg.proxy.is_some(), roots, alpn, cfg.resumption)?;
+    // Plain HTTP through a proxy is forwarded (absolute-form request lines, as curl does);
+    // HTTPS is tunnelled with CONNECT.
+    let forward = cfg.proxy.is_some() && !tls;
+    let connector = Connector::new(&host, port, dial, cfg.proxy.is_some() && tls, roots, alpn, cfg.resumption)?;
     let path: Uri = uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
@@ -299,6 +304,7 @@ async fn plan(cfg: &LoadConfig) -> Result<Plan, HarnessError> {
         method: if cfg.upload_bytes > 0 { Method::POST } else { Method::GET },
         path,
         absolute: uri,
+        forward,
         host_header,
         upload_bytes: cfg.upload_bytes,
         timeout: cfg.request_timeout,

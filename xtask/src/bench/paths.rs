@@ -2,8 +2,9 @@
 //! cork's relay paths costs in syscalls per request, next to its throughput and cores.
 //!
 //! Each path gets its own cork (so one switch differs): bumped HTTP/1.1 with TLS records in
-//! rustls on tokio, and a passthrough tunnel (TLS end to end, not decrypted) carried by io_uring
-//! or by `splice`. A path is first run flat out for its throughput and CPU, then again under
+//! rustls on tokio; plain HTTP/1.1 forwarded and scanned, its bodies streamed by tokio or moved on
+//! io_uring (the path kTLS legs take once their records are in the kernel); and a passthrough
+//! tunnel (TLS end to end, not decrypted) carried by io_uring or by `splice`. A path is first run flat out for its throughput and CPU, then again under
 //! `strace -c -f` for the syscall count only (strace slows every syscall, so that second run's
 //! speed means nothing). kTLS paths need a kernel with `CONFIG_TLS`: this host has none, and the
 //! VM guest (`cargo xtask vm`) runs under TCG emulation, where figures are functional only.
@@ -23,8 +24,10 @@ struct PathSpec {
     name: &'static str,
     hosts_extra: &'static str,
     limits_extra: &'static str,
-    /// Payload copies between kernel and user space per relayed byte, from the design.
+    /// Payload copies per relayed byte, from the design.
     copies: &'static str,
+    /// Plain HTTP through the forward proxy (scanned like bumped traffic, no TLS records).
+    plain: bool,
 }
 
 const PATHS: &[PathSpec] = &[
@@ -33,18 +36,37 @@ const PATHS: &[PathSpec] = &[
         hosts_extra: "",
         limits_extra: "  ktls: off\n",
         copies: "2 (ciphertext read, ciphertext write) + userspace decrypt/scan/encrypt",
+        plain: false,
+    },
+    // The two plain-HTTP paths differ only in `io_uring`; each scans the first 64 KiB of a body
+    // before sending its head, and the rest streams (on the ring where it may).
+    PathSpec {
+        name: "plain HTTP/1.1 scanned, tokio",
+        hosts_extra: "",
+        limits_extra: "  io_uring: off\n  body_buffer_bytes: 65536\n",
+        copies: "3 (read into the wire buffer, copy to the scan buffer, write)",
+        plain: true,
+    },
+    PathSpec {
+        name: "plain HTTP/1.1 scanned, io_uring",
+        hosts_extra: "",
+        limits_extra: "  io_uring: auto\n  body_buffer_bytes: 65536\n",
+        copies: "2 past the first 64 KiB (recv into the ring's buffer, scan there, send from it)",
+        plain: true,
     },
     PathSpec {
         name: "passthrough tunnel, io_uring",
         hosts_extra: "passthrough",
         limits_extra: "  io_uring: auto\n",
         copies: "2 (recv into a registered buffer, send from the same buffer)",
+        plain: false,
     },
     PathSpec {
         name: "passthrough tunnel, splice",
         hosts_extra: "passthrough",
         limits_extra: "  io_uring: off\n",
         copies: "0 (socket → pipe → socket inside the kernel)",
+        plain: false,
     },
 ];
 
@@ -58,18 +80,18 @@ pub struct PathRow {
     pub failure: Option<String>,
 }
 
-/// The scenario every path runs: 1 MiB GETs over keep-alive.
-fn scenario() -> Scenario {
-    Scenario::ALL[1]
+/// The scenario every path runs: 1 MiB GETs over keep-alive (over plain HTTP for `plain` paths).
+fn scenario(plain: bool) -> Scenario {
+    Scenario { plain, ..Scenario::ALL[1] }
 }
 
 /// Measures every path; a path that cannot run says why in its row.
 pub fn measure(cork: &Path, loadgen: &Path, work: &Path, origin: &Origin, secs: f64) -> Vec<PathRow> {
-    let sc = scenario();
     PATHS
         .iter()
         .enumerate()
         .map(|(i, spec)| {
+            let sc = scenario(spec.plain);
             println!("bench: data-plane path: {} ({secs}s, then again under strace -c)", spec.name);
             let hosts = if spec.hosts_extra == "passthrough" { format!("  passthrough: [{ORIGIN_NAME}]\n") } else { String::new() };
             let yaml = cork_config_yaml_with(origin, &hosts, spec.limits_extra);
