@@ -26,7 +26,12 @@ ctx.set_alpn_protocols(["h2"])
 tls = ctx.wrap_socket(sock, server_hostname=target.rsplit(":", 1)[0])
 print("alpn", tls.selected_alpn_protocol())
 # Preface, an empty SETTINGS frame, then the caller's frames.
-tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000") + frames)
+# cork may end the connection before it has read everything (a GOAWAY for a flood): what it
+# answered is still read below.
+try:
+    tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000") + frames)
+except (ssl.SSLError, ConnectionError) as e:
+    print("send cut", type(e).__name__)
 out = b""
 try:
     while True:

@@ -85,7 +85,7 @@ fn setup() -> (WsOrigin, Cork) {
 fn client(cork: &Cork, url: &str, args: &[&str]) -> Value {
     let mut cmd = python();
     cmd.arg(clients_dir().join("ws_client.py")).args(["--proxy", &cork.listen.to_string(), "--cork-ca"]).arg(cork.ca_pem()).arg(url).args(args);
-    report(&mut cmd)
+    report(&mut cmd, cork)
 }
 
 /// Runs the client straight at cork's `/ws?url=` endpoint.
@@ -93,12 +93,14 @@ fn direct_client(cork: &Cork, target: &str, args: &[&str]) -> Value {
     let url = format!("ws://{}/ws?url={}", cork.listen, percent_encode(target));
     let mut cmd = python();
     cmd.arg(clients_dir().join("ws_client.py")).arg(url).args(args);
-    report(&mut cmd)
+    report(&mut cmd, cork)
 }
 
-fn report(cmd: &mut Command) -> Value {
+/// The client's JSON report; on failure, what cork audited and logged goes with the client's
+/// output, to tell a stall in cork from one in the client or the origin.
+fn report(cmd: &mut Command, cork: &Cork) -> Value {
     let out = run(cmd);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}\ncork's audit log: {:#?}\ncork's stderr: {}", text(&out), cork.audit(), cork.proc.stderr());
     serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)))
 }
 
@@ -283,7 +285,7 @@ fn plain_ws_through_forward_proxying_and_the_ws_url_endpoint_is_scanned_too() {
     let forward = |msg: &str| -> Value {
         let mut cmd = python();
         cmd.arg(clients_dir().join("ws_client.py")).args(["--proxy", &cork.listen.to_string(), "--forward", &url, "raw", "text", msg]);
-        report(&mut cmd)
+        report(&mut cmd, &cork)
     };
     let r = forward("plain hello");
     assert!(r["status_line"].as_str().unwrap().starts_with("HTTP/1.1 101"), "{r}");

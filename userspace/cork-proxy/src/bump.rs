@@ -26,6 +26,7 @@ use crate::audit::AuditRecord;
 use crate::exchange::{head_limits, read_head, After, Destination, Exchange};
 use crate::inspect::record_block;
 use crate::ktls_leg::{self, IntoTcp, RecordExact};
+use crate::linger::Linger;
 use crate::state::{crypto_provider, ProxyState, Snapshot};
 use crate::upstream;
 use crate::wire::Wire;
@@ -116,7 +117,12 @@ where
         match upstream_result {
             Ok(mut upstream) => {
                 ktls_leg::keep_on_rustls(&mut upstream);
-                crate::h2relay::relay(state, snap, client, dest, tls, upstream).await
+                // cork may end this connection with a GOAWAY while the client still sends.
+                let linger = tls.get_ref().0.tcp().and_then(|tcp| Linger::hold(tcp).ok());
+                crate::h2relay::relay(state, snap, client, dest, tls, upstream).await;
+                if let Some(linger) = linger {
+                    linger.drain().await;
+                }
             }
             Err(err) => {
                 state.metrics.error(err.rule());

@@ -115,6 +115,13 @@ impl<S> RecordExact<S> {
     }
 }
 
+impl<S: IntoTcp> RecordExact<S> {
+    /// The TCP socket underneath, when reads come straight from it.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        self.inner.tcp()
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for RecordExact<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();

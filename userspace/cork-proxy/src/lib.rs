@@ -31,6 +31,7 @@ pub mod h2relay;
 pub mod inspect;
 pub mod mcp;
 pub mod ktls_leg;
+pub mod linger;
 pub mod metrics;
 pub mod relay;
 pub mod respond;
