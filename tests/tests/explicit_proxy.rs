@@ -129,7 +129,7 @@ fn passthrough_hosts_are_tunnelled_without_interception() {
     assert!(tunnels.iter().all(|r| r["relay"] == path), "{tunnels:#?}");
     let status = cork.admin_get("/status");
     if path == "uring" {
-        assert!(status.contains("io_uring: supported (tunnels are relayed on"), "{status}");
+        assert!(status.contains("io_uring: supported (tunnels and long bodies are relayed on"), "{status}");
         assert!(cork.stdout.iter().any(|l| l.starts_with("io_uring: supported (")), "{:?}", cork.stdout);
         assert_eq!(cork.metric("cork_io_uring_supported"), 1);
     }

@@ -7,6 +7,11 @@
 //! owned sockets with [`Pool::relay`] and gets back, through a oneshot, how many bytes went each
 //! way.
 //!
+//! It also carries scanned HTTP/1.1 bodies ([`Pool::body`], in `body`): once a request or response
+//! head is out and a long body of known length is left, one direction moves on the ring while a
+//! [`BodyFilter`] judges each read in the ring's buffer (the scanner with its hold-back), and the
+//! connection comes back to tokio when the body ends.
+//!
 //! # The data path
 //! Each worker thread owns a ring and a block of buffers registered with it
 //! (`IORING_REGISTER_BUFFERS`). A relay holds one buffer per direction. A read goes into that
@@ -151,7 +156,7 @@ pub fn describe(mode: cork_policy::IoUringMode) -> String {
     match (support(), mode) {
         (UringSupport::Supported, cork_policy::IoUringMode::Auto) => match pool() {
             Ok(pool) => format!(
-                "io_uring: supported (tunnels are relayed on {} rings, one per core; {} buffers)",
+                "io_uring: supported (tunnels and long bodies are relayed on {} rings, one per core; {} buffers)",
                 pool.workers.len(),
                 if pool.registered { "registered" } else { "heap" }
             ),
@@ -542,22 +547,69 @@ fn decode(data: u64) -> (usize, u16, usize, u64) {
     ((data >> 24) as usize, (data >> 8) as u16, ((data >> 4) & 1) as usize, data & 0xf)
 }
 
+/// What a worker has in flight (relays or body transfers), under small integer keys that go into
+/// `user_data`. A key is reused once its owner is gone, with a new generation, so a late
+/// completion for the earlier owner is told apart and dropped.
+struct Live<T> {
+    items: Vec<Option<T>>,
+    generations: Vec<u16>,
+    free: Vec<usize>,
+    by_id: HashMap<u64, usize>,
+}
+
+impl<T> Live<T> {
+    fn new() -> Self {
+        Live { items: Vec::new(), generations: Vec::new(), free: Vec::new(), by_id: HashMap::new() }
+    }
+
+    /// Stores what `make` builds (it is given the key's generation) for the job `id`.
+    fn insert(&mut self, id: u64, make: impl FnOnce(u16) -> T) -> usize {
+        let key = match self.free.pop() {
+            Some(key) => {
+                self.generations[key] = self.generations[key].wrapping_add(1);
+                key
+            }
+            None => {
+                self.items.push(None);
+                self.generations.push(0);
+                self.items.len() - 1
+            }
+        };
+        self.items[key] = Some(make(self.generations[key]));
+        self.by_id.insert(id, key);
+        key
+    }
+
+    fn get_mut(&mut self, key: usize) -> Option<&mut T> {
+        self.items.get_mut(key).and_then(Option::as_mut)
+    }
+
+    fn key_of(&self, id: u64) -> Option<usize> {
+        self.by_id.get(&id).copied()
+    }
+
+    /// Takes `key`'s owner out and frees the key; `id` names the owner's job.
+    fn remove(&mut self, key: usize, id: impl FnOnce(&T) -> u64) -> Option<T> {
+        let item = self.items.get_mut(key)?.take()?;
+        self.free.push(key);
+        self.by_id.remove(&id(&item));
+        Some(item)
+    }
+
+    fn into_live(self) -> impl Iterator<Item = T> {
+        self.items.into_iter().flatten()
+    }
+}
+
 struct Worker {
     // Dropped first: the ring must be gone before the buffers it may write into.
     ring: IoUring,
     slots: Slots,
     wake: Arc<OwnedFd>,
     wake_buf: Box<u64>,
-    relays: Vec<Option<Relay>>,
-    /// Per slot of `relays`, bumped each time the slot is reused.
-    generations: Vec<u16>,
-    free_keys: Vec<usize>,
-    by_id: HashMap<u64, usize>,
-    /// Body transfers ([`body`]), kept like `relays`.
-    bodies: Vec<Option<body::BodyRelay>>,
-    body_generations: Vec<u16>,
-    free_body_keys: Vec<usize>,
-    bodies_by_id: HashMap<u64, usize>,
+    relays: Live<Relay>,
+    /// Body transfers ([`body`]).
+    bodies: Live<body::BodyRelay>,
     /// Entries queued by the handlers, pushed to the ring in one batch.
     pending: Vec<squeue::Entry>,
 }
@@ -575,14 +627,8 @@ impl Worker {
             slots,
             wake,
             wake_buf: Box::new(0),
-            relays: Vec::new(),
-            generations: Vec::new(),
-            free_keys: Vec::new(),
-            by_id: HashMap::new(),
-            bodies: Vec::new(),
-            body_generations: Vec::new(),
-            free_body_keys: Vec::new(),
-            bodies_by_id: HashMap::new(),
+            relays: Live::new(),
+            bodies: Live::new(),
             pending: Vec::new(),
         })
     }
@@ -609,10 +655,10 @@ impl Worker {
                             Msg::Start(job) => self.start(job),
                             Msg::StartBody(job) => self.start_body(job),
                             Msg::Cancel(id) => {
-                                if let Some(&key) = self.by_id.get(&id) {
+                                if let Some(key) = self.relays.key_of(id) {
                                     self.stop(key, UringError::Cancelled);
                                     self.finish_if_done(key);
-                                } else if let Some(&key) = self.bodies_by_id.get(&id) {
+                                } else if let Some(key) = self.bodies.key_of(id) {
                                     self.body_stop(key, UringError::Cancelled);
                                 }
                             }
@@ -650,7 +696,7 @@ impl Worker {
         tracing::error!(error = %e, "an io_uring relay thread failed; its relays end");
         let Worker { ring, slots, relays, bodies, wake_buf, .. } = self;
         Worker::abandon_bodies(bodies);
-        for relay in relays.into_iter().flatten() {
+        for relay in relays.into_live() {
             let Relay { done, halves, .. } = relay;
             if let Some(done) = done {
                 let _ = done.send(Err(UringError::WorkerGone));
@@ -670,26 +716,23 @@ impl Worker {
 
     fn start(&mut self, job: Job) {
         let halves = [(); 2].map(|_| Half { buf: self.slots.take(), len: 0, sent: 0, moved: 0, in_flight: None, finished: false });
-        let key = match self.free_keys.pop() {
-            Some(key) => {
-                self.generations[key] = self.generations[key].wrapping_add(1);
-                key
-            }
-            None => {
-                self.relays.push(None);
-                self.generations.push(0);
-                self.relays.len() - 1
-            }
-        };
-        let generation = self.generations[key];
-        self.relays[key] = Some(Relay { id: job.id, generation, fds: job.fds, halves, inspector: job.inspector, done: Some(job.done), active: job.active, error: None, stopping: false });
-        self.by_id.insert(job.id, key);
+        let key = self.relays.insert(job.id, |generation| Relay {
+            id: job.id,
+            generation,
+            fds: job.fds,
+            halves,
+            inspector: job.inspector,
+            done: Some(job.done),
+            active: job.active,
+            error: None,
+            stopping: false,
+        });
         self.read(key, 0);
         self.read(key, 1);
     }
 
     fn relay(&mut self, key: usize) -> &mut Relay {
-        self.relays[key].as_mut().expect("operations are queued only for live relays")
+        self.relays.get_mut(key).expect("operations are queued only for live relays")
     }
 
     fn read(&mut self, key: usize, half: usize) {
@@ -727,7 +770,7 @@ impl Worker {
         }
         // Every read and send completes exactly once and its relay is kept until then, so this
         // always finds it; the check only guards against a kernel that says otherwise.
-        let Some(relay) = self.relays.get_mut(key).and_then(Option::as_mut).filter(|r| r.generation == generation && r.halves[half].in_flight == Some(data)) else {
+        let Some(relay) = self.relays.get_mut(key).filter(|r| r.generation == generation && r.halves[half].in_flight == Some(data)) else {
             tracing::warn!(data, res, "an io_uring completion for no operation in flight; ignored");
             return;
         };
@@ -814,9 +857,7 @@ impl Worker {
         if !relay.halves.iter().all(|h| h.finished && h.in_flight.is_none()) {
             return;
         }
-        let relay = self.relays[key].take().expect("checked above");
-        self.free_keys.push(key);
-        self.by_id.remove(&relay.id);
+        let relay = self.relays.remove(key, |r| r.id).expect("checked above");
         let Relay { fds, halves, done, active, error, .. } = relay;
         let moved = Moved { a_to_b: halves[0].moved, b_to_a: halves[1].moved };
         for h in halves {

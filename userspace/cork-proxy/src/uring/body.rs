@@ -162,21 +162,10 @@ impl Worker {
     pub(super) fn start_body(&mut self, job: BodyJob) {
         let mut buf = vec![0u8; BODY_BYTES].into_boxed_slice();
         buf[..job.held.len()].copy_from_slice(&job.held);
-        let key = match self.free_body_keys.pop() {
-            Some(key) => {
-                self.body_generations[key] = self.body_generations[key].wrapping_add(1);
-                key
-            }
-            None => {
-                self.bodies.push(None);
-                self.body_generations.push(0);
-                self.bodies.len() - 1
-            }
-        };
         let held = job.held.len();
-        self.bodies[key] = Some(BodyRelay {
+        let key = self.bodies.insert(job.id, |generation| BodyRelay {
             id: job.id,
-            generation: self.body_generations[key],
+            generation,
             fds: job.fds,
             buf,
             start: 0,
@@ -193,12 +182,11 @@ impl Worker {
             active: job.active,
             end: None,
         });
-        self.bodies_by_id.insert(job.id, key);
         self.body_next(key);
     }
 
     fn body(&mut self, key: usize) -> &mut BodyRelay {
-        self.bodies[key].as_mut().expect("operations are queued only for live transfers")
+        self.bodies.get_mut(key).expect("operations are queued only for live transfers")
     }
 
     /// Queues what comes next: a write of released bytes, a read, or the end.
@@ -247,7 +235,7 @@ impl Worker {
         if op == OP_BODY_CANCEL {
             return;
         }
-        let Some(b) = self.bodies.get_mut(key).and_then(Option::as_mut).filter(|b| b.generation == generation && b.in_flight == Some(data)) else {
+        let Some(b) = self.bodies.get_mut(key).filter(|b| b.generation == generation && b.in_flight == Some(data)) else {
             tracing::warn!(data, res, "an io_uring completion for no body operation in flight; ignored");
             return;
         };
@@ -318,9 +306,7 @@ impl Worker {
         if b.end.is_none() || b.in_flight.is_some() {
             return;
         }
-        let b = self.bodies[key].take().expect("checked above");
-        self.free_body_keys.push(key);
-        self.bodies_by_id.remove(&b.id);
+        let b = self.bodies.remove(key, |b| b.id).expect("checked above");
         b.active.fetch_sub(1, Ordering::Relaxed);
         let BodyRelay { fds, read, written, filter, done, end, .. } = b;
         drop(fds);
@@ -336,8 +322,8 @@ impl Worker {
 
     /// Ends every transfer with `WorkerGone`; their buffers are leaked, as the kernel may still
     /// hold operations on them.
-    pub(super) fn abandon_bodies(bodies: Vec<Option<BodyRelay>>) {
-        for b in bodies.into_iter().flatten() {
+    pub(super) fn abandon_bodies(bodies: Live<BodyRelay>) {
+        for b in bodies.into_live() {
             let BodyRelay { done, buf, .. } = b;
             if let Some(done) = done {
                 let _ = done.send(Err(UringError::WorkerGone));
