@@ -5,6 +5,7 @@
 //! produced it. Decoders are strict about their alphabet and never allocate more than a small
 //! multiple of their input.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Maps a range of decoded bytes back to the range of encoded bytes that produced it.
@@ -161,23 +162,35 @@ fn base64_decode_imp(s: &[u8], base: usize, skip: usize, text_only: bool) -> Opt
     // Short pieces (UUIDs, URL paths) decode on the stack: nearly all of them fail the text
     // check, and then nothing is allocated.
     if text_only && cap <= SHORT {
-        let mut buf = [0u8; SHORT];
+        let mut buf = [MaybeUninit::uninit(); SHORT];
         let (o, used) = base64_decode_into(s, &mut buf[..cap], text_only)?;
-        let out = &buf[..o];
+        let out = written(&buf, o);
         return (o >= 8 && mostly_text(out) && !is_binary_media(out)).then(|| (out.to_vec(), map(used)));
     }
-    let mut out = vec![0u8; cap];
-    let (o, used) = base64_decode_into(s, &mut out, text_only)?;
-    out.truncate(o);
+    // Not zeroed first: a blob that proves not to be text is dropped after a small part of it
+    // was decoded, and zeroing the whole output cost more than that part.
+    let mut out = Vec::with_capacity(cap);
+    let (o, used) = base64_decode_into(s, &mut out.spare_capacity_mut()[..cap], text_only)?;
+    // SAFETY: `base64_decode_into` wrote the first `o` bytes of the spare capacity.
+    unsafe { out.set_len(o) };
     (o >= 8).then(|| (out, map(used)))
+}
+
+/// The first `n` bytes of `buf`, which the caller has written.
+fn written(buf: &[MaybeUninit<u8>], n: usize) -> &[u8] {
+    let init = &buf[..n];
+    // SAFETY: callers pass only the count of bytes they wrote from the start of `buf`, and
+    // `MaybeUninit<u8>` has the layout of `u8`.
+    unsafe { std::slice::from_raw_parts(init.as_ptr().cast::<u8>(), init.len()) }
 }
 
 /// Output buffer size below which [`base64_decode_text`] decodes on the stack.
 const SHORT: usize = 256;
 
-/// Decodes into `out` (at least `s.len() * 3 / 4 + 3` bytes); returns the bytes written and
-/// the characters used, or `None` when `text_only` and the output provably fails the text check.
-fn base64_decode_into(s: &[u8], out: &mut [u8], text_only: bool) -> Option<(usize, usize)> {
+/// Decodes into `out` (at least `s.len() * 3 / 4 + 3` bytes); returns the bytes written (always
+/// a prefix of `out`) and the characters used, or `None` when `text_only` and the output
+/// provably fails the text check.
+fn base64_decode_into(s: &[u8], out: &mut [MaybeUninit<u8>], text_only: bool) -> Option<(usize, usize)> {
     // The output can be no longer than this, so counts above its thresholds are decisive.
     let most = s.len() * 6 / 8;
     // Written by index (three bytes per quad): `extend_from_slice` of three bytes was a
@@ -203,14 +216,16 @@ fn base64_decode_into(s: &[u8], out: &mut [u8], text_only: bool) -> Option<(usiz
             }
             alphabets = common;
             let w = u32::from(q[0] & 63) << 18 | u32::from(q[1] & 63) << 12 | u32::from(q[2] & 63) << 6 | u32::from(q[3] & 63);
-            d.copy_from_slice(&[(w >> 16) as u8, (w >> 8) as u8, w as u8]);
+            d[0].write((w >> 16) as u8);
+            d[1].write((w >> 8) as u8);
+            d[2].write(w as u8);
             done += 1;
         }
         o += 3 * done;
         used += 4 * done;
         if text_only && o >= next_check {
             next_check = o + 64;
-            if proof.not_text(&out[..o], most) {
+            if proof.not_text(written(out, o), most) {
                 return None;
             }
         }
@@ -231,11 +246,11 @@ fn base64_decode_into(s: &[u8], out: &mut [u8], text_only: bool) -> Option<(usiz
         used += 1;
         if nbits >= 8 {
             nbits -= 8;
-            out[o] = (acc >> nbits) as u8;
+            out[o].write((acc >> nbits) as u8);
             o += 1;
             if text_only && o >= next_check {
                 next_check += 64;
-                if proof.not_text(&out[..o], most) {
+                if proof.not_text(written(out, o), most) {
                     return None;
                 }
             }
