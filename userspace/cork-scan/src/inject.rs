@@ -85,15 +85,26 @@ const fn leet(b: u8) -> u8 {
 
 /// Normalises text for phrase matching; `map[i]` is the raw offset of output byte `i`.
 pub(crate) fn normalize(s: &[u8], out: &mut Vec<u8>, map: &mut Vec<u32>) {
+    fold::<true>(s, out, map);
+}
+
+/// [`normalize`] without the offset map. Searching needs only the text; the map (four bytes per
+/// kept byte) is built once a phrase is found.
+pub(crate) fn normalize_text(s: &[u8], out: &mut Vec<u8>) {
+    fold::<false>(s, out, &mut Vec::new());
+}
+
+/// The fold; `map` is left untouched unless `MAP`.
+fn fold<const MAP: bool>(s: &[u8], out: &mut Vec<u8>, map: &mut Vec<u32>) {
     out.clear();
     map.clear();
     let mut i = 0;
     while i < s.len() {
         let ascii = ascii_prefix(&s[i..]);
-        fold_ascii(&s[i..i + ascii], i, out, map);
+        fold_ascii::<MAP>(&s[i..i + ascii], i, out, map);
         i += ascii;
         if i < s.len() {
-            i += fold_char(&s[i..], i, out, map);
+            i += fold_char::<MAP>(&s[i..], i, out, map);
         }
     }
 }
@@ -116,29 +127,37 @@ fn ascii_prefix(s: &[u8]) -> usize {
 /// branch-free (every byte is stored, only kept ones advance the cursor): in prose about half
 /// the bytes are kept, so a branch per byte would mispredict constantly.
 /// The spare capacity is written, never zeroed first: zeroing it cost as much as the fold.
-fn fold_ascii(s: &[u8], at: usize, out: &mut Vec<u8>, map: &mut Vec<u32>) {
+fn fold_ascii<const MAP: bool>(s: &[u8], at: usize, out: &mut Vec<u8>, map: &mut Vec<u32>) {
     let n0 = out.len();
     out.reserve(s.len());
-    map.reserve(s.len());
-    let (o, m) = (&mut out.spare_capacity_mut()[..s.len()], &mut map.spare_capacity_mut()[..s.len()]);
+    let o = &mut out.spare_capacity_mut()[..s.len()];
     let mut n = 0;
-    for (k, &b) in s.iter().enumerate() {
-        let f = ASCII_FOLD[usize::from(b & 0x7f)];
-        // `n <= k`, so the slot exists; a dropped byte's slot is written again by the next one.
-        o[n].write(f);
-        m[n].write((at + k) as u32);
-        n += usize::from(f != 0);
+    if MAP {
+        map.reserve(s.len());
+        let m = &mut map.spare_capacity_mut()[..s.len()];
+        for (k, &b) in s.iter().enumerate() {
+            let f = ASCII_FOLD[usize::from(b & 0x7f)];
+            // `n <= k`, so the slot exists; a dropped byte's slot is written again by the next.
+            o[n].write(f);
+            m[n].write((at + k) as u32);
+            n += usize::from(f != 0);
+        }
+        // SAFETY: slots n0..n0 + n of `map` were written, as for `out` below.
+        unsafe { map.set_len(n0 + n) };
+    } else {
+        for &b in s {
+            let f = ASCII_FOLD[usize::from(b & 0x7f)];
+            o[n].write(f);
+            n += usize::from(f != 0);
+        }
     }
     // SAFETY: slots n0..n0 + n were written (each pass writes slot `n` before `n` can pass it),
-    // and both vectors reserved at least `s.len() >= n` more.
-    unsafe {
-        out.set_len(n0 + n);
-        map.set_len(n0 + n);
-    }
+    // and `reserve` made room for `s.len() >= n` more.
+    unsafe { out.set_len(n0 + n) };
 }
 
 /// Folds the non-ASCII character at the start of `s` (raw offset `at`); returns its length.
-fn fold_char(s: &[u8], at: usize, out: &mut Vec<u8>, map: &mut Vec<u32>) -> usize {
+fn fold_char<const MAP: bool>(s: &[u8], at: usize, out: &mut Vec<u8>, map: &mut Vec<u32>) -> usize {
     use unicode_normalization::UnicodeNormalization;
     let (c, len) = decode_char(s);
     let at = at as u32;
@@ -155,12 +174,16 @@ fn fold_char(s: &[u8], at: usize, out: &mut Vec<u8>, map: &mut Vec<u32>) -> usiz
                 let l = leet(lc as u8);
                 if l.is_ascii_lowercase() {
                     out.push(l);
-                    map.push(at);
+                    if MAP {
+                        map.push(at);
+                    }
                 }
             } else if lc.is_alphanumeric() {
                 for &byte in lc.encode_utf8(&mut buf).as_bytes() {
                     out.push(byte);
-                    map.push(at);
+                    if MAP {
+                        map.push(at);
+                    }
                 }
             }
         }
@@ -201,11 +224,17 @@ impl InjectionDetector {
             out.push((InjectionKind::RoleToken, m.range()));
         }
         let mut norm = Vec::with_capacity(hay.len());
-        let mut map = Vec::with_capacity(hay.len());
-        normalize(hay, &mut norm, &mut map);
-        // Built on the first phrase found: it takes a dozen passes over the bytes.
+        normalize_text(hay, &mut norm);
+        // Both built on the first phrase found: the map costs four bytes per kept byte, the
+        // hidden regions a dozen passes over the bytes.
+        let mut map: Option<Vec<u32>> = None;
         let mut hidden: Option<Vec<Range<usize>>> = None;
         for m in self.phrases.find_iter(&norm) {
+            let map = map.get_or_insert_with(|| {
+                let (mut again, mut map) = (Vec::with_capacity(norm.len()), Vec::with_capacity(norm.len()));
+                normalize(hay, &mut again, &mut map);
+                map
+            });
             let start = map[m.start()] as usize;
             let last = map[m.end() - 1] as usize;
             let end = (last + crate::decode::decode_char(&hay[last..]).1).min(hay.len());
@@ -276,7 +305,7 @@ mod tests {
                     }
                     i += 1;
                 } else {
-                    i += fold_char(&s[i..], i, out, map);
+                    i += fold_char::<true>(&s[i..], i, out, map);
                 }
             }
         }
@@ -290,6 +319,9 @@ mod tests {
             let (mut a, mut am, mut b, mut bm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             normalize(&s, &mut a, &mut am);
             reference(&s, &mut b, &mut bm);
+            let mut text = Vec::new();
+            normalize_text(&s, &mut text);
+            assert_eq!(text, a, "without the map, input {:?}", String::from_utf8_lossy(&s));
             assert_eq!((a, am), (b, bm), "input {:?}", String::from_utf8_lossy(&s));
         }
     }
