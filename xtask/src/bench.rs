@@ -1194,7 +1194,15 @@ impl Report<'_> {
         let rss_head: Vec<String> = PROXIES.iter().map(|n| format!("{n} RSS")).collect();
         let _ = writeln!(md, "| scenario | {} | {} |\n|---|{aligned}{aligned}", cores_head.join(" | "), rss_head.join(" | "));
         for row in self.rows {
-            let cores: Vec<String> = row.via.iter().map(|v| v.as_ref().map_or("—".into(), |(_, c)| opt(c.cores(), 2))).collect();
+            // A scenario a proxy did not run has no wall time to divide by.
+            let cores: Vec<String> = row
+                .via
+                .iter()
+                .map(|v| match v {
+                    Some((r, c)) if r.failure.is_none() => opt(c.cores(), 2),
+                    _ => "—".into(),
+                })
+                .collect();
             let rss: Vec<String> = row
                 .via
                 .iter()
