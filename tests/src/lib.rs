@@ -137,6 +137,22 @@ impl Origin {
         };
         Origin { https: field("https="), http: field("http="), ca: dir.path().join("ca.pem"), proc, _dir: dir }
     }
+
+    /// What the origin wrote to stderr so far (it reports cut uploads there).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("stderr")).unwrap_or_default()
+    }
+
+    /// How many bytes of a cut upload reached the origin, once it has logged one.
+    pub fn wait_cut_upload(&self) -> u64 {
+        for _ in 0..100 {
+            if let Some(n) = self.stderr().lines().find_map(|l| l.strip_prefix("upload cut after ")?.split(' ').next()?.parse().ok()) {
+                return n;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the origin logged no cut upload:\n{}", self.stderr());
+    }
 }
 
 /// A running cork with its own state directory and policy file.

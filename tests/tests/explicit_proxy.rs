@@ -498,3 +498,65 @@ fn long_plain_http_bodies_with_io_uring_off_take_the_tokio_path() {
     assert_eq!(cork.metric("cork_body_bytes_on_io_uring_total"), 0);
     assert!(cork.audit().iter().all(|r| r.get("relay").is_none()), "no request names a relay");
 }
+
+/// `scan.unscanned_response_types` passes listed binary media on without a scan: between plain
+/// sockets the body is spliced, on bumped (rustls) legs it streams unheld. The origin's
+/// `/media/N` body is a prompt injection labelled `video/mp4`, so any scan would block it.
+#[test]
+fn listed_binary_media_go_unscanned_and_plain_bodies_are_spliced() {
+    let origin = origin();
+    let scan = "scan:\n  unscanned_response_types: [\"video/*\"]\n";
+    let cork = Cork::start(&policy_for(&origin, &["origin.test"], "", scan));
+    let n = 6_000_000;
+    let want = bench_harness::origin::media_body(n);
+
+    let plain = format!("http://origin.test:{}/media/{n}", origin.http.port());
+    let out = curl(&cork, &[&plain]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.stdout == want, "the plain body differs (got {} bytes)", out.stdout.len());
+    let rec = cork.wait_audit("the plain media response", |r| r["kind"] == "request" && r["host"] == "origin.test" && r["port"] == origin.http.port());
+    assert_eq!(rec["unscanned"], "video/mp4", "{rec}");
+    assert_eq!(rec["relay"], "splice", "{rec}");
+    assert_eq!(rec["verdict"], "allow", "{rec}");
+    // All but what came with the head (at most one read) moved in the kernel.
+    let spliced = cork.metric("cork_body_bytes_spliced_total");
+    assert!(spliced >= n as u64 - 64 * 1024 && spliced <= n as u64, "{spliced}");
+
+    let bumped = format!("https://origin.test:{}/media/{n}", origin.https.port());
+    for version in ["--http1.1", "--http2"] {
+        let out = curl(&cork, &[version, &bumped]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.stdout == want, "the bumped body differs over {version} (got {} bytes)", out.stdout.len());
+    }
+    // HTTP/2 streams name their version; HTTP/1.1 requests carry none.
+    for version in [serde_json::Value::Null, "HTTP/2".into()] {
+        let rec = cork.wait_audit("a bumped media response", |r| r["kind"] == "request" && r["port"] == origin.https.port() && r["http_version"] == version);
+        assert_eq!(rec["unscanned"], "video/mp4", "{rec}");
+    }
+    assert_eq!(cork.metric("cork_bodies_unscanned_total"), 3);
+    assert_eq!(cork.metric("cork_body_bytes_spliced_total"), spliced, "rustls legs have no plaintext socket to splice");
+
+    // Everything else is still scanned: the same injection as text/html is blocked.
+    let out = curl(&cork, &["-o", "/dev/null", "-w", "%{http_code}", &format!("http://origin.test:{}/inject", origin.http.port())]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "{}", text(&out));
+}
+
+/// Without the list, the same media body is scanned and blocked; a text type in the list is
+/// refused at start, with the reason.
+#[test]
+fn media_are_scanned_by_default_and_text_cannot_be_unscanned() {
+    let origin = origin();
+    let cork = Cork::start(&policy_for(&origin, &["origin.test"], "", ""));
+    let out = curl(&cork, &["-o", "/dev/null", "-w", "%{http_code}", &format!("http://origin.test:{}/media/200000", origin.http.port())]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "{}", text(&out));
+    let rec = cork.wait_audit("the blocked media response", |r| r["kind"] == "request" && r["status"] == 403);
+    assert!(rec.get("unscanned").is_none(), "{rec}");
+    assert_eq!(cork.metric("cork_bodies_unscanned_total"), 0);
+
+    let dir = TempDir::new("unscanned");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, policy_for(&origin, &["origin.test"], "", "scan:\n  unscanned_response_types: [\"text/*\"]\n")).unwrap();
+    let out = run(Command::new(binary("cork")).args(["config", "check"]).arg(&policy));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("text, markup, script and form bodies are always scanned"), "{}", text(&out));
+}

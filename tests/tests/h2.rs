@@ -241,3 +241,27 @@ fn a_rapid_reset_flood_is_stopped_with_goaway_and_audited() {
     let out = curl(&cork, &["--http2", "-w", "\n%{http_version}", &url(&origin, "/echo")]);
     assert_eq!(body_and_version(&out).1, "2", "{}", text(&out));
 }
+
+/// A token deep inside an h2 upload larger than the buffered first part: cork resets the
+/// upstream stream before the token leaves. The origin logs how much of the cut upload it got.
+#[test]
+fn a_secret_deep_in_a_long_h2_upload_never_reaches_the_origin() {
+    let (origin, cork) = setup();
+    const TOKEN: &str = "ghp_Zx8Kq2Lm9Vb4Nc7Rt1Yp5Wd3Gf6Hj0Sa2QeX";
+    let offset = 4_000_000;
+    let mut upload = bench_harness::origin::pattern_bytes(5_000_000);
+    let planted = format!("\ntoken={TOKEN}\n");
+    upload[offset..offset + planted.len()].copy_from_slice(planted.as_bytes());
+    let file = cork.dir.path().join("leaky-h2-upload.bin");
+    std::fs::write(&file, &upload).unwrap();
+    let out = curl(&cork, &["--http2", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "-H", "Content-Type: application/octet-stream", "--data-binary", &format!("@{}", file.display()), &url(&origin, "/upload")]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403 2", "{}", text(&out));
+    let rec = cork.wait_audit("the cut h2 upload", |r| r["kind"] == "request" && r["status"] == 403 && r["path"] == "/upload");
+    assert_eq!(rec["findings"][0]["rule"], "github.pat_classic", "{rec}");
+    assert!(rec["reason"].as_str().unwrap().contains("reset before the secret was sent"), "{rec}");
+    // The token starts 7 bytes into what was planted; none of it may have arrived.
+    let arrived = origin.wait_cut_upload();
+    eprintln!("{arrived} bytes of the upload reached the origin");
+    assert!(arrived > 1_000_000, "the buffered first part was sent ({arrived} bytes)");
+    assert!(arrived <= (offset + 7) as u64, "{arrived} bytes reached the origin: the token (at {}) went with them", offset + 7);
+}

@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub use crate::testca::{ServerCert, TestCa};
 pub use body::{pattern_bytes, OriginBody, PATTERN};
-pub use routes::{ECHO_BODY_CAP, INJECT_HTML};
+pub use routes::{media_body, ECHO_BODY_CAP, INJECT_HTML};
 
 use crate::error::HarnessError;
 

@@ -39,11 +39,12 @@ pub async fn handle(req: Request<Incoming>) -> Result<Resp, Infallible> {
             Response::new(OriginBody::full(Bytes::from_static(INJECT_HTML.as_bytes()))),
             "text/html; charset=utf-8",
         ),
+        ("media", Some(n)) if is_get => media(n),
         ("status", Some(code)) if is_get => status(code),
         ("html", Some(t)) if is_get => with_type(Response::new(OriginBody::full(decode(t))), "text/html; charset=utf-8"),
         ("redirect", Some(to)) if is_get => redirect(&decode(to)),
         ("", None) if is_get => text(StatusCode::OK, "cork bench origin\n".into()),
-        ("bytes" | "chunked" | "upload" | "gzip" | "text" | "inject" | "status" | "html" | "redirect", _) => {
+        ("bytes" | "chunked" | "upload" | "gzip" | "text" | "inject" | "media" | "status" | "html" | "redirect", _) => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into())
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
@@ -104,6 +105,19 @@ fn pattern(n: &str, exact: bool) -> Resp {
     }
 }
 
+/// The first `n` bytes of [`INJECT_HTML`] repeated, labelled `video/mp4`: a body any scan
+/// blocks, for policies that leave video unscanned.
+pub fn media_body(n: usize) -> Vec<u8> {
+    INJECT_HTML.bytes().cycle().take(n).collect()
+}
+
+fn media(n: &str) -> Resp {
+    match n.parse::<usize>() {
+        Ok(n) if n <= 64 << 20 => with_type(Response::new(OriginBody::full(media_body(n))), "video/mp4"),
+        _ => text(StatusCode::BAD_REQUEST, "size must be an integer up to 64 MiB\n".into()),
+    }
+}
+
 fn status(code: &str) -> Resp {
     match code.parse::<u16>().ok().filter(|c| (200..=599).contains(c)) {
         Some(c) => {
@@ -154,7 +168,11 @@ async fn upload(req: Request<Incoming>) -> Resp {
                     hasher.update(&data);
                 }
             }
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("body read failed: {e}\n")),
+            Err(e) => {
+                // Tests read this line to see how much of a cut upload arrived.
+                eprintln!("upload cut after {len} bytes: {e}");
+                return text(StatusCode::BAD_REQUEST, format!("body read failed: {e}\n"));
+            }
         }
     }
     json(serde_json::json!({ "len": len, "sha256": hex::encode(hasher.finalize()) }))

@@ -77,9 +77,13 @@ pub struct AuditRecord {
     pub bytes_down: u64,
     pub duration_ms: f64,
     /// For tunnels: the mechanism that relayed the bytes (`uring`, `splice` or `copy`). For
-    /// requests: `uring` when a body moved on io_uring.
+    /// requests: `uring` when a body moved on io_uring, `splice` when an unscanned one was spliced.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay: Option<&'static str>,
+    /// The response's media type, when the policy passed its body on without a scan
+    /// (`scan.unscanned_response_types`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unscanned: Option<String>,
     /// The process that opened the connection, when known (transparent mode in a bottle).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -115,6 +119,7 @@ impl AuditRecord {
             bytes_down: 0,
             duration_ms: 0.0,
             relay: None,
+            unscanned: None,
             pid: None,
             via: None,
             websocket: None,

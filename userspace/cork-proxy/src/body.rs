@@ -14,6 +14,10 @@
 //! in the ring's buffer, with the same hold-back, and the write leaves from that buffer. Anything
 //! the ring cannot carry on with (a kTLS control record, end of stream) comes back here with the
 //! bytes it still held, and the body goes on on this path.
+//!
+//! A response body of a type the policy leaves unscanned (`scan.unscanned_response_types`) is
+//! not held at all: its head goes out at once, and between plaintext sockets the rest moves by
+//! `splice` ([`crate::splice::body`]) without entering userspace.
 
 use std::any::Any;
 use std::ops::Range;
@@ -26,6 +30,7 @@ use cork_http::BodyFraming;
 use cork_scan::{BodyScan, Finding};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::splice::BodySpliceStop;
 use crate::uring::{BodyEnd, BodyFilter, BodyMoved, Judgement, Pool, BODY_MAX_HELD};
 use crate::wire::Wire;
 
@@ -34,6 +39,8 @@ const MIN_RELEASE: usize = 16 * 1024;
 /// Bodies with at least this much left after the head is out move on io_uring (when they can):
 /// below it, setting up a transfer costs more than it saves.
 const RING_MIN_BODY: u64 = 256 * 1024;
+/// Unscanned bodies with at least this much left are spliced (a pipe and two registrations).
+const SPLICE_MIN_BODY: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -217,11 +224,18 @@ pub struct ScannedRelay {
     ring: Option<&'static Pool>,
     /// Body bytes that moved on io_uring.
     pub ring_bytes: u64,
+    /// Unscanned body bytes that moved by splice.
+    pub spliced_bytes: u64,
 }
 
 impl ScannedRelay {
     pub fn new(scan: BodyScan, decide: Decide, buffer_limit: usize, idle: Duration, ring: Option<&'static Pool>) -> Self {
-        Self { scan: Some(scan), decide, buffer_limit, idle, ring, ring_bytes: 0 }
+        Self { scan: Some(scan), decide, buffer_limit, idle, ring, ring_bytes: 0, spliced_bytes: 0 }
+    }
+
+    /// Whether the scanner looks at nothing (a response type the policy leaves unscanned).
+    pub fn is_unscanned(&self) -> bool {
+        self.scan.as_ref().is_some_and(BodyScan::is_unscanned)
     }
 
     fn scan(&mut self) -> &mut BodyScan {
@@ -266,6 +280,10 @@ impl ScannedRelay {
         let mut committed = false;
         let mut seen: Vec<(Finding, Effect)> = Vec::new();
         let mut ring_allowed = self.ring.is_some() && out == OutFraming::Raw && check.is_noop();
+        // Nothing looks at an unscanned body: nothing is held, and it may bypass userspace.
+        let unscanned = self.scan().is_unscanned() && check.is_noop();
+        let mut splice_allowed = unscanned && out == OutFraming::Raw;
+        let min_release = if unscanned { 1 } else { MIN_RELEASE };
         loop {
             let more = reader.read_into(src, &mut held, self.idle).await?;
             let mut fresh = self.scan().push(&held[scanned..]);
@@ -301,13 +319,13 @@ impl ScannedRelay {
                 dst.flush().await.map_err(RelayError::Write)?;
                 return Ok(RelayEnd::Complete { findings: seen, bytes: released + held.len() as u64 });
             }
-            if !committed && released + held.len() as u64 > self.buffer_limit as u64 {
+            if !committed && (unscanned || released + held.len() as u64 > self.buffer_limit as u64) {
                 dst.send(head).await.map_err(RelayError::Write)?;
                 committed = true;
             }
             // The scanner's hold-back grows with what it has seen; ask after every push.
             let hold = self.scan().hold_back().max(check.hold_back());
-            if committed && held.len() >= hold + MIN_RELEASE {
+            if committed && held.len() >= hold + min_release {
                 let n = held.len() - hold;
                 write_piece(dst, out, &held[..n]).await?;
                 held.drain(..n);
@@ -315,6 +333,33 @@ impl ScannedRelay {
                 released += n as u64;
             }
             let left = reader.length_left().unwrap_or(0);
+            if splice_allowed && committed && held.is_empty() && left >= SPLICE_MIN_BODY && src.buffered().is_empty() {
+                if let (Some(from), Some(to)) = (src.plain_fd(), dst.plain_fd()) {
+                    // What the wire still holds must reach the socket before the kernel's bytes.
+                    dst.flush().await.map_err(RelayError::Write)?;
+                    let mut moved = 0u64;
+                    let stopped = crate::splice::body(from, to, left, self.idle, &mut moved).await;
+                    reader.advance(moved);
+                    src.bytes_in += moved;
+                    dst.bytes_out += moved;
+                    self.spliced_bytes += moved;
+                    released += moved;
+                    match stopped {
+                        Ok(()) => return Ok(RelayEnd::Complete { findings: seen, bytes: released }),
+                        Err(BodySpliceStop::Handback(reason)) => {
+                            // This path reads on and meets whatever stopped the splice itself.
+                            tracing::debug!(%reason, "the body splice handed back");
+                            splice_allowed = false;
+                        }
+                        Err(BodySpliceStop::Read(e)) => return Err(RelayError::Read(e)),
+                        Err(BodySpliceStop::Write(e)) => return Err(RelayError::Write(e)),
+                        Err(BodySpliceStop::Ended) => return Err(RelayError::Truncated("connection closed inside the body")),
+                        Err(BodySpliceStop::Idle) => return Err(RelayError::Idle(self.idle)),
+                    }
+                    continue;
+                }
+                splice_allowed = false;
+            }
             if ring_allowed && committed && left >= RING_MIN_BODY && src.buffered().is_empty() && held.len() <= BODY_MAX_HELD {
                 if let (Some(from), Some(to), Some(pool)) = (src.plain_fd(), dst.plain_fd(), self.ring) {
                     // SAFETY: both descriptors belong to the wires, which outlive this call.

@@ -466,8 +466,16 @@ impl Exchange<'_> {
             Some(m) => Box::new(m.response_check(content_type.as_deref(), content_encoding.as_deref(), limits.body_buffer_bytes)),
             None => Box::new(NoCheck),
         };
+        let unscanned = relay.is_unscanned() && check.is_noop();
         let relayed = relay.run_checked(upstream, &mut reader, client, out, &head_bytes, &mut *check).await;
         self.note_ring(&relay, record);
+        if unscanned {
+            self.state.metrics.body_unscanned(relay.spliced_bytes);
+            record.unscanned = content_type.clone();
+            if relay.spliced_bytes > 0 {
+                record.relay = Some("splice");
+            }
+        }
         match relayed {
             Ok(RelayEnd::Complete { findings, .. }) => {
                 record_findings(record, mode, &findings);

@@ -330,6 +330,10 @@ async fn relay_stream(conn: &Conn, request: Request<RecvStream>, respond: h2::se
         Some(m) => Box::new(m.response_check(response_meta.0.as_deref(), response_meta.1.as_deref(), limits.body_buffer_bytes)),
         None => Box::new(NoCheck),
     };
+    if scan.is_unscanned() && check.is_noop() {
+        conn.state.metrics.body_unscanned(0);
+        record.unscanned = response_meta.0.clone();
+    }
     let down_bytes = match relay_body(&mut resp_body, &mut scan, &mut *check, &decide, snap, false, limits.body_buffer_bytes, idle, &mut open_client).await {
         Ok(BodyEnd::Complete { findings, bytes }) => {
             record_findings(&mut record, mode, &findings);
@@ -440,7 +444,6 @@ async fn relay_body(
     idle: Duration,
     open: &mut (dyn FnMut(bool) -> Result<SendStream<Bytes>, h2::Error> + Send),
 ) -> Result<BodyEnd, BodyError> {
-    let hold = scan.hold_back();
     let mut held: Vec<u8> = Vec::new();
     let mut scanned = 0usize;
     let mut released: u64 = 0;
@@ -518,7 +521,8 @@ async fn relay_body(
             sink = Some(open(false).map_err(BodyError::Write)?);
         }
         if let Some(dst) = sink.as_mut() {
-            let hold = hold.max(check.hold_back());
+            // The scanner's hold-back grows with what it has seen; ask after every push.
+            let hold = scan.hold_back().max(check.hold_back());
             if held.len() >= hold + MIN_RELEASE {
                 let n = held.len() - hold;
                 let piece = Bytes::copy_from_slice(&held[..n]);

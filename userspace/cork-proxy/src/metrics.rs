@@ -36,6 +36,8 @@ pub struct Metrics {
     relay_paths: LabelledCounter,
     /// Scanned body bytes that moved on io_uring.
     body_ring_bytes: AtomicU64,
+    body_spliced_bytes: AtomicU64,
+    bodies_unscanned: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
     active_connections: AtomicI64,
@@ -103,6 +105,12 @@ impl Metrics {
         self.body_ring_bytes.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// A response body passed on unscanned by policy, `spliced` bytes of it by `splice`.
+    pub fn body_unscanned(&self, spliced: u64) {
+        self.bodies_unscanned.fetch_add(1, Ordering::Relaxed);
+        self.body_spliced_bytes.fetch_add(spliced, Ordering::Relaxed);
+    }
+
     pub fn bytes(&self, up: u64, down: u64) {
         self.bytes_up.fetch_add(up, Ordering::Relaxed);
         self.bytes_down.fetch_add(down, Ordering::Relaxed);
@@ -152,6 +160,8 @@ impl Metrics {
             ("cork_bytes_up_total", "counter", "Bytes sent upstream (plaintext or tunnelled).", self.bytes_up.load(Ordering::Relaxed) as i64),
             ("cork_bytes_down_total", "counter", "Bytes sent back to clients.", self.bytes_down.load(Ordering::Relaxed) as i64),
             ("cork_body_bytes_on_io_uring_total", "counter", "Scanned HTTP/1.1 body bytes moved on io_uring (plain TCP or kTLS legs).", self.body_ring_bytes.load(Ordering::Relaxed) as i64),
+            ("cork_bodies_unscanned_total", "counter", "Response bodies passed on without a scan (scan.unscanned_response_types).", self.bodies_unscanned.load(Ordering::Relaxed) as i64),
+            ("cork_body_bytes_spliced_total", "counter", "Unscanned HTTP/1.1 body bytes moved by splice (plain TCP or kTLS legs).", self.body_spliced_bytes.load(Ordering::Relaxed) as i64),
             ("cork_active_connections", "gauge", "Client connections being served.", self.active_connections.load(Ordering::Relaxed)),
             ("cork_policy_reloads_total", "counter", "Successful policy reloads.", self.reloads.load(Ordering::Relaxed) as i64),
             ("cork_leaf_certificates_issued_total", "counter", "Leaf certificates signed.", ext.leaf_issued as i64),

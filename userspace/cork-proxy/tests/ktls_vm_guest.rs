@@ -13,7 +13,9 @@
 //! `/proc/net/tls_stat` must rise by exactly the sockets cork offloaded; TLS 1.3 clients must
 //! receive cork's NewSessionTickets; an upstream KeyUpdate must end the connection with
 //! `tls.key_update_unsupported` and no corrupted byte; `limits.ktls: off` must keep both legs on
-//! rustls with nothing new in the kernel; a passthrough host must be spliced.
+//! rustls with nothing new in the kernel; a passthrough host must be spliced; a response body of
+//! a type the policy leaves unscanned must be spliced between the two kTLS sockets, and a
+//! KeyUpdate in the middle of that splice must end the connection as on the other paths.
 //!
 //! Exit status 0 only if every check passed. The guest is TCG-emulated: no timing is measured.
 
@@ -97,7 +99,9 @@ struct Origin {
     cert: CertificateDer<'static>,
 }
 
-/// Serves `POST /echo` (the body back) and `GET /keyupdate?n=N` (N bytes, a KeyUpdate, N more).
+/// Serves `POST /echo` (the body back), `GET /keyupdate?n=N` (N bytes, a KeyUpdate, N more),
+/// `GET /media?n=N` (N bytes labelled `video/mp4`, which the guest's policy leaves unscanned) and
+/// `GET /keyupdate-media?n=N` (the KeyUpdate one, labelled `video/mp4`).
 fn start_origin(suite_id: Option<CipherSuite>) -> Origin {
     let cert = rcgen::generate_simple_self_signed(vec![ORIGIN.to_string(), PASSTHROUGH.to_string()]).expect("rcgen");
     let der = cert.cert.der().clone();
@@ -138,9 +142,15 @@ fn serve_origin(config: Arc<ServerConfig>, sock: TcpStream) -> io::Result<()> {
             tls.write_all(out.as_bytes())?;
             tls.write_all(&body)?;
             tls.flush()?;
-        } else if let Some(n) = first.strip_prefix("GET /keyupdate?n=").and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<usize>().ok()) {
+        } else if let Some(n) = query_n(&first, "GET /media?n=") {
+            let body = pattern(n, 11);
+            let out = format!("HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: {}\r\n\r\n", body.len());
+            tls.write_all(out.as_bytes())?;
+            tls.write_all(&body)?;
+            tls.flush()?;
+        } else if let Some((n, kind)) = query_n(&first, "GET /keyupdate?n=").map(|n| (n, "text/plain")).or_else(|| query_n(&first, "GET /keyupdate-media?n=").map(|n| (n, "video/mp4"))) {
             let body = pattern(2 * n, 7);
-            let out = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n", body.len());
+            let out = format!("HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n", body.len());
             tls.write_all(out.as_bytes())?;
             tls.write_all(&body[..n])?;
             tls.flush()?;
@@ -163,6 +173,11 @@ fn serve_origin(config: Arc<ServerConfig>, sock: TcpStream) -> io::Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // HTTP/1.1 helpers shared by the origin and the client.
+
+/// `N` from a request line `PREFIX N HTTP/1.1`.
+fn query_n(request_line: &str, prefix: &str) -> Option<usize> {
+    request_line.strip_prefix(prefix)?.split(' ').next()?.parse().ok()
+}
 
 /// Reads a head; returns it and the bytes read after it. `None` on a clean end before any byte.
 fn read_head(r: &mut impl Read) -> io::Result<Option<(String, Vec<u8>)>> {
@@ -244,7 +259,7 @@ fn policy_yaml(origin: &Origin, dir: &Path, ktls: &str) -> Result<String> {
     let pem = format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64(&origin.cert));
     std::fs::write(&roots, pem).map_err(|e| e.to_string())?;
     Ok(format!(
-        "mode: enforce\nhosts:\n  allow: [{ORIGIN}]\n  passthrough: [{PASSTHROUGH}]\n  ports: [{port}]\nupstream:\n  extra_roots: [{roots}]\n  resolve:\n    {ORIGIN}: 127.0.0.1\n    {PASSTHROUGH}: 127.0.0.1\nlimits:\n  ktls: {ktls}\n  body_buffer_bytes: {BUFFERED}\n",
+        "mode: enforce\nscan:\n  unscanned_response_types: [\"video/*\"]\nhosts:\n  allow: [{ORIGIN}]\n  passthrough: [{PASSTHROUGH}]\n  ports: [{port}]\nupstream:\n  extra_roots: [{roots}]\n  resolve:\n    {ORIGIN}: 127.0.0.1\n    {PASSTHROUGH}: 127.0.0.1\nlimits:\n  ktls: {ktls}\n  body_buffer_bytes: {BUFFERED}\n",
         port = origin.addr.port(),
         roots = roots.display()
     ))
@@ -495,7 +510,24 @@ fn main() {
     checks.check("no kTLS decrypt errors", if decrypt_errors == 0 { Ok(()) } else { Err(format!("TlsDecryptError {decrypt_errors}")) });
 
     // An upstream KeyUpdate: the kernel leg cannot follow on 6.1.
-    checks.check("an upstream KeyUpdate ends the connection cleanly, audited", key_update());
+    checks.check(
+        "an upstream KeyUpdate ends the connection cleanly, audited",
+        key_update("/keyupdate", "/tmp/cork-keyupdate").and_then(|cork| moved_on_ring(&cork, (512 * 1024 - BUFFERED - 64 * 1024) as u64)),
+    );
+
+    // An unscanned body is spliced between the kTLS sockets; a KeyUpdate in the middle of the
+    // splice hands back to the kTLS stream, which ends the connection the same way.
+    checks.check("an unscanned video/mp4 body is spliced between the kTLS sockets", media_spliced());
+    checks.check(
+        "an upstream KeyUpdate in the middle of a splice ends the connection cleanly, audited",
+        key_update("/keyupdate-media", "/tmp/cork-keyupdate-media").and_then(|cork| match metric(&cork, "cork_body_bytes_spliced_total ") {
+            0 => Err("nothing was spliced before the KeyUpdate".into()),
+            n => {
+                println!("[guest]   {n} body bytes spliced before the KeyUpdate");
+                Ok(())
+            }
+        }),
+    );
 
     // The policy switch: both legs stay on rustls, nothing new in the kernel.
     checks.check("limits.ktls: off keeps both legs on rustls and still carries the data", ktls_off());
@@ -515,16 +547,18 @@ fn main() {
     std::process::exit(1);
 }
 
-fn key_update() -> Result<()> {
+/// An upstream KeyUpdate after `n` body bytes of `path` (`/keyupdate` or `/keyupdate-media`).
+/// Returns the cork, for the caller's own checks of how the body moved.
+fn key_update(path: &str, dir: &str) -> Result<Cork> {
     let cs = CipherSuite::TLS13_AES_128_GCM_SHA256;
     let origin = start_origin(Some(cs));
-    let cork = start_cork(&origin, Path::new("/tmp/cork-keyupdate"), "auto")?;
+    let cork = start_cork(&origin, Path::new(dir), "auto")?;
     let store = Arc::new(CountingStore { inner: ClientSessionMemoryCache::new(8), tickets: AtomicUsize::new(0) });
     let mut tls = connect(&cork, ORIGIN, origin.addr.port(), &cork.ca, cs, store)?;
     // Long enough that the body is on io_uring when the KeyUpdate record arrives: the ring's read
     // fails on it and hands back to the kTLS stream, which must end the connection cleanly.
     let n = 512 * 1024;
-    let head = format!("GET /keyupdate?n={n} HTTP/1.1\r\nHost: {ORIGIN}\r\n\r\n");
+    let head = format!("GET {path}?n={n} HTTP/1.1\r\nHost: {ORIGIN}\r\n\r\n");
     tls.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
     tls.flush().map_err(|e| e.to_string())?;
     let mut got = Vec::new();
@@ -545,17 +579,59 @@ fn key_update() -> Result<()> {
     if legs(&cork, "kernel") != 2 {
         return Err(format!("expected both legs in the kernel, {} were", legs(&cork, "kernel")));
     }
-    moved_on_ring(&cork, (n - BUFFERED - 64 * 1024) as u64)?;
-    // The audit record is written after the relay ends; give the runtime a moment to write it.
+    audit_line(&cork, "tls.key_update_unsupported")?;
+    Ok(cork)
+}
+
+/// The first audit line containing `needle`, once cork has written it (records are written
+/// after the relay ends).
+fn audit_line(cork: &Cork, needle: &str) -> Result<String> {
     for _ in 0..100 {
         let log = std::fs::read_to_string(&cork.audit).unwrap_or_default();
-        if let Some(line) = log.lines().find(|l| l.contains("tls.key_update_unsupported")) {
+        if let Some(line) = log.lines().find(|l| l.contains(needle)) {
             println!("[guest]   audit: {line}");
-            return Ok(());
+            return Ok(line.to_string());
         }
         thread::sleep(Duration::from_millis(100));
     }
-    Err(format!("no tls.key_update_unsupported audit record in {}", cork.audit.display()))
+    Err(format!("no audit record with {needle:?} in {}", cork.audit.display()))
+}
+
+/// A `video/mp4` response, which the guest's policy leaves unscanned: after its head, the body
+/// moves between the two kTLS sockets by splice, never through userspace.
+fn media_spliced() -> Result<()> {
+    let cs = CipherSuite::TLS13_AES_256_GCM_SHA384;
+    let origin = start_origin(Some(cs));
+    let cork = start_cork(&origin, Path::new("/tmp/cork-media"), "auto")?;
+    let store = Arc::new(CountingStore { inner: ClientSessionMemoryCache::new(8), tickets: AtomicUsize::new(0) });
+    let mut tls = connect(&cork, ORIGIN, origin.addr.port(), &cork.ca, cs, store)?;
+    let n = 2 * PAYLOAD;
+    let head = format!("GET /media?n={n} HTTP/1.1\r\nHost: {ORIGIN}\r\nConnection: close\r\n\r\n");
+    tls.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+    tls.flush().map_err(|e| e.to_string())?;
+    let (head, mut got) = read_head(&mut tls).map_err(|e| format!("reading the response head: {e}"))?.ok_or("no response")?;
+    if !head.starts_with("HTTP/1.1 200") || !head.contains("video/mp4") {
+        return Err(format!("response head {head:?}"));
+    }
+    read_to(&mut tls, &mut got, n).map_err(|e| format!("reading the body: {e}"))?;
+    let want = pattern(n, 11);
+    if got.len() != n || sha(&got) != sha(&want) {
+        return Err(format!("body mismatch: {} bytes sha256 {}, expected {n} bytes sha256 {}", got.len(), sha(&got), sha(&want)));
+    }
+    if legs(&cork, "kernel") != 2 {
+        return Err(format!("expected both legs in the kernel, {} were", legs(&cork, "kernel")));
+    }
+    let spliced = metric(&cork, "cork_body_bytes_spliced_total ");
+    println!("[guest]   {spliced} of {n} body bytes spliced between the kTLS sockets");
+    // All but what arrived with the head (one record's worth at most).
+    if spliced < (n - 16 * 1024) as u64 || spliced > n as u64 {
+        return Err(format!("{spliced} bytes spliced\n{}", cork.metrics_text()));
+    }
+    let line = audit_line(&cork, "\"unscanned\":\"video/mp4\"")?;
+    if !line.contains("\"relay\":\"splice\"") {
+        return Err(format!("the audit record names no splice: {line}"));
+    }
+    Ok(())
 }
 
 fn ktls_off() -> Result<()> {

@@ -73,6 +73,9 @@ pub struct ScanConfig {
     pub limits: Limits,
     /// MCP scanning: tool policy, poisoning, drift and chains (see [`crate::mcp`]).
     pub mcp: crate::mcp::McpConfig,
+    /// Binary media types (`video/*`, `image/png`, …) whose response bodies are passed on
+    /// without a scan; empty by default. Text, markup, script and form types are refused.
+    pub unscanned_response_types: Vec<String>,
 }
 
 impl Default for ScanConfig {
@@ -85,6 +88,7 @@ impl Default for ScanConfig {
             allow_documentation_examples: true,
             limits: Limits::default(),
             mcp: crate::mcp::McpConfig::default(),
+            unscanned_response_types: Vec::new(),
         }
     }
 }

@@ -51,6 +51,7 @@ pub mod html;
 mod inject;
 pub mod a2a;
 pub mod mcp;
+mod media;
 mod runs;
 mod scanner;
 pub mod shell;
@@ -107,6 +108,8 @@ pub struct Finding {
 pub enum BuildError {
     #[error("rule {rule}: {reason}")]
     Rule { rule: String, reason: String },
+    #[error("scan.unscanned_response_types: {entry:?}: {reason}")]
+    UnscannedType { entry: String, reason: String },
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -165,6 +168,7 @@ pub(crate) struct Inner {
     actions: Vec<Option<Action>>,
     limits: Limits,
     mcp: Arc<mcp::McpPolicy>,
+    unscanned: media::UnscannedTypes,
 }
 
 /// The compiled rule set. Cheap to share: clone the `Arc` or borrow; `Send + Sync`.
@@ -193,7 +197,8 @@ impl Engine {
         }
         let compiled = Compiled::new(enabled, &cfg.canaries, allow)?;
         let mcp = mcp::McpPolicy::new(&cfg.mcp).map_err(|e| BuildError::Rule { rule: "mcp".into(), reason: e.to_string() })?;
-        Ok(Engine { inner: Arc::new(Inner { compiled, actions, limits: cfg.limits.clone(), mcp: Arc::new(mcp) }) })
+        let unscanned = media::UnscannedTypes::new(&cfg.unscanned_response_types)?;
+        Ok(Engine { inner: Arc::new(Inner { compiled, actions, limits: cfg.limits.clone(), mcp: Arc::new(mcp), unscanned }) })
     }
 
     /// Scans a request URL: scheme, CRLF, traversal, SSRF, length, entropy, DNS labels and DLP
@@ -225,7 +230,9 @@ impl Engine {
         BodyScan::new(self.inner.clone(), Direction::Egress, meta)
     }
 
-    /// Starts scanning a response body (prompt injection; decompressed as needed).
+    /// Starts scanning a response body (prompt injection; decompressed as needed). A body whose
+    /// type is in `scan.unscanned_response_types` gets a scan that looks at nothing
+    /// ([`BodyScan::is_unscanned`]).
     pub fn response_body(&self, meta: BodyMeta<'_>) -> BodyScan {
         BodyScan::new(self.inner.clone(), Direction::Ingress, meta)
     }

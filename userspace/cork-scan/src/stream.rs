@@ -87,6 +87,8 @@ enum Source {
     /// Decoding failed or was refused; the rest of the body is not scanned (the finding
     /// already asked for a block).
     Stopped,
+    /// A response type the configuration lists as unscanned: nothing is looked at or held.
+    Unscanned,
 }
 
 /// A streaming scan of one body. Created by [`crate::Engine::request_body`] or
@@ -106,7 +108,9 @@ impl BodyScan {
     pub(crate) fn new(inner: Arc<Inner>, dir: Direction, meta: BodyMeta<'_>) -> BodyScan {
         let kind = Kind::from_content_type(meta.content_type);
         let mut pending = Vec::new();
+        let unscanned = dir == Direction::Ingress && inner.unscanned.covers(meta.content_type);
         let source = match meta.content_encoding.map(parse_codings) {
+            _ if unscanned => Source::Unscanned,
             None => Source::Raw,
             Some(Ok(codings)) if codings.is_empty() => Source::Raw,
             Some(Ok(codings)) if codings.len() == 1 => {
@@ -157,9 +161,15 @@ impl BodyScan {
                     self.stop(e, &mut out);
                 }
             }
-            Source::Stopped => {}
+            Source::Stopped | Source::Unscanned => {}
         }
         out
+    }
+
+    /// True when the body's type is one the configuration passes on without a scan: nothing
+    /// pushed is looked at, and nothing is ever held back.
+    pub fn is_unscanned(&self) -> bool {
+        matches!(self.source, Source::Unscanned)
     }
 
     /// Ends the body: scans what is left and reports it.
@@ -180,7 +190,7 @@ impl BodyScan {
                     self.stop(e, &mut out);
                 }
             }
-            Source::Stopped => {}
+            Source::Stopped | Source::Unscanned => {}
         }
         out
     }
@@ -192,6 +202,7 @@ impl BodyScan {
         match self.source {
             Source::Raw => (self.pushed - self.window.final_upto.min(self.pushed)) as usize,
             Source::Compressed(_) | Source::Stopped => self.pushed.min(64 << 10) as usize,
+            Source::Unscanned => 0,
         }
     }
 
