@@ -87,7 +87,9 @@ where
 
     // Upstream first: its failure is reported to the client over the intercepted connection.
     let upstream_tls = snap.upstream_tls_for(offers_h2, offers_h1).clone();
-    let upstream_result = upstream::connect_tls(&snap.policy, &upstream_tls, &dest.host, dest.port, ktls).await;
+    // The handshakes are boxed so that their state is gone once they are done, not reserved in
+    // the connection's task for its whole life.
+    let upstream_result = Box::pin(upstream::connect_tls(&snap.policy, &upstream_tls, &dest.host, dest.port, ktls)).await;
     let chosen: Option<Vec<u8>> = match &upstream_result {
         Ok(stream) => stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec),
         // Nothing upstream to mirror: the refusal is given in HTTP/1.1 when the client speaks it.
@@ -106,7 +108,7 @@ where
     // Exactly the upstream's choice (or none, when the upstream chose none).
     server_config.alpn_protocols = chosen.clone().into_iter().collect();
     server_config.enable_secret_extraction = ktls;
-    let mut tls = match tokio::time::timeout(handshake, ktls_leg::accept(start, Arc::new(server_config), ktls)).await {
+    let mut tls = match tokio::time::timeout(handshake, Box::pin(ktls_leg::accept(start, Arc::new(server_config), ktls))).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return connection_record(&state, &snap, client, &dest, "connection", "tls.client_handshake", &e.to_string()),
         Err(_) => return connection_record(&state, &snap, client, &dest, "connection", "tls.handshake_timeout", "the client did not finish its handshake in time"),
@@ -119,7 +121,8 @@ where
                 ktls_leg::keep_on_rustls(&mut upstream);
                 // cork may end this connection with a GOAWAY while the client still sends.
                 let linger = tls.get_ref().0.tcp().and_then(|tcp| Linger::hold(tcp).ok());
-                crate::h2relay::relay(state, snap, client, dest, tls, upstream).await;
+                // Boxed: the h2 relay's state is only needed on this path.
+                Box::pin(crate::h2relay::relay(state, snap, client, dest, tls, upstream)).await;
                 if let Some(linger) = linger {
                     linger.drain().await;
                 }

@@ -193,7 +193,18 @@ impl Exchange<'_> {
     }
 
     /// Relays one exchange that starts with `head`, already read from `client`.
-    pub async fn relay<C, U>(&self, client: &mut Wire<C>, upstream: &mut Wire<U>, mut head: RequestHead) -> After
+    pub async fn relay<C, U>(&self, client: &mut Wire<C>, upstream: &mut Wire<U>, head: RequestHead) -> After
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        // An exchange's state (body relays, scanners' futures, MCP and WebSocket sessions) is
+        // tens of KiB. Boxed, it exists only while a request is in flight: an idle keep-alive
+        // connection's task holds just the pointer.
+        Box::pin(self.relay_unboxed(client, upstream, head)).await
+    }
+
+    async fn relay_unboxed<C, U>(&self, client: &mut Wire<C>, upstream: &mut Wire<U>, mut head: RequestHead) -> After
     where
         C: AsyncRead + AsyncWrite + Unpin,
         U: AsyncRead + AsyncWrite + Unpin,

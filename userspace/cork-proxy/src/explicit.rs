@@ -41,17 +41,19 @@ async fn handle(state: Arc<ProxyState>, stream: TcpStream, client: SocketAddr) {
             return;
         }
     };
+    // Each kind of connection is boxed, so a connection's task is as large as its own kind needs
+    // (an idle bumped connection is in memory for as long as the agent keeps it).
     if head.method.eq_ignore_ascii_case("CONNECT") {
         state.metrics.connection("connect");
-        connect(state, snap, client, wire, head).await
+        Box::pin(connect(state, snap, client, wire, head)).await
     } else if fetch::is_fetch(&head) {
         state.metrics.connection("fetch");
-        fetch::serve(state.clone(), snap, client, &mut wire, &head).await;
+        Box::pin(fetch::serve(state.clone(), snap, client, &mut wire, &head)).await;
     } else if head.target.starts_with("http://") {
         state.metrics.connection("forward");
-        forward(state, snap, client, wire, head).await
+        Box::pin(forward(state, snap, client, wire, head)).await
     } else if crate::ws_endpoint::is_route(&head.target) {
-        crate::ws_endpoint::serve(state, snap, client, wire, head).await
+        Box::pin(crate::ws_endpoint::serve(state, snap, client, wire, head)).await
     } else {
         state.metrics.connection("invalid");
         let (rule, reason) = if head.target.starts_with("https://") {
@@ -107,9 +109,9 @@ async fn connect(state: Arc<ProxyState>, snap: Arc<Snapshot>, client: SocketAddr
     // Bytes the client sent right behind the CONNECT head (a pipelined ClientHello) are kept.
     let (stream, early) = wire.into_parts();
     if passthrough {
-        tunnel::passthrough(state, snap, client, stream, early, dest).await
+        Box::pin(tunnel::passthrough(state, snap, client, stream, early, dest)).await
     } else {
-        bump::intercept(state, snap, client, Prefixed::new(early, stream), dest).await
+        Box::pin(bump::intercept(state, snap, client, Prefixed::new(early, stream), dest)).await
     }
 }
 

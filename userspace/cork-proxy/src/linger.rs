@@ -39,7 +39,8 @@ impl Linger {
         let Ok(mut tcp) = TcpStream::from_std(std) else { return 0 };
         let _ = tcp.shutdown().await;
         let mut dropped = 0u64;
-        let mut buf = [0u8; 16 * 1024];
+        // On the heap: an array here would sit in every bumped connection's task for its life.
+        let mut buf = vec![0u8; 16 * 1024];
         let _ = tokio::time::timeout(LINGER_FOR, async {
             while dropped < LINGER_BYTES {
                 match tcp.read(&mut buf).await {
