@@ -59,21 +59,51 @@ pub async fn intercept<S>(state: Arc<ProxyState>, snap: Arc<Snapshot>, client: S
 where
     S: AsyncRead + AsyncWrite + IntoTcp + Unpin + Send + 'static,
 {
+    // Two boxed phases: the handshakes' state is freed once they are done, so a connection that
+    // idles between exchanges (most of those a proxy holds) keeps only its two legs.
+    if let Some(bumped) = Box::pin(handshake(state, snap, client, client_io, dest)).await {
+        Box::pin(keep_alive(bumped)).await
+    }
+}
+
+/// A bumped HTTP/1.1 connection between its handshakes and its first exchange.
+struct Bumped<C, U> {
+    state: Arc<ProxyState>,
+    snap: Arc<Snapshot>,
+    client: SocketAddr,
+    dest: Destination,
+    client_wire: Wire<ktls_leg::Leg<C>>,
+    upstream_wire: Wire<ktls_leg::Leg<U>>,
+}
+
+/// For the handshake's early ends: the record is written, and nothing goes on.
+fn audited<T>(_: ()) -> Option<T> {
+    None
+}
+
+type ClientTls<S> = tokio_rustls::server::TlsStream<RecordExact<S>>;
+type UpstreamTls = tokio_rustls::client::TlsStream<RecordExact<tokio::net::TcpStream>>;
+
+/// Both handshakes, and HTTP/2 to its end. Returns the legs when HTTP/1.1 goes on.
+async fn handshake<S>(state: Arc<ProxyState>, snap: Arc<Snapshot>, client: SocketAddr, client_io: S, dest: Destination) -> Option<Bumped<ClientTls<S>, UpstreamTls>>
+where
+    S: AsyncRead + AsyncWrite + IntoTcp + Unpin + Send + 'static,
+{
     let limits = &snap.policy.limits;
     let handshake = Duration::from_secs(limits.handshake_timeout_secs);
     let ktls = ktls_leg::wanted(&snap);
     let client_io = RecordExact::new(client_io, ktls);
     let start = match tokio::time::timeout(handshake, LazyConfigAcceptor::new(Acceptor::default(), client_io)).await {
         Ok(Ok(start)) => start,
-        Ok(Err(e)) => return connection_record(&state, &snap, client, &dest, "connection", "tls.client_hello", &format!("not a TLS ClientHello: {e}")),
-        Err(_) => return connection_record(&state, &snap, client, &dest, "connection", "tls.handshake_timeout", "the client did not send a ClientHello in time"),
+        Ok(Err(e)) => return audited(connection_record(&state, &snap, client, &dest, "connection", "tls.client_hello", &format!("not a TLS ClientHello: {e}"))),
+        Err(_) => return audited(connection_record(&state, &snap, client, &dest, "connection", "tls.handshake_timeout", "the client did not send a ClientHello in time")),
     };
     let sni = start.client_hello().server_name().map(normalize_host);
     if let Some(sni) = &sni {
         if *sni != normalize_host(&dest.host) {
             let reason = format!("TLS SNI {sni} does not match the CONNECT target {}", dest.host);
             if snap.policy.mode == cork_policy::Mode::Enforce {
-                return connection_record(&state, &snap, client, &dest, "connection", "fronting.sni_mismatch", &reason);
+                return audited(connection_record(&state, &snap, client, &dest, "connection", "fronting.sni_mismatch", &reason));
             }
             connection_record(&state, &snap, client, &dest, "connection", "fronting.sni_mismatch", &reason);
         }
@@ -87,9 +117,7 @@ where
 
     // Upstream first: its failure is reported to the client over the intercepted connection.
     let upstream_tls = snap.upstream_tls_for(offers_h2, offers_h1).clone();
-    // The handshakes are boxed so that their state is gone once they are done, not reserved in
-    // the connection's task for its whole life.
-    let upstream_result = Box::pin(upstream::connect_tls(&snap.policy, &upstream_tls, &dest.host, dest.port, ktls)).await;
+    let upstream_result = upstream::connect_tls(&snap.policy, &upstream_tls, &dest.host, dest.port, ktls).await;
     let chosen: Option<Vec<u8>> = match &upstream_result {
         Ok(stream) => stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec),
         // Nothing upstream to mirror: the refusal is given in HTTP/1.1 when the client speaks it.
@@ -99,19 +127,19 @@ where
 
     let leaf = match LeafName::parse(&dest.host).and_then(|name| state.leaves.get(&name)) {
         Ok(leaf) => leaf,
-        Err(e) => return connection_record(&state, &snap, client, &dest, "connection", "tls.leaf", &e.to_string()),
+        Err(e) => return audited(connection_record(&state, &snap, client, &dest, "connection", "tls.leaf", &e.to_string())),
     };
     let mut server_config = match rustls::ServerConfig::builder_with_provider(crypto_provider()).with_safe_default_protocol_versions() {
         Ok(b) => b.with_no_client_auth().with_cert_resolver(Arc::new(FixedLeaf(leaf))),
-        Err(e) => return connection_record(&state, &snap, client, &dest, "connection", "tls.config", &e.to_string()),
+        Err(e) => return audited(connection_record(&state, &snap, client, &dest, "connection", "tls.config", &e.to_string())),
     };
     // Exactly the upstream's choice (or none, when the upstream chose none).
     server_config.alpn_protocols = chosen.clone().into_iter().collect();
     server_config.enable_secret_extraction = ktls;
-    let mut tls = match tokio::time::timeout(handshake, Box::pin(ktls_leg::accept(start, Arc::new(server_config), ktls))).await {
+    let mut tls = match tokio::time::timeout(handshake, ktls_leg::accept(start, Arc::new(server_config), ktls)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return connection_record(&state, &snap, client, &dest, "connection", "tls.client_handshake", &e.to_string()),
-        Err(_) => return connection_record(&state, &snap, client, &dest, "connection", "tls.handshake_timeout", "the client did not finish its handshake in time"),
+        Ok(Err(e)) => return audited(connection_record(&state, &snap, client, &dest, "connection", "tls.client_handshake", &e.to_string())),
+        Err(_) => return audited(connection_record(&state, &snap, client, &dest, "connection", "tls.handshake_timeout", "the client did not finish its handshake in time")),
     };
     if chosen.as_deref() == Some(H2) {
         // hyper's h2 owns this path; it stays on rustls.
@@ -132,7 +160,7 @@ where
                 connection_record(&state, &snap, client, &dest, "connection", err.rule(), &err.to_string());
             }
         }
-        return;
+        return None;
     }
     if upstream_result.is_err() && !offers_h1 {
         // An h2-only client whose upstream failed: no common protocol to answer in.
@@ -140,41 +168,52 @@ where
             state.metrics.error(err.rule());
             connection_record(&state, &snap, client, &dest, "connection", err.rule(), &err.to_string());
         }
-        return;
+        return None;
     }
     // The upstream leg moves to kTLS only when there is one; a refusal is answered on rustls.
     let conn = ktls_leg::Conn { state: &state, client, dest: &dest };
     let upstream_result = match upstream_result {
         Ok(stream) => match ktls_leg::offload(&conn, ktls, "upstream", stream) {
             Ok(leg) => Ok(leg),
-            Err(e) => return connection_record(&state, &snap, client, &dest, "connection", "tls.ktls_offload", &e.to_string()),
+            Err(e) => return audited(connection_record(&state, &snap, client, &dest, "connection", "tls.ktls_offload", &e.to_string())),
         },
         Err(err) => Err(err),
     };
     let client_leg = match ktls_leg::offload(&conn, ktls && upstream_result.is_ok(), "client", tls) {
         Ok(leg) => leg,
-        Err(e) => return connection_record(&state, &snap, client, &dest, "connection", "tls.ktls_offload", &e.to_string()),
+        Err(e) => return audited(connection_record(&state, &snap, client, &dest, "connection", "tls.ktls_offload", &e.to_string())),
     };
     let mut client_wire = Wire::new(client_leg).with_plain_fd(ktls_leg::Leg::plain_fd);
-    let exchange = Exchange { state: &state, snap: &snap, client, dest: &dest };
-    let head_limits = head_limits(&snap);
-    let idle = Duration::from_secs(limits.idle_timeout_secs);
-    let head_timeout = Duration::from_secs(limits.head_timeout_secs);
-
-    let mut upstream_wire = match upstream_result {
+    let upstream_wire = match upstream_result {
         Ok(stream) => Wire::new(stream).with_plain_fd(ktls_leg::Leg::plain_fd),
         Err(err) => {
             // Read the request so the refusal is audited with it, then answer 502.
-            if let Ok(Some(head)) = read_head(&mut client_wire, &head_limits, head_timeout, head_timeout, RequestHead::parse).await {
+            let exchange = Exchange { state: &state, snap: &snap, client, dest: &dest };
+            let head_timeout = Duration::from_secs(limits.head_timeout_secs);
+            if let Ok(Some(head)) = read_head(&mut client_wire, &head_limits(&snap), head_timeout, head_timeout, RequestHead::parse).await {
                 exchange.refuse(&mut client_wire, &head, 502, err.rule(), &err.to_string()).await;
             } else {
                 connection_record(&state, &snap, client, &dest, "connection", err.rule(), &err.to_string());
             }
             state.metrics.error(err.rule());
-            return;
+            return None;
         }
     };
+    Some(Bumped { state, snap, client, dest, client_wire, upstream_wire })
+}
 
+/// Relays HTTP/1.1 exchanges until either side closes.
+async fn keep_alive<C, U>(bumped: Bumped<C, U>)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let Bumped { state, snap, client, dest, mut client_wire, mut upstream_wire } = bumped;
+    let limits = &snap.policy.limits;
+    let exchange = Exchange { state: &state, snap: &snap, client, dest: &dest };
+    let head_limits = head_limits(&snap);
+    let idle = Duration::from_secs(limits.idle_timeout_secs);
+    let head_timeout = Duration::from_secs(limits.head_timeout_secs);
     loop {
         let head = match read_head(&mut client_wire, &head_limits, idle, head_timeout, RequestHead::parse).await {
             Ok(Some(head)) => head,
