@@ -193,6 +193,12 @@ pub trait BodyCheck: Send {
     }
 }
 
+/// Whether a body goes unscanned: its type is one the policy leaves unscanned, and no protocol
+/// check (MCP) needs to see it either.
+pub fn unscanned(scan: &BodyScan, check: &dyn BodyCheck) -> bool {
+    scan.is_unscanned() && check.is_noop()
+}
+
 /// No check beyond the scanner.
 pub struct NoCheck;
 
@@ -233,9 +239,9 @@ impl ScannedRelay {
         Self { scan: Some(scan), decide, buffer_limit, idle, ring, ring_bytes: 0, spliced_bytes: 0 }
     }
 
-    /// Whether the scanner looks at nothing (a response type the policy leaves unscanned).
-    pub fn is_unscanned(&self) -> bool {
-        self.scan.as_ref().is_some_and(BodyScan::is_unscanned)
+    /// Whether this relay passes its body on unscanned next to `check` (see [`unscanned`]).
+    pub fn is_unscanned(&self, check: &dyn BodyCheck) -> bool {
+        self.scan.as_ref().is_some_and(|scan| unscanned(scan, check))
     }
 
     fn scan(&mut self) -> &mut BodyScan {
@@ -281,7 +287,7 @@ impl ScannedRelay {
         let mut seen: Vec<(Finding, Effect)> = Vec::new();
         let mut ring_allowed = self.ring.is_some() && out == OutFraming::Raw && check.is_noop();
         // Nothing looks at an unscanned body: nothing is held, and it may bypass userspace.
-        let unscanned = self.scan().is_unscanned() && check.is_noop();
+        let unscanned = self.is_unscanned(check);
         let mut splice_allowed = unscanned && out == OutFraming::Raw;
         let min_release = if unscanned { 1 } else { MIN_RELEASE };
         loop {

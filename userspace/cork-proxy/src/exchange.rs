@@ -477,7 +477,7 @@ impl Exchange<'_> {
             Some(m) => Box::new(m.response_check(content_type.as_deref(), content_encoding.as_deref(), limits.body_buffer_bytes)),
             None => Box::new(NoCheck),
         };
-        let unscanned = relay.is_unscanned() && check.is_noop();
+        let unscanned = relay.is_unscanned(&*check);
         let relayed = relay.run_checked(upstream, &mut reader, client, out, &head_bytes, &mut *check).await;
         self.note_ring(&relay, record);
         if unscanned {

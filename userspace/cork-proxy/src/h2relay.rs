@@ -31,7 +31,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::audit::AuditRecord;
-use crate::body::{BodyCheck, Effect, NoCheck};
+use crate::body::{unscanned, BodyCheck, Effect, NoCheck};
 use crate::bump::connection_record;
 use crate::exchange::{Destination, Exchange};
 use crate::inspect::{effect, record_block, record_findings};
@@ -330,7 +330,7 @@ async fn relay_stream(conn: &Conn, request: Request<RecvStream>, respond: h2::se
         Some(m) => Box::new(m.response_check(response_meta.0.as_deref(), response_meta.1.as_deref(), limits.body_buffer_bytes)),
         None => Box::new(NoCheck),
     };
-    if scan.is_unscanned() && check.is_noop() {
+    if unscanned(&scan, &*check) {
         conn.state.metrics.body_unscanned(0);
         record.unscanned = response_meta.0.clone();
     }

@@ -108,9 +108,9 @@ impl BodyScan {
     pub(crate) fn new(inner: Arc<Inner>, dir: Direction, meta: BodyMeta<'_>) -> BodyScan {
         let kind = Kind::from_content_type(meta.content_type);
         let mut pending = Vec::new();
-        let unscanned = dir == Direction::Ingress && inner.unscanned.covers(meta.content_type);
         let source = match meta.content_encoding.map(parse_codings) {
-            _ if unscanned => Source::Unscanned,
+            // Checked first: an unscanned body's coding is never parsed or refused.
+            _ if dir == Direction::Ingress && inner.unscanned.covers(meta.content_type) => Source::Unscanned,
             None => Source::Raw,
             Some(Ok(codings)) if codings.is_empty() => Source::Raw,
             Some(Ok(codings)) if codings.len() == 1 => {
