@@ -17,7 +17,11 @@
 //! - [`offload`] moves a finished connection into the kernel and returns a [`KtlsStream`], or,
 //!   when the kernel refuses before anything irreversible happened, returns the connection
 //!   untouched as [`Offloaded::Userspace`] with the reason, so the caller stays on rustls
-//!   records for that connection.
+//!   records for that connection. Such a stream cannot follow a KeyUpdate.
+//! - [`Handshake`] (sans-I/O) or [`complete_unbuffered`] (blocking) drive a handshake on
+//!   rustls's unbuffered connections, and [`offload_handshake`] moves the result into the
+//!   kernel with what it needs to rekey. There is no fallback after such a handshake, so
+//!   [`accepts_all`] says beforehand whether the kernel can run every suite it may negotiate.
 //!
 //! # What the kernel is asked to do
 //! TLS 1.2 and 1.3 with AES-128-GCM, AES-256-GCM and ChaCha20-Poly1305, both directions. The
@@ -31,23 +35,37 @@
 //! connection is lost, never continued unencrypted or half-offloaded.
 //!
 //! # KeyUpdate
-//! A TLS 1.3 peer may rotate its keys at any time. Kernels before 6.14 cannot install new
-//! keys on a socket, and rekeying needs rustls's `kernel::KernelConnection` (only reachable
-//! from an unbuffered rustls connection). A KeyUpdate therefore fails the connection with
-//! [`RecordError::KeyUpdate`] before the kernel decrypts anything with the stale key: data
-//! read before it is intact and nothing after it is returned.
+//! A TLS 1.3 peer may rotate its keys at any time (rustls does by itself near AES-GCM's usage
+//! limits). Following it needs two things: rustls's `kernel::KernelConnection`, which derives
+//! the next traffic keys and which rustls hands out only from its unbuffered connections, and a
+//! kernel that accepts new keys on a live socket (Linux 6.14 and later).
+//! - A connection whose handshake ran in a [`Handshake`] and went to the kernel with
+//!   [`offload_handshake`] follows KeyUpdates: on the peer's, the next receive keys are
+//!   installed (the kernel pauses decryption until they are), and if the peer asked, cork
+//!   sends its own KeyUpdate and installs its next send keys. The kernel's `TlsRxRekeyOk` and
+//!   `TlsTxRekeyOk` counters and [`KtlsStream::key_updates`] count them.
+//! - Where the kernel refuses new keys (before 6.14), or the stream came from a buffered
+//!   connection through [`offload`], a KeyUpdate fails the connection with
+//!   [`RecordError::KeyUpdate`] before the kernel decrypts anything with the stale key: data
+//!   read before it is intact and nothing after it is returned.
+//!
+//! Session tickets a server sends after the handshake go to rustls (so later connections can
+//! resume) when the stream has its `KernelConnection`, and are dropped otherwise.
 
+mod handshake;
 mod stream;
 pub mod sys;
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 
 use rustls::{CipherSuite, CommonState, Connection};
 
+pub use handshake::{Handshake, HandshakeError, Progress};
 pub use stream::KtlsStream;
+use stream::KernelKeys;
 pub use sys::KernelCipher;
 use sys::Direction;
 
@@ -78,13 +96,19 @@ pub enum Error {
     Extract(rustls::Error),
     #[error("the kernel refused {direction} after the secrets were extracted: {source}")]
     Install { direction: &'static str, source: io::Error },
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("the kernel cannot take this connection, and its handshake cannot go back to rustls records: {0}")]
+    Refused(String),
 }
 
 /// Why a [`KtlsStream`] stopped; carried inside the `io::Error` its reads and writes return.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
-    #[error("the peer sent a TLS 1.3 KeyUpdate; this kTLS connection cannot rekey, so it is closed")]
+    #[error("the peer sent a TLS 1.3 KeyUpdate that this kTLS connection cannot follow (the kernel takes new keys only from Linux 6.14), so it is closed")]
     KeyUpdate,
+    #[error("following a TLS 1.3 KeyUpdate failed: {0}")]
+    Rekey(String),
     #[error("the peer sent TLS alert {0}")]
     Alert(u8),
     #[error("the peer sent an unexpected post-handshake message of type {0}")]
@@ -246,7 +270,74 @@ pub fn offload(mut sock: TcpStream, conn: impl Into<Connection>) -> Result<Offlo
     let secrets = conn.dangerous_extract_secrets().map_err(Error::Extract)?;
     sys::install(&sock, Direction::Tx, kversion, secrets.tx.0, &secrets.tx.1).map_err(|source| Error::Install { direction: "TLS_TX", source })?;
     sys::install(&sock, Direction::Rx, kversion, secrets.rx.0, &secrets.rx.1).map_err(|source| Error::Install { direction: "TLS_RX", source })?;
-    Ok(Offloaded::Kernel(KtlsStream::new(sock, version, cipher, is_client)))
+    Ok(Offloaded::Kernel(KtlsStream::new(sock, version, cipher, is_client, None)))
+}
+
+/// Whether the kernel can run every (version, cipher suite) that `suites` may negotiate, tried
+/// as [`offload`] tries one. A connection driven by a [`Handshake`] cannot fall back to
+/// rustls records, so callers ask this before its handshake starts.
+pub fn accepts_all(suites: &[rustls::SupportedCipherSuite]) -> Result<(), String> {
+    for suite in suites {
+        let version = suite.version().version;
+        let kversion = sys::kernel_version(version).ok_or_else(|| format!("kTLS has no support for {version:?}"))?;
+        let cipher = kernel_cipher(suite.suite()).ok_or_else(|| format!("kTLS has no support for cipher suite {:?}", suite.suite()))?;
+        trial(kversion, cipher)?;
+    }
+    Ok(())
+}
+
+/// Drives `handshake` on blocking `sock` to its end, one TLS record at a time, starting with
+/// whatever records were already read into `incoming` (a ClientHello someone peeked at).
+pub fn complete_unbuffered(sock: &mut TcpStream, handshake: &mut Handshake, mut incoming: Vec<u8>) -> Result<(), Error> {
+    let mut outgoing = Vec::new();
+    loop {
+        let progress = handshake.advance(&mut incoming, &mut outgoing);
+        sock.write_all(&outgoing)?;
+        outgoing.clear();
+        if progress? == Progress::Done {
+            return Ok(());
+        }
+        let start = incoming.len();
+        incoming.resize(start + 5, 0);
+        sock.read_exact(&mut incoming[start..])?;
+        let len = u16::from_be_bytes([incoming[start + 3], incoming[start + 4]]) as usize;
+        if len > MAX_RECORD_BODY {
+            return Err(Error::OversizedRecord(len));
+        }
+        incoming.resize(start + 5 + len, 0);
+        sock.read_exact(&mut incoming[start + 5..])?;
+    }
+}
+
+/// Moves a connection whose [`Handshake`] is done into the kernel, keeping rustls's
+/// `KernelConnection` so the stream can follow KeyUpdates. There is no way back to rustls
+/// records from here: every refusal is an [`Error`]. [`accepts_all`] before the handshake and
+/// [`preflight`] after it keep refusals to broken kernels. `sock` may already have the ULP.
+pub fn offload_handshake(sock: TcpStream, handshake: Handshake) -> Result<KtlsStream, Error> {
+    let common = handshake.common();
+    if common.is_handshaking() {
+        return Err(Error::HandshakeNotComplete);
+    }
+    let Some(version) = common.protocol_version() else { return Err(Error::HandshakeNotComplete) };
+    let (kversion, cipher) = match kernel_params(common) {
+        Ok(Some(params)) => params,
+        Ok(None) => return Err(Error::HandshakeNotComplete),
+        Err(reason) => return Err(Error::Refused(reason)),
+    };
+    match sys::attach_ulp(&sock) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(Error::Refused(ulp_refusal(&e))),
+    }
+    let is_client = handshake.is_client();
+    let (secrets, keys) = match handshake {
+        Handshake::Client(conn) => conn.dangerous_into_kernel_connection().map(|(s, k)| (s, KernelKeys::Client(k))),
+        Handshake::Server(conn) => conn.dangerous_into_kernel_connection().map(|(s, k)| (s, KernelKeys::Server(k))),
+    }
+    .map_err(Error::Extract)?;
+    sys::install(&sock, Direction::Tx, kversion, secrets.tx.0, &secrets.tx.1).map_err(|source| Error::Install { direction: "TLS_TX", source })?;
+    sys::install(&sock, Direction::Rx, kversion, secrets.rx.0, &secrets.rx.1).map_err(|source| Error::Install { direction: "TLS_RX", source })?;
+    Ok(KtlsStream::new(sock, version, cipher, is_client, Some(keys)))
 }
 
 /// Reads the kernel's kTLS counters (`/proc/net/tls_stat`), e.g. `TlsTxSw`. `None` when the

@@ -10,9 +10,12 @@ use std::mem;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 
-use rustls::ProtocolVersion;
+use rustls::client::ClientConnectionData;
+use rustls::kernel::KernelConnection;
+use rustls::server::ServerConnectionData;
+use rustls::{ConnectionTrafficSecrets, ProtocolVersion};
 
-use crate::sys::{self, KernelCipher};
+use crate::sys::{self, Direction, KernelCipher};
 use crate::RecordError;
 
 const CONTENT_ALERT: u8 = 21;
@@ -21,19 +24,45 @@ const CONTENT_APPLICATION_DATA: u8 = 23;
 const ALERT_CLOSE_NOTIFY: u8 = 0;
 const HANDSHAKE_NEW_SESSION_TICKET: u8 = 4;
 const HANDSHAKE_KEY_UPDATE: u8 = 24;
+/// KeyUpdate's one-byte body (RFC 8446 §4.6.3).
+const UPDATE_NOT_REQUESTED: u8 = 0;
+const UPDATE_REQUESTED: u8 = 1;
 /// The largest plaintext a record may carry (RFC 8446 §5.1), plus room for a TLS 1.2 peer's
 /// allowed expansion; the kernel delivers at most one non-data record per `recvmsg`.
 const RECORD_BUF: usize = 16 * 1024 + 256;
 
+/// rustls's side of an offloaded connection: what derives the next traffic keys.
+pub(crate) enum KernelKeys {
+    Client(KernelConnection<ClientConnectionData>),
+    Server(KernelConnection<ServerConnectionData>),
+}
+
+impl KernelKeys {
+    fn update(&mut self, dir: Direction) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match (self, dir) {
+            (KernelKeys::Client(k), Direction::Rx) => k.update_rx_secret(),
+            (KernelKeys::Client(k), Direction::Tx) => k.update_tx_secret(),
+            (KernelKeys::Server(k), Direction::Rx) => k.update_rx_secret(),
+            (KernelKeys::Server(k), Direction::Tx) => k.update_tx_secret(),
+        }
+    }
+}
+
 /// A connection offloaded to the kernel. Reads return the peer's application data; a
-/// close_notify reads as end of stream; anything the kernel cannot continue with (a TLS 1.3
-/// KeyUpdate, a fatal alert, a truncated stream) fails every later read and write with a
-/// [`RecordError`] inside the `io::Error`.
+/// close_notify reads as end of stream. A TLS 1.3 KeyUpdate is followed, by installing the
+/// next keys, when the stream came from a [`crate::Handshake`] and the kernel can rekey (Linux
+/// 6.14 and later). Anything the kernel cannot continue with (a KeyUpdate it cannot follow, a
+/// fatal alert, a truncated stream) fails every later read and write with a [`RecordError`]
+/// inside the `io::Error`.
 pub struct KtlsStream {
     sock: TcpStream,
     version: ProtocolVersion,
     cipher: KernelCipher,
     is_client: bool,
+    /// `None` for a stream made from a buffered rustls connection, which cannot rekey.
+    keys: Option<KernelKeys>,
+    /// Key updates followed so far: (peer's, cork's own).
+    rekeys: (u64, u64),
     buf: Box<[u8]>,
     start: usize,
     end: usize,
@@ -42,8 +71,14 @@ pub struct KtlsStream {
 }
 
 impl KtlsStream {
-    pub(crate) fn new(sock: TcpStream, version: ProtocolVersion, cipher: KernelCipher, is_client: bool) -> Self {
-        Self { sock, version, cipher, is_client, buf: vec![0; RECORD_BUF].into_boxed_slice(), start: 0, end: 0, peer_closed: false, failed: None }
+    pub(crate) fn new(sock: TcpStream, version: ProtocolVersion, cipher: KernelCipher, is_client: bool, keys: Option<KernelKeys>) -> Self {
+        Self { sock, version, cipher, is_client, keys, rekeys: (0, 0), buf: vec![0; RECORD_BUF].into_boxed_slice(), start: 0, end: 0, peer_closed: false, failed: None }
+    }
+
+    /// How many KeyUpdates this stream has followed: the peer's (new receive keys) and its own
+    /// answers to them (new send keys).
+    pub fn key_updates(&self) -> (u64, u64) {
+        self.rekeys
     }
 
     pub fn protocol_version(&self) -> ProtocolVersion {
@@ -137,23 +172,24 @@ impl KtlsStream {
                 _ => Err(self.fail(RecordError::Malformed("alert record"))),
             },
             CONTENT_HANDSHAKE => {
-                let mut rest = body;
-                while !rest.is_empty() {
-                    let [kind, a, b, c, ..] = *rest else {
+                let mut at = 0;
+                while at < len {
+                    let [kind, a, b, c, ..] = self.buf[at..len] else {
                         return Err(self.fail(RecordError::Malformed("fragmented post-handshake message")));
                     };
                     let msg_len = u32::from_be_bytes([0, a, b, c]) as usize;
-                    if rest.len() < 4 + msg_len {
+                    if len - at < 4 + msg_len {
                         return Err(self.fail(RecordError::Malformed("fragmented post-handshake message")));
                     }
-                    rest = &rest[4 + msg_len..];
+                    let payload = at + 4..at + 4 + msg_len;
+                    at = payload.end;
                     match kind {
-                        // A server's session tickets: cork does not resume from a kTLS client, so
-                        // they are read and dropped.
-                        HANDSHAKE_NEW_SESSION_TICKET if self.is_client && self.version == ProtocolVersion::TLSv1_3 => {}
-                        // The kernel would decrypt the peer's next record with the old key. Fail
-                        // before that instead of handing on garbage or a decryption error.
-                        HANDSHAKE_KEY_UPDATE if self.version == ProtocolVersion::TLSv1_3 => return Err(self.fail(RecordError::KeyUpdate)),
+                        HANDSHAKE_NEW_SESSION_TICKET if self.is_client && self.version == ProtocolVersion::TLSv1_3 => self.session_ticket(payload),
+                        // The new key starts with the next record (RFC 8446 §5.1), so nothing may follow.
+                        HANDSHAKE_KEY_UPDATE if self.version == ProtocolVersion::TLSv1_3 && at != len => {
+                            return Err(self.fail(RecordError::Malformed("a KeyUpdate not at the end of its record")))
+                        }
+                        HANDSHAKE_KEY_UPDATE if self.version == ProtocolVersion::TLSv1_3 => self.key_update(payload)?,
                         other => return Err(self.fail(RecordError::UnexpectedHandshake(other))),
                     }
                 }
@@ -161,6 +197,56 @@ impl KtlsStream {
             }
             other => Err(self.fail(RecordError::UnexpectedContentType(other))),
         }
+    }
+
+    /// Hands a server's TLS 1.3 session ticket to rustls, so that a later connection to the
+    /// same server may resume. A ticket rustls rejects is only logged in the error it returns:
+    /// losing a ticket costs a full handshake, not data.
+    fn session_ticket(&mut self, payload: std::ops::Range<usize>) {
+        if let Some(KernelKeys::Client(keys)) = &mut self.keys {
+            let _ = keys.handle_new_session_ticket(&self.buf[payload]);
+        }
+    }
+
+    /// Follows the peer's KeyUpdate: installs the peer's next keys for receiving, and when the
+    /// peer asks, sends cork's own KeyUpdate and installs its next keys for sending. The
+    /// kernel stops decrypting after a KeyUpdate until new receive keys are in, so nothing is
+    /// read under a stale key; a kernel that cannot rekey (before 6.14) refuses the second
+    /// TLS_RX and the stream fails with [`RecordError::KeyUpdate`] before it reads further.
+    fn key_update(&mut self, payload: std::ops::Range<usize>) -> io::Result<()> {
+        let requested = match self.buf[payload] {
+            [UPDATE_NOT_REQUESTED] => false,
+            [UPDATE_REQUESTED] => true,
+            _ => return Err(self.fail(RecordError::Malformed("KeyUpdate message"))),
+        };
+        let Some(keys) = &mut self.keys else {
+            return Err(self.fail(RecordError::KeyUpdate));
+        };
+        let version = sys::kernel_version(self.version).expect("an offloaded stream has a kernel version");
+        let rx = match keys.update(Direction::Rx) {
+            Ok((seq, secrets)) => sys::install(&self.sock, Direction::Rx, version, seq, &secrets),
+            Err(e) => return Err(self.fail(RecordError::Rekey(format!("rustls could not derive the next receive keys: {e}")))),
+        };
+        match rx {
+            Ok(()) => self.rekeys.0 += 1,
+            // Before Linux 6.14 a socket's keys are set once.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Err(self.fail(RecordError::KeyUpdate)),
+            Err(e) => return Err(self.fail(RecordError::Rekey(format!("the kernel refused the next receive keys: {e}")))),
+        }
+        if requested {
+            // Our KeyUpdate goes under the old keys; everything after it under the new ones.
+            // Reads and writes share `&mut self`, so no write can come between the two.
+            if let Err(e) = send_record(&self.sock, CONTENT_HANDSHAKE, &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED]) {
+                return Err(self.fail(RecordError::Rekey(format!("sending cork's KeyUpdate: {e}"))));
+            }
+            let Some(keys) = &mut self.keys else { unreachable!("checked above") };
+            let tx = keys.update(Direction::Tx).map_err(|e| e.to_string()).and_then(|(seq, secrets)| sys::install(&self.sock, Direction::Tx, version, seq, &secrets).map_err(|e| e.to_string()));
+            match tx {
+                Ok(()) => self.rekeys.1 += 1,
+                Err(e) => return Err(self.fail(RecordError::Rekey(format!("installing cork's next send keys: {e}")))),
+            }
+        }
+        Ok(())
     }
 }
 

@@ -5,7 +5,13 @@
 //! 2. `tls` loaded but no AEAD modules: the cipher trial refuses, `offload` falls back;
 //! 3. everything loaded: every version x cipher, offloaded on the server, the client or both,
 //!    moves data both ways and ends with close_notify; NewSessionTickets reach a userspace
-//!    client; a peer KeyUpdate fails the connection cleanly; the kernel's counters rise.
+//!    client; a peer KeyUpdate fails a stream offloaded from a buffered connection cleanly; the
+//!    kernel's counters rise;
+//! 4. KeyUpdates on streams whose handshake ran unbuffered ([`cork_ktls::Handshake`]), with the
+//!    kernel on either end, for each TLS 1.3 suite: followed both ways where the kernel can
+//!    rekey, a clean failure where it cannot. `cargo xtask vm` says which to expect through the
+//!    kernel command line (`cork_rekey=1` from Linux 6.14), so a kernel that should rekey and
+//!    does not is a failure, not a skip.
 //!
 //! `/init` sets `kernel.modprobe` to `/bin/false`, so nothing is autoloaded behind our back.
 //! Exit status 0 only if every check passed.
@@ -17,8 +23,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 
-use cork_ktls::{complete_handshake, offload, probe, tls_stat, KtlsStream, KtlsSupport, Offloaded, RecordError};
-use rustls::client::ClientSessionMemoryCache;
+use cork_ktls::{complete_handshake, complete_unbuffered, offload, offload_handshake, probe, tls_stat, Handshake, KtlsStream, KtlsSupport, Offloaded, RecordError};
+use rustls::client::{ClientSessionMemoryCache, UnbufferedClientConnection};
+use rustls::server::UnbufferedServerConnection;
 use rustls::crypto::ring;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{CipherSuite, ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection, StreamOwned, SupportedCipherSuite};
@@ -259,6 +266,100 @@ fn key_update(id: &Identity) -> Result<()> {
     server.join().map_err(|_| "server thread panicked".to_string())?
 }
 
+/// What `cargo xtask vm` says this kernel can do: `cork_rekey=1` on the kernel command line
+/// (which /init passes on as an environment variable) for Linux 6.14 and later.
+fn rekey_expected() -> Result<bool> {
+    match std::env::var("cork_rekey").as_deref() {
+        Ok("1") => Ok(true),
+        Ok("0") => Ok(false),
+        other => Err(format!("cork_rekey is {other:?}; cargo xtask vm sets it to 0 or 1 on the kernel command line")),
+    }
+}
+
+/// The userspace end sends data, a KeyUpdate that asks for one back (what rustls's
+/// `refresh_traffic_keys` sends), and more data. The kTLS end, whose handshake ran unbuffered,
+/// must read all of it and answer under its own new key where the kernel can rekey; elsewhere
+/// it must return the first data intact and then fail with `RecordError::KeyUpdate`.
+fn key_update_followed(id: &Identity, cs: CipherSuite, kernel_is_server: bool, rekey: bool) -> Result<()> {
+    let store = Arc::new(CountingStore { inner: ClientSessionMemoryCache::new(8), tickets: AtomicUsize::new(0) });
+    let (server_cfg, client_cfg) = configs(id, cs, store);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (before, after, reply) = (pattern(5000, 3), pattern(70_000, 4), pattern(30_000, 5));
+    let (before2, after2, reply2) = (before.clone(), after.clone(), reply.clone());
+    let (server_cfg2, client_cfg2) = (server_cfg.clone(), client_cfg.clone());
+    let kernel_listener = listener.try_clone().map_err(|e| e.to_string())?;
+    let kernel_end = thread::spawn(move || -> Result<(u64, u64)> {
+        let name = ServerName::try_from("localhost").unwrap();
+        let (mut sock, mut handshake) = if kernel_is_server {
+            (kernel_listener.accept().map_err(|e| e.to_string())?.0, Handshake::Server(UnbufferedServerConnection::new(server_cfg2).map_err(|e| e.to_string())?))
+        } else {
+            (TcpStream::connect(addr).map_err(|e| e.to_string())?, Handshake::Client(UnbufferedClientConnection::new(client_cfg2, name).map_err(|e| e.to_string())?))
+        };
+        complete_unbuffered(&mut sock, &mut handshake, Vec::new()).map_err(|e| format!("unbuffered handshake: {e}"))?;
+        let mut k = offload_handshake(sock, handshake).map_err(|e| format!("offload_handshake: {e}"))?;
+        let mut got = vec![0; before2.len()];
+        k.read_exact(&mut got).map_err(|e| format!("reading the data before the KeyUpdate: {e}"))?;
+        if got != before2 {
+            return Err("data before the KeyUpdate differs".into());
+        }
+        if !rekey {
+            let mut more = [0u8; 64];
+            let err = match k.read(&mut more) {
+                Ok(n) => return Err(format!("read {n} bytes after the peer's KeyUpdate on a kernel that cannot rekey")),
+                Err(e) => e,
+            };
+            if err.get_ref().and_then(|e| e.downcast_ref::<RecordError>()) != Some(&RecordError::KeyUpdate) {
+                return Err(format!("expected RecordError::KeyUpdate, got {err}"));
+            }
+            println!("[guest]   without rekeying: {err}");
+            return Ok(k.key_updates());
+        }
+        let mut got = vec![0; after2.len()];
+        k.read_exact(&mut got).map_err(|e| format!("reading the data after the KeyUpdate: {e}"))?;
+        if got != after2 {
+            return Err("data after the KeyUpdate differs".into());
+        }
+        k.write_all(&reply2).map_err(|e| format!("writing under the new key: {e}"))?;
+        k.close_notify().map_err(|e| format!("close_notify: {e}"))?;
+        Ok(k.key_updates())
+    });
+    let user = (|| -> Result<()> {
+        let (sock, conn): (TcpStream, Connection) = if kernel_is_server {
+            let sock = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+            (sock, ClientConnection::new(client_cfg, ServerName::try_from("localhost").unwrap()).map_err(|e| e.to_string())?.into())
+        } else {
+            (listener.accept().map_err(|e| e.to_string())?.0, ServerConnection::new(server_cfg).map_err(|e| e.to_string())?.into())
+        };
+        let (mut end, _) = establish(sock, conn, false)?;
+        end.write_all(&before).map_err(|e| e.to_string())?;
+        match &mut end {
+            End::Client(u) => u.conn.refresh_traffic_keys(),
+            End::Server(u) => u.conn.refresh_traffic_keys(),
+            End::Kernel(_) => unreachable!("a userspace end"),
+        }
+        .map_err(|e| format!("refresh_traffic_keys: {e}"))?;
+        // Where the kTLS end cannot rekey it closes at the KeyUpdate, so these writes may fail.
+        let sent = end.write_all(&after).and_then(|()| end.flush());
+        if rekey {
+            sent.map_err(|e| format!("writing after the KeyUpdate: {e}"))?;
+            let mut got = Vec::new();
+            end.read_to_end(&mut got).map_err(|e| format!("reading the kTLS end's answer: {e}"))?;
+            if got != reply {
+                return Err(format!("the answer under the kTLS end's new key differs ({} of {} bytes)", got.len(), reply.len()));
+            }
+        }
+        Ok(())
+    })();
+    let updates = kernel_end.join().map_err(|_| "kTLS thread panicked".to_string())??;
+    user?;
+    let want = if rekey { (1, 1) } else { (0, 0) };
+    if updates != want {
+        return Err(format!("the kTLS end followed {updates:?} (peer's, own) key updates, expected {want:?}"));
+    }
+    Ok(())
+}
+
 fn modprobe(module: &str) -> Result<()> {
     let out = Command::new("modprobe").arg(module).output().map_err(|e| format!("starting modprobe {module}: {e}"))?;
     if out.status.success() {
@@ -395,7 +496,31 @@ fn main() {
             Err(format!("expected at least {offloaded_tx} new TX and RX sockets, no decrypt errors"))
         },
     );
-    checks.check("peer KeyUpdate fails the kTLS connection cleanly", key_update(&id));
+    checks.check("peer KeyUpdate fails a stream offloaded from a buffered connection cleanly", key_update(&id));
+
+    // Phase 4: KeyUpdates after unbuffered handshakes.
+    match rekey_expected() {
+        Ok(rekey) => {
+            let (rx0, tx0) = (stat("TlsRxRekeyOk"), stat("TlsTxRekeyOk"));
+            let mut followed = 0;
+            for cs in [CipherSuite::TLS13_AES_128_GCM_SHA256, CipherSuite::TLS13_AES_256_GCM_SHA384, CipherSuite::TLS13_CHACHA20_POLY1305_SHA256] {
+                for (kernel_is_server, side) in [(true, "server"), (false, "client")] {
+                    let what = if rekey { "followed both ways" } else { "fails cleanly (no rekeying before 6.14)" };
+                    let result = key_update_followed(&id, cs, kernel_is_server, rekey);
+                    followed += result.is_ok() as u64;
+                    checks.check(&format!("{cs:?}, kTLS {side}, unbuffered handshake: a peer KeyUpdate is {what}"), result);
+                }
+            }
+            let (rx, tx) = (stat("TlsRxRekeyOk") - rx0, stat("TlsTxRekeyOk") - tx0);
+            println!("[guest]   tls_stat TlsRxRekeyOk +{rx}, TlsTxRekeyOk +{tx}, TlsRxRekeyError {}, TlsTxRekeyError {}", stat("TlsRxRekeyError"), stat("TlsTxRekeyError"));
+            let want = if rekey { followed } else { 0 };
+            checks.check(
+                "tls_stat counts one receive and one send rekey per followed KeyUpdate",
+                if rx == want && tx == want && stat("TlsDecryptError") == 0 { Ok(()) } else { Err(format!("expected +{want} each, no decrypt errors")) },
+            );
+        }
+        Err(e) => checks.check("the VM says whether this kernel can rekey", Err(e)),
+    }
 
     if checks.failed == 0 {
         println!("[guest] all kTLS checks passed");

@@ -91,7 +91,8 @@ where
 {
     let limits = &snap.policy.limits;
     let handshake = Duration::from_secs(limits.handshake_timeout_secs);
-    let ktls = ktls_leg::wanted(&snap);
+    let conn = ktls_leg::Conn { state: &state, client, dest: &dest };
+    let ktls = ktls_leg::plan(&conn, &snap);
     let client_io = RecordExact::new(client_io, ktls);
     let start = match tokio::time::timeout(handshake, LazyConfigAcceptor::new(Acceptor::default(), client_io)).await {
         Ok(Ok(start)) => start,
@@ -117,9 +118,9 @@ where
 
     // Upstream first: its failure is reported to the client over the intercepted connection.
     let upstream_tls = snap.upstream_tls_for(offers_h2, offers_h1).clone();
-    let upstream_result = upstream::connect_tls(&snap.policy, &upstream_tls, &dest.host, dest.port, ktls).await;
+    let upstream_result = upstream::connect_leg(&snap.policy, &upstream_tls, &dest.host, dest.port, ktls).await;
     let chosen: Option<Vec<u8>> = match &upstream_result {
-        Ok(stream) => stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec),
+        Ok(stream) => stream.alpn_protocol().map(<[u8]>::to_vec),
         // Nothing upstream to mirror: the refusal is given in HTTP/1.1 when the client speaks it.
         Err(_) if offers_h1 => Some(HTTP11.to_vec()),
         Err(_) => None,
@@ -135,22 +136,34 @@ where
     };
     // Exactly the upstream's choice (or none, when the upstream chose none).
     server_config.alpn_protocols = chosen.clone().into_iter().collect();
-    server_config.enable_secret_extraction = ktls;
-    let mut tls = match tokio::time::timeout(handshake, ktls_leg::accept(start, Arc::new(server_config), ktls)).await {
+    // The client leg goes to the kernel only when there is an upstream leg to relay to.
+    let ktls_client = ktls && upstream_result.is_ok();
+    server_config.enable_secret_extraction = ktls_client;
+    let tls = match tokio::time::timeout(handshake, ktls_leg::accept(start, Arc::new(server_config), ktls_client)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return audited(connection_record(&state, &snap, client, &dest, "connection", "tls.client_handshake", &e.to_string())),
         Err(_) => return audited(connection_record(&state, &snap, client, &dest, "connection", "tls.handshake_timeout", "the client did not finish its handshake in time")),
     };
+    // Both legs move to the kernel here when they were handshaken for it; a refusal now ends the
+    // connection (see ktls_leg::plan).
+    let upstream_result = match upstream_result {
+        Ok(stream) => match ktls_leg::offload(&conn, "upstream", stream) {
+            Ok(leg) => Ok(leg),
+            Err(e) => return audited(connection_record(&state, &snap, client, &dest, "connection", "tls.ktls_offload", &e.to_string())),
+        },
+        Err(err) => Err(err),
+    };
+    let client_leg = match ktls_leg::offload(&conn, "client", tls) {
+        Ok(leg) => leg,
+        Err(e) => return audited(connection_record(&state, &snap, client, &dest, "connection", "tls.ktls_offload", &e.to_string())),
+    };
     if chosen.as_deref() == Some(H2) {
-        // hyper's h2 owns this path; it stays on rustls.
-        ktls_leg::keep_on_rustls(&mut tls);
         match upstream_result {
-            Ok(mut upstream) => {
-                ktls_leg::keep_on_rustls(&mut upstream);
+            Ok(upstream) => {
                 // cork may end this connection with a GOAWAY while the client still sends.
-                let linger = tls.get_ref().0.tcp().and_then(|tcp| Linger::hold(tcp).ok());
+                let linger = client_leg.socket().and_then(|fd| Linger::hold(fd).ok());
                 // Boxed: the h2 relay's state is only needed on this path.
-                Box::pin(crate::h2relay::relay(state, snap, client, dest, tls, upstream)).await;
+                Box::pin(crate::h2relay::relay(state, snap, client, dest, client_leg, upstream)).await;
                 if let Some(linger) = linger {
                     linger.drain().await;
                 }
@@ -170,19 +183,6 @@ where
         }
         return None;
     }
-    // The upstream leg moves to kTLS only when there is one; a refusal is answered on rustls.
-    let conn = ktls_leg::Conn { state: &state, client, dest: &dest };
-    let upstream_result = match upstream_result {
-        Ok(stream) => match ktls_leg::offload(&conn, ktls, "upstream", stream) {
-            Ok(leg) => Ok(leg),
-            Err(e) => return audited(connection_record(&state, &snap, client, &dest, "connection", "tls.ktls_offload", &e.to_string())),
-        },
-        Err(err) => Err(err),
-    };
-    let client_leg = match ktls_leg::offload(&conn, ktls && upstream_result.is_ok(), "client", tls) {
-        Ok(leg) => leg,
-        Err(e) => return audited(connection_record(&state, &snap, client, &dest, "connection", "tls.ktls_offload", &e.to_string())),
-    };
     let mut client_wire = Wire::new(client_leg).with_plain_fd(ktls_leg::Leg::plain_fd);
     let upstream_wire = match upstream_result {
         Ok(stream) => Wire::new(stream).with_plain_fd(ktls_leg::Leg::plain_fd),
@@ -233,10 +233,6 @@ where
         // Between exchanges the upstream side idles too; it needs no buffer then.
         upstream_wire.release_if_empty();
     }
-    for (leg, failure) in [("upstream", ktls_leg::key_update(&upstream_wire.io)), ("client", ktls_leg::key_update(&client_wire.io))] {
-        if let Some(e) = failure {
-            connection_record(&state, &snap, client, &dest, "connection", "tls.key_update_unsupported", &format!("the {leg} leg on kTLS: {e}"));
-        }
-    }
+    ktls_leg::audit_key_updates(&ktls_leg::Conn { state: &state, client, dest: &dest }, &snap, &client_wire.io, &upstream_wire.io);
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut client_wire.io).await;
 }

@@ -278,7 +278,7 @@ async fn hop_judged(exchange: &Exchange<'_>, target: &Target, record: &mut Audit
     let connect_failed = |e: upstream::UpstreamError| Refusal::new(502, e.rule(), e.to_string());
     let request = get_request(&target.path, &dest.authority());
     let (response, raw, truncated) = if dest.scheme == "https" {
-        let tls = upstream::connect_tls(&snap.policy, &snap.upstream_tls, &dest.host, dest.port, false).await.map_err(connect_failed)?;
+        let tls = upstream::connect_tls(&snap.policy, &snap.upstream_tls, &dest.host, dest.port).await.map_err(connect_failed)?;
         exchange_once(snap, &mut Wire::new(tls), &request, idle).await?
     } else {
         let tcp = upstream::connect_tcp(&snap.policy, &dest.host, dest.port).await.map_err(connect_failed)?;

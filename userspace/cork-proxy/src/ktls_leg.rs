@@ -1,43 +1,45 @@
-//! kTLS for the two legs of a bumped HTTP/1.1 connection.
+//! kTLS for the two legs of a bumped connection (HTTP/1.1 and HTTP/2 alike).
 //!
-//! Both handshakes are done by rustls, as before. What changes is what happens next: where the kernel can run the negotiated version and cipher, each leg's record
-//! layer is moved into the kernel ([`cork_ktls::offload`]) and the HTTP/1.1 relay reads and
-//! writes plaintext on the socket ([`KernelIo`]). Otherwise the leg stays on rustls. The two
-//! legs are judged separately, so one may be in the kernel and the other not.
+//! Both handshakes are done by rustls. Where kTLS is planned for a connection ([`plan`]), they
+//! run on rustls's unbuffered API ([`cork_ktls::Handshake`]) and each leg's record layer then
+//! moves into the kernel ([`offload`]), keeping rustls's `KernelConnection` so the leg can
+//! follow a TLS 1.3 KeyUpdate; the relays read and write plaintext on the socket
+//! ([`KernelIo`]). Otherwise tokio-rustls does the handshakes and the legs stay on rustls.
 //!
 //! # Reading exactly to the end of the handshake
 //! Offloading is only correct if rustls has consumed no byte that belongs to the kernel's
-//! record stream: a client's first request often shares a TCP segment with its Finished, and
-//! tokio-rustls's handshake keeps reading while data is there. While kTLS is wanted, cork drives
-//! both handshakes itself ([`accept`], [`connect`]), one whole record at a time, and hands the
-//! finished connection to tokio-rustls; the ClientHello is read through [`RecordExact`], which
-//! never returns bytes past the end of a record. Once the leg's fate is known the adapter is a
-//! plain pass-through. Without kTLS, tokio-rustls does the handshakes as before.
+//! record stream: a client's first request often shares a TCP segment with its Finished. While
+//! kTLS is planned, the ClientHello is read through [`RecordExact`], which never returns bytes
+//! past the end of a record and keeps a copy of what it read; the unbuffered server replays
+//! that copy, and both handshakes then read one whole record at a time ([`drive`]).
 //!
 //! # Fallback and failure
-//! tokio-rustls cannot take a connection back once it is split into socket and rustls state,
-//! so every reason to stay on rustls is found first, on the live stream: the process-wide
-//! [`support`] probe, the policy switch (`limits.ktls`), the version and cipher (with
-//! [`cork_ktls::preflight`]'s trial of the cipher on a scratch socket), any handshake byte or
-//! plaintext still buffered. Those keep the leg on rustls, logged, audited
-//! (`tls.ktls_fallback`, an allowed connection record with the reason) and counted. A refusal after
-//! the split (the secrets are gone by then) fails the connection; it never continues in clear.
+//! A handshake run for the kernel cannot go back to rustls records, so every reason to stay on
+//! rustls is found before the handshakes start: the process-wide [`support`] probe, the policy
+//! switch (`limits.ktls`), and whether the kernel runs every cipher suite cork may negotiate
+//! ([`cork_ktls::accepts_all`], tried on a scratch socket). A refusal keeps both legs on
+//! rustls, logged, audited (`tls.ktls_fallback`, an allowed connection record with the reason)
+//! and counted. A refusal after the handshakes (the kernel refusing keys it accepted on the
+//! scratch socket) fails the connection (`tls.ktls_offload`); it never continues in clear. The
+//! client leg is handshaken for the kernel only when the upstream leg exists.
 //!
 //! # Control records
 //! TLS 1.3 NewSessionTickets from cork to the client are written before its state is extracted
-//! (the handshake driver flushes everything rustls queued; `offload` flushes anything left). Tickets an upstream sends later are read and dropped by [`cork_ktls::KtlsStream`].
-//! A close_notify reads as end of stream and is sent on shutdown. A TLS 1.3 KeyUpdate cannot be
-//! followed by kernels before 6.14: the leg fails before anything under the new key is read,
-//! and [`key_update`] tells the caller, who audits it as `tls.key_update_unsupported`.
+//! (the handshake ends only once rustls has nothing left to send). Tickets an upstream sends
+//! later go to rustls's session store through [`cork_ktls::KtlsStream`], so the next upstream
+//! connection can resume. A close_notify reads as end of stream and is sent on shutdown. A
+//! TLS 1.3 KeyUpdate is followed where the kernel takes new keys (Linux 6.14 and later), and
+//! answered with cork's own when the peer asks; [`audit_key_updates`] counts them
+//! (`cork_ktls_key_updates_total`). Before 6.14 the leg fails before anything under the new
+//! key is read, audited as `tls.key_update_unsupported`.
 
 use std::io::{self, Read, Write};
-use std::ops::DerefMut;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 
-use cork_ktls::{KtlsStream, KtlsSupport, Offloaded, RecordError};
+use cork_ktls::{Handshake, KtlsStream, KtlsSupport, Progress, RecordError};
 use tokio::io::unix::AsyncFd;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -64,7 +66,7 @@ pub fn support() -> &'static KtlsSupport {
 /// One line for start-up output and `/status`, e.g. `ktls: supported`.
 pub fn describe(mode: cork_policy::KtlsMode) -> String {
     match (support(), mode) {
-        (KtlsSupport::Supported, cork_policy::KtlsMode::Auto) => "ktls: supported (bumped HTTP/1.1 connections use it where the cipher allows)".into(),
+        (KtlsSupport::Supported, cork_policy::KtlsMode::Auto) => "ktls: supported (bumped connections use it where the kernel runs every cipher suite; KeyUpdates are followed from Linux 6.14)".into(),
         (KtlsSupport::Supported, cork_policy::KtlsMode::Off) => "ktls: supported, switched off by policy (limits.ktls: off)".into(),
         (KtlsSupport::Unsupported { reason }, _) => format!("ktls: unsupported ({reason}); TLS records stay in rustls"),
     }
@@ -85,24 +87,30 @@ pub fn wanted_for(policy: &cork_policy::Policy) -> bool {
 pub enum OffloadError {
     #[error("moving the {leg} leg to kTLS failed: {source}")]
     Ktls { leg: &'static str, source: cork_ktls::Error },
-    #[error("the kernel refused the {leg} leg after its preflight passed: {reason}")]
-    LateRefusal { leg: &'static str, reason: String },
     #[error("preparing the {leg} leg's socket for kTLS: {source}")]
     Socket { leg: &'static str, source: io::Error },
 }
 
 /// Reads that never cross the end of a TLS record while `exact` is set; a pass-through after.
+/// While exact, it also keeps a copy of what it read (the ClientHello, until
+/// [`RecordExact::take_tape`]), for an unbuffered rustls server to replay.
 pub struct RecordExact<S> {
     inner: S,
     exact: bool,
     header: [u8; HEADER],
     header_len: usize,
     body_left: usize,
+    tape: Option<Vec<u8>>,
 }
 
 impl<S> RecordExact<S> {
     pub fn new(inner: S, exact: bool) -> Self {
-        Self { inner, exact, header: [0; HEADER], header_len: 0, body_left: 0 }
+        Self { inner, exact, header: [0; HEADER], header_len: 0, body_left: 0, tape: exact.then(Vec::new) }
+    }
+
+    /// Everything read so far; nothing more is kept after this.
+    fn take_tape(&mut self) -> Vec<u8> {
+        self.tape.take().unwrap_or_default()
     }
 
     /// Whether a read stopped inside a record (so rustls holds part of one).
@@ -112,6 +120,7 @@ impl<S> RecordExact<S> {
 
     fn relax(&mut self) {
         self.exact = false;
+        self.tape = None;
     }
 }
 
@@ -134,6 +143,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for RecordExact<S> {
         let mut part = ReadBuf::new(dst);
         ready!(Pin::new(&mut this.inner).poll_read(cx, &mut part))?;
         let n = part.filled().len();
+        if let Some(tape) = &mut this.tape {
+            tape.extend_from_slice(part.filled());
+        }
         if in_header {
             this.header[this.header_len..this.header_len + n].copy_from_slice(part.filled());
             this.header_len += n;
@@ -166,89 +178,107 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for RecordExact<S> {
 /// Largest TLS record body accepted during the handshake (RFC 8446 §5.2's ciphertext limit).
 const MAX_RECORD_BODY: usize = 16 * 1024 + 256;
 
-/// Drives `conn`'s handshake on `io` to completion, one whole record at a time, and flushes
-/// everything rustls queued (TLS 1.3 NewSessionTickets included). tokio-rustls's own handshake
-/// keeps reading after the last handshake record while data is there, which would pull the
-/// peer's first application records into rustls; this stops exactly at the end.
-async fn finish_handshake<IO, C, D>(io: &mut IO, conn: &mut C) -> io::Result<()>
+/// Drives an unbuffered `handshake` on `io` to its end, one whole TLS record at a time,
+/// starting from records already read into `incoming` (the ClientHello), so that no byte after
+/// the handshake leaves the socket.
+async fn drive<IO>(io: &mut IO, handshake: &mut Handshake, mut incoming: Vec<u8>) -> io::Result<()>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
-    C: DerefMut<Target = rustls::ConnectionCommon<D>>,
-    D: rustls::SideData,
 {
-    let mut out = Vec::new();
-    let mut record = Vec::with_capacity(HEADER + MAX_RECORD_BODY);
+    let mut outgoing = Vec::new();
     loop {
-        out.clear();
-        while conn.wants_write() {
-            conn.write_tls(&mut out)?;
+        let progress = handshake.advance(&mut incoming, &mut outgoing);
+        // On an error this is the alert, so the peer learns why.
+        if !outgoing.is_empty() {
+            let sent = io.write_all(&outgoing).await;
+            outgoing.clear();
+            if progress.is_ok() {
+                sent?;
+                io.flush().await?;
+            }
         }
-        if !out.is_empty() {
-            io.write_all(&out).await?;
-            io.flush().await?;
+        match progress {
+            Ok(Progress::Done) => return Ok(()),
+            Ok(Progress::NeedRecord) => {}
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         }
-        if !conn.is_handshaking() {
-            return Ok(());
-        }
-        record.resize(HEADER, 0);
-        io.read_exact(&mut record).await?;
-        let len = u16::from_be_bytes([record[3], record[4]]) as usize;
+        let start = incoming.len();
+        incoming.resize(start + HEADER, 0);
+        io.read_exact(&mut incoming[start..]).await?;
+        let len = u16::from_be_bytes([incoming[start + 3], incoming[start + 4]]) as usize;
         if len > MAX_RECORD_BODY {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a TLS record of {len} bytes, more than the protocol allows")));
         }
-        record.resize(HEADER + len, 0);
-        io.read_exact(&mut record[HEADER..]).await?;
-        let mut rest = &record[..];
-        while !rest.is_empty() {
-            conn.read_tls(&mut rest)?;
-            if let Err(e) = conn.process_new_packets() {
-                // Send the alert rustls queued, so the peer learns why.
-                out.clear();
-                while conn.wants_write() && conn.write_tls(&mut out).is_ok() {}
-                let _ = io.write_all(&out).await;
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
+        incoming.resize(start + HEADER + len, 0);
+        io.read_exact(&mut incoming[start + HEADER..]).await?;
+    }
+}
+
+/// A leg after its handshake: on rustls, or handshaken for the kernel by rustls's unbuffered
+/// API (which is what lets the kernel leg follow a KeyUpdate later).
+pub enum Handshaken<T> {
+    Rustls(T),
+    Kernel(KernelBound),
+}
+
+/// A finished unbuffered handshake and the socket it ran on, nothing read past its end.
+pub struct KernelBound {
+    tcp: TcpStream,
+    handshake: Handshake,
+}
+
+impl<T: FinishedTls> Handshaken<T> {
+    /// The ALPN protocol the handshake settled on.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        match self {
+            Handshaken::Rustls(t) => t.common().alpn_protocol(),
+            Handshaken::Kernel(k) => k.handshake.common().alpn_protocol(),
         }
     }
 }
 
-/// Finishes the client-facing handshake. With `record_exact` (kTLS wanted) cork drives it one
-/// record at a time and hands the finished connection to tokio-rustls; otherwise tokio-rustls
-/// does it all, as without kTLS.
-pub async fn accept<IO>(start: tokio_rustls::StartHandshake<IO>, config: Arc<rustls::ServerConfig>, record_exact: bool) -> io::Result<tokio_rustls::server::TlsStream<IO>>
+/// Takes a finished unbuffered handshake's socket from `io`; every byte still to come must be
+/// in the socket, for the kernel.
+fn kernel_bound<S: IntoTcp>(io: RecordExact<S>, handshake: Handshake) -> io::Result<KernelBound> {
+    if io.mid_record() || io.inner.tcp().is_none() {
+        return Err(io::Error::other("bytes past the handshake were read before the kernel could take the connection"));
+    }
+    Ok(KernelBound { tcp: io.inner.into_tcp(), handshake })
+}
+
+/// Finishes the client-facing handshake. With `kernel`, an unbuffered rustls server replays
+/// the ClientHello `start` consumed (taped by [`RecordExact`]) and runs the handshake for the
+/// kernel; otherwise tokio-rustls does it all.
+pub async fn accept<S>(start: tokio_rustls::StartHandshake<RecordExact<S>>, config: Arc<rustls::ServerConfig>, kernel: bool) -> io::Result<Handshaken<tokio_rustls::server::TlsStream<RecordExact<S>>>>
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    S: IntoTcp + AsyncRead + AsyncWrite + Unpin,
 {
-    if !record_exact {
-        return start.into_stream(config).await;
+    if !kernel {
+        let mut tls = start.into_stream(config).await?;
+        tls.get_mut().0.relax();
+        return Ok(Handshaken::Rustls(tls));
     }
     let mut io = start.io;
-    let mut conn = match start.accepted.into_connection(config.clone()) {
-        Ok(conn) => conn,
-        Err((error, mut alert)) => {
-            let mut out = Vec::new();
-            while alert.write(&mut out).map(|n| n > 0).unwrap_or(false) {}
-            let _ = io.write_all(&out).await;
-            return Err(io::Error::new(io::ErrorKind::InvalidData, error));
-        }
-    };
-    finish_handshake(&mut io, &mut conn).await?;
-    // The connection is past its handshake, so tokio-rustls only flushes before handing it back.
-    tokio_rustls::TlsAcceptor::from(config).accept_with(io, move |fresh| *fresh = conn).await
+    let hello = io.take_tape();
+    let conn = rustls::server::UnbufferedServerConnection::new(config).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut handshake = Handshake::Server(conn);
+    drive(&mut io, &mut handshake, hello).await?;
+    kernel_bound(io, handshake).map(Handshaken::Kernel)
 }
 
 /// Connects TLS over `io` as [`accept`] does for the client side.
-pub async fn connect<IO>(config: Arc<rustls::ClientConfig>, name: ServerName<'static>, mut io: IO, record_exact: bool) -> io::Result<tokio_rustls::client::TlsStream<IO>>
+pub async fn connect<S>(config: Arc<rustls::ClientConfig>, name: ServerName<'static>, mut io: RecordExact<S>, kernel: bool) -> io::Result<Handshaken<tokio_rustls::client::TlsStream<RecordExact<S>>>>
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    S: IntoTcp + AsyncRead + AsyncWrite + Unpin,
 {
-    let connector = tokio_rustls::TlsConnector::from(config.clone());
-    if !record_exact {
-        return connector.connect(name, io).await;
+    if !kernel {
+        io.relax();
+        return Ok(Handshaken::Rustls(tokio_rustls::TlsConnector::from(config).connect(name, io).await?));
     }
-    let mut conn = rustls::ClientConnection::new(config, name.clone()).map_err(io::Error::other)?;
-    finish_handshake(&mut io, &mut conn).await?;
-    connector.connect_with(name, io, move |fresh| *fresh = conn).await
+    let conn = rustls::client::UnbufferedClientConnection::new(config, name).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut handshake = Handshake::Client(conn);
+    drive(&mut io, &mut handshake, Vec::new()).await?;
+    kernel_bound(io, handshake).map(Handshaken::Kernel)
 }
 
 /// A transport that may be reduced to its TCP socket once nothing is buffered above it.
@@ -280,30 +310,19 @@ impl IntoTcp for Prefixed<TcpStream> {
 /// The two tokio-rustls stream types, seen the same way.
 pub trait FinishedTls: Sized {
     type Io: IntoTcp;
-    fn transport(&mut self) -> &mut RecordExact<Self::Io>;
+    fn transport(&self) -> &RecordExact<Self::Io>;
     fn common(&self) -> &rustls::CommonState;
-    /// Whether rustls holds decrypted application data no one has read yet.
-    fn plaintext_buffered(&mut self) -> bool;
-    fn split(self) -> (RecordExact<Self::Io>, rustls::Connection);
 }
 
 macro_rules! finished_tls {
     ($stream:ty) => {
         impl<IO: IntoTcp + AsyncRead + AsyncWrite + Unpin> FinishedTls for $stream {
             type Io = IO;
-            fn transport(&mut self) -> &mut RecordExact<IO> {
-                self.get_mut().0
+            fn transport(&self) -> &RecordExact<IO> {
+                self.get_ref().0
             }
             fn common(&self) -> &rustls::CommonState {
                 self.get_ref().1
-            }
-            fn plaintext_buffered(&mut self) -> bool {
-                // An error here is a broken connection: not one to offload.
-                self.get_mut().1.process_new_packets().map(|s| s.plaintext_bytes_to_read() > 0).unwrap_or(true)
-            }
-            fn split(self) -> (RecordExact<IO>, rustls::Connection) {
-                let (io, conn) = self.into_inner();
-                (io, conn.into())
             }
         }
     };
@@ -316,31 +335,6 @@ finished_tls!(tokio_rustls::client::TlsStream<RecordExact<IO>>);
 pub enum Leg<T> {
     Rustls(T),
     Kernel(KernelIo),
-}
-
-/// Why `stream` must stay on rustls, or `None` when it can move to the kernel (in which case
-/// its socket has the "tls" ULP attached).
-fn refusal<T: FinishedTls>(stream: &mut T) -> Option<String> {
-    if stream.transport().mid_record() {
-        return Some("rustls holds part of a TLS record".into());
-    }
-    if stream.plaintext_buffered() {
-        return Some("application data arrived with the last handshake record".into());
-    }
-    let Some(fd) = stream.transport().inner.tcp().map(AsRawFd::as_raw_fd) else {
-        return Some("bytes read before the handshake are still buffered".into());
-    };
-    cork_ktls::preflight(&RawSocket(fd), stream.common()).err()
-}
-
-/// A socket the stream being judged owns, named by descriptor so that the stream's rustls
-/// state can be borrowed at the same time; only used while that stream is borrowed.
-struct RawSocket(RawFd);
-
-impl AsRawFd for RawSocket {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
 }
 
 /// The connection a leg belongs to, for its audit record.
@@ -362,51 +356,67 @@ impl Conn<'_> {
     }
 }
 
-/// Moves `stream` to the kernel when kTLS is `wanted` and possible; otherwise returns it on
-/// rustls, with the reason logged, audited and counted. `leg` is `client` or `upstream`.
-pub fn offload<T: FinishedTls>(conn: &Conn<'_>, wanted: bool, leg: &'static str, mut stream: T) -> Result<Leg<T>, OffloadError> {
-    let metrics = &conn.state.metrics;
-    if !wanted {
-        stream.transport().relax();
-        return Ok(Leg::Rustls(stream));
+/// Whether this connection's legs are handshaken for the kernel. Decided before the
+/// handshakes, because a handshake run for the kernel cannot go back to rustls records: the
+/// policy and the kernel must allow kTLS, and the kernel must run every cipher suite either
+/// handshake may negotiate (tried once per suite on a scratch socket, remembered once it
+/// works). A refusal keeps both legs on rustls, logged, audited and counted.
+pub fn plan(conn: &Conn<'_>, snap: &Snapshot) -> bool {
+    if !wanted(snap) {
+        return false;
     }
-    if let Some(reason) = refusal(&mut stream) {
+    let Err(reason) = cork_ktls::accepts_all(&crate::state::crypto_provider().cipher_suites) else { return true };
+    for leg in ["upstream", "client"] {
         tracing::info!(leg, %reason, "kTLS refused; this leg stays on rustls");
         conn.audit_fallback(leg, &reason);
-        metrics.ktls_leg(leg, false);
-        stream.transport().relax();
-        return Ok(Leg::Rustls(stream));
+        conn.state.metrics.ktls_leg(leg, false);
     }
-    let (io, conn) = stream.split();
-    let tcp = io.inner.into_tcp();
-    let socket_err = |source| OffloadError::Socket { leg, source };
-    let std_sock = tcp.into_std().map_err(socket_err)?;
-    // `offload` flushes what rustls still queued with blocking writes (normally nothing).
-    std_sock.set_nonblocking(false).map_err(socket_err)?;
-    let kernel = match cork_ktls::offload(std_sock, conn) {
-        Ok(Offloaded::Kernel(k)) => k,
-        Ok(Offloaded::Userspace { reason, .. }) => return Err(OffloadError::LateRefusal { leg, reason }),
-        Err(source) => return Err(OffloadError::Ktls { leg, source }),
+    false
+}
+
+/// Moves a leg handshaken for the kernel into it; a rustls leg stays as it is. `leg` is
+/// `client` or `upstream`. There is no fallback here (see [`plan`]): a refusal is an error
+/// and the connection ends; it never continues in clear.
+pub fn offload<T>(conn: &Conn<'_>, leg: &'static str, handshaken: Handshaken<T>) -> Result<Leg<T>, OffloadError> {
+    let bound = match handshaken {
+        Handshaken::Rustls(t) => return Ok(Leg::Rustls(t)),
+        Handshaken::Kernel(bound) => bound,
     };
-    kernel.get_ref().set_nonblocking(true).map_err(socket_err)?;
+    let socket_err = |source| OffloadError::Socket { leg, source };
+    let std_sock = bound.tcp.into_std().map_err(socket_err)?;
+    let kernel = cork_ktls::offload_handshake(std_sock, bound.handshake).map_err(|source| OffloadError::Ktls { leg, source })?;
     // SAFETY: the descriptor is the KtlsStream's own socket, open for as long as the stream
     // lives, and `as_raw_fd` always returns it; the AsyncFd owns the stream.
     let fd = unsafe { AsyncFd::register(kernel) }.map_err(|e| socket_err(io::Error::from(e)))?;
     tracing::debug!(leg, "TLS records moved into the kernel");
-    metrics.ktls_leg(leg, true);
+    conn.state.metrics.ktls_leg(leg, true);
     Ok(Leg::Kernel(KernelIo { fd, failure: None, closed: false }))
-}
-
-/// Leaves `stream` on rustls for good (h2, or no kTLS wanted): reads stop at record bounds no more.
-pub fn keep_on_rustls<T: FinishedTls>(stream: &mut T) {
-    stream.transport().relax();
 }
 
 /// The KeyUpdate that ended a kernel leg, if that is what ended it.
 pub fn key_update<T>(leg: &Leg<T>) -> Option<RecordError> {
     match leg {
-        Leg::Kernel(k) if k.failure == Some(RecordError::KeyUpdate) => k.failure.clone(),
+        Leg::Kernel(k) if matches!(k.failure, Some(RecordError::KeyUpdate | RecordError::Rekey(_))) => k.failure.clone(),
         _ => None,
+    }
+}
+
+/// Key updates a kernel leg followed: (the peer's, cork's own).
+fn key_updates<T>(leg: &Leg<T>) -> (u64, u64) {
+    match leg {
+        Leg::Kernel(k) => k.fd.get_ref().key_updates(),
+        Leg::Rustls(_) => (0, 0),
+    }
+}
+
+/// At a connection's end: audits a kernel leg that a KeyUpdate ended
+/// (`tls.key_update_unsupported`), and counts the KeyUpdates the legs followed.
+pub fn audit_key_updates<C, U>(conn: &Conn<'_>, snap: &Snapshot, client: &Leg<C>, upstream: &Leg<U>) {
+    for (leg, failure, followed) in [("upstream", key_update(upstream), key_updates(upstream)), ("client", key_update(client), key_updates(client))] {
+        conn.state.metrics.key_updates(leg, followed.0, followed.1);
+        if let Some(e) = failure {
+            crate::bump::connection_record(conn.state, snap, conn.client, conn.dest, "connection", "tls.key_update_unsupported", &format!("the {leg} leg on kTLS: {e}"));
+        }
     }
 }
 
@@ -478,6 +488,16 @@ impl AsyncWrite for KernelIo {
                 }
                 Err(_would_block) => continue,
             }
+        }
+    }
+}
+
+impl<T: FinishedTls> Leg<T> {
+    /// The TCP socket under the leg, when nothing above it holds bytes from it.
+    pub fn socket(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Leg::Rustls(t) => t.transport().tcp().map(AsFd::as_fd),
+            Leg::Kernel(k) => Some(k.fd.get_ref().get_ref().as_fd()),
         }
     }
 }

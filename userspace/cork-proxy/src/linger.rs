@@ -8,7 +8,7 @@
 //! deadline keep a peer that never stops from holding the socket.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,9 +23,9 @@ pub const LINGER_BYTES: u64 = 1024 * 1024;
 pub struct Linger(OwnedFd);
 
 impl Linger {
-    /// Takes a handle on `tcp`'s socket, so the socket outlives the stream that owns it now.
-    pub fn hold(tcp: &TcpStream) -> io::Result<Self> {
-        Ok(Self(tcp.as_fd().try_clone_to_owned()?))
+    /// Takes a handle on a TCP socket, so the socket outlives the stream that owns it now.
+    pub fn hold(socket: BorrowedFd<'_>) -> io::Result<Self> {
+        Ok(Self(socket.try_clone_to_owned()?))
     }
 
     /// Call once the owning stream is gone: shuts the write side (the goodbye is already

@@ -32,6 +32,7 @@ pub struct Metrics {
     websocket_blocked: LabelledCounter,
     /// Bumped legs by where their records went, keyed `leg/result`.
     ktls_legs: LabelledCounter,
+    ktls_key_updates: LabelledCounter,
     /// Unscanned tunnels by the mechanism that relayed them (`uring`, `splice`, `copy`).
     relay_paths: LabelledCounter,
     /// Scanned body bytes that moved on io_uring.
@@ -95,6 +96,16 @@ impl Metrics {
         self.ktls_legs.add(&format!("{leg}/{}", if kernel { "kernel" } else { "userspace" }), 1);
     }
 
+    /// TLS 1.3 KeyUpdates a kernel leg followed: the peer's (new receive keys) and cork's own
+    /// answers (new send keys).
+    pub fn key_updates(&self, leg: &str, peer: u64, cork: u64) {
+        for (by, n) in [("peer", peer), ("cork", cork)] {
+            if n > 0 {
+                self.ktls_key_updates.add(&format!("{leg}/{by}"), n);
+            }
+        }
+    }
+
     /// A tunnel relayed by `path` (`uring`, `splice` or `copy`).
     pub fn relay_path(&self, path: &str) {
         self.relay_paths.add(path, 1);
@@ -155,6 +166,11 @@ impl Metrics {
         for (key, n) in self.ktls_legs.snapshot() {
             let (leg, result) = key.split_once('/').unwrap_or((&key, ""));
             let _ = writeln!(out, "cork_ktls_legs_total{{leg=\"{}\",result=\"{}\"}} {n}", escape_label(leg), escape_label(result));
+        }
+        let _ = writeln!(out, "# HELP cork_ktls_key_updates_total TLS 1.3 KeyUpdates followed on kTLS legs, by leg and by who sent them.\n# TYPE cork_ktls_key_updates_total counter");
+        for (key, n) in self.ktls_key_updates.snapshot() {
+            let (leg, by) = key.split_once('/').unwrap_or((&key, ""));
+            let _ = writeln!(out, "cork_ktls_key_updates_total{{leg=\"{}\",by=\"{}\"}} {n}", escape_label(leg), escape_label(by));
         }
         let simple = [
             ("cork_bytes_up_total", "counter", "Bytes sent upstream (plaintext or tunnelled).", self.bytes_up.load(Ordering::Relaxed) as i64),

@@ -9,7 +9,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::ktls_leg::RecordExact;
+use crate::ktls_leg::{Handshaken, RecordExact};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -110,21 +110,22 @@ pub async fn connect_tcp(policy: &Policy, host: &str, port: u16) -> Result<TcpSt
     tokio::time::timeout(limit, attempt).await.map_err(|_| UpstreamError::ConnectTimeout { host: host.to_string() })?
 }
 
-/// Connects and completes a fully verified TLS handshake, sending `host` as SNI. With
-/// `record_exact`, the handshake reads stop at the last handshake record, so the connection can
-/// move to kTLS afterwards (see [`crate::ktls_leg`]).
-pub async fn connect_tls(
-    policy: &Policy,
-    tls: &Arc<rustls::ClientConfig>,
-    host: &str,
-    port: u16,
-    record_exact: bool,
-) -> Result<TlsStream<RecordExact<TcpStream>>, UpstreamError> {
-    let tcp = RecordExact::new(connect_tcp(policy, host, port).await?, record_exact);
+/// Connects and completes a fully verified TLS handshake on rustls, sending `host` as SNI.
+pub async fn connect_tls(policy: &Policy, tls: &Arc<rustls::ClientConfig>, host: &str, port: u16) -> Result<TlsStream<RecordExact<TcpStream>>, UpstreamError> {
+    match connect_leg(policy, tls, host, port, false).await? {
+        Handshaken::Rustls(stream) => Ok(stream),
+        Handshaken::Kernel(_) => unreachable!("a handshake not meant for the kernel stays on rustls"),
+    }
+}
+
+/// As [`connect_tls`], but with `kernel` the handshake runs for kTLS (see [`crate::ktls_leg`]):
+/// its reads stop at the last handshake record, and the leg is ready to move into the kernel.
+pub async fn connect_leg(policy: &Policy, tls: &Arc<rustls::ClientConfig>, host: &str, port: u16, kernel: bool) -> Result<Handshaken<TlsStream<RecordExact<TcpStream>>>, UpstreamError> {
+    let tcp = RecordExact::new(connect_tcp(policy, host, port).await?, kernel);
     let bare = cork_policy::normalize_host(host);
     let server_name = ServerName::try_from(bare.clone()).map_err(|_| UpstreamError::ServerName(host.to_string()))?;
     let limit = Duration::from_secs(policy.limits.handshake_timeout_secs.max(1));
-    match tokio::time::timeout(limit, crate::ktls_leg::connect(tls.clone(), server_name, tcp, record_exact)).await {
+    match tokio::time::timeout(limit, crate::ktls_leg::connect(tls.clone(), server_name, tcp, kernel)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => Err(UpstreamError::Tls { host: bare, reason: e.to_string() }),
         Err(_) => Err(UpstreamError::Tls { host: bare, reason: "handshake timed out".into() }),

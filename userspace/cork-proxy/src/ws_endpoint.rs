@@ -125,7 +125,7 @@ pub async fn serve(state: Arc<ProxyState>, snap: Arc<Snapshot>, client: SocketAd
     head.headers.push(Header::new("Host", dest.authority()));
     if dest.scheme == "https" {
         let tls = snap.upstream_tls_for(false, true).clone();
-        match upstream::connect_tls(&snap.policy, &tls, &dest.host, dest.port, false).await {
+        match upstream::connect_tls(&snap.policy, &tls, &dest.host, dest.port).await {
             Ok(stream) => {
                 exchange.relay(&mut wire, &mut Wire::new(stream), head).await;
             }

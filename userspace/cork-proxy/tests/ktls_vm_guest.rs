@@ -11,8 +11,10 @@
 //! AES-128-GCM, AES-256-GCM and ChaCha20-Poly1305 (the suite forced on both legs), 1 MiB each way
 //! must arrive byte for byte, both legs must be counted as kernel legs, and
 //! `/proc/net/tls_stat` must rise by exactly the sockets cork offloaded; TLS 1.3 clients must
-//! receive cork's NewSessionTickets; an upstream KeyUpdate must end the connection with
-//! `tls.key_update_unsupported` and no corrupted byte; `limits.ktls: off` must keep both legs on
+//! receive cork's NewSessionTickets; an upstream KeyUpdate (which asks for one back) must be
+//! followed both ways where the kernel can rekey (`cork_rekey=1`, from Linux 6.14), with the
+//! whole body intact, and elsewhere end the connection with `tls.key_update_unsupported` and no
+//! corrupted byte; `limits.ktls: off` must keep both legs on
 //! rustls with nothing new in the kernel; a passthrough host must be spliced; a response body of
 //! a type the policy leaves unscanned must be spliced between the two kTLS sockets, and a
 //! KeyUpdate in the middle of that splice must end the connection as on the other paths.
@@ -509,9 +511,9 @@ fn main() {
     let decrypt_errors = stat("TlsDecryptError");
     checks.check("no kTLS decrypt errors", if decrypt_errors == 0 { Ok(()) } else { Err(format!("TlsDecryptError {decrypt_errors}")) });
 
-    // An upstream KeyUpdate: the kernel leg cannot follow on 6.1.
+    // An upstream KeyUpdate: followed from 6.14, a clean, audited end before.
     checks.check(
-        "an upstream KeyUpdate ends the connection cleanly, audited",
+        "an upstream KeyUpdate is followed (rekeying kernels) or ends the connection cleanly, audited",
         key_update("/keyupdate", "/tmp/cork-keyupdate").and_then(|cork| moved_on_ring(&cork, (512 * 1024 - BUFFERED - 64 * 1024) as u64)),
     );
 
@@ -519,7 +521,7 @@ fn main() {
     // splice hands back to the kTLS stream, which ends the connection the same way.
     checks.check("an unscanned video/mp4 body is spliced between the kTLS sockets", media_spliced());
     checks.check(
-        "an upstream KeyUpdate in the middle of a splice ends the connection cleanly, audited",
+        "an upstream KeyUpdate in the middle of a splice is followed or ends the connection cleanly",
         key_update("/keyupdate-media", "/tmp/cork-keyupdate-media").and_then(|cork| match metric(&cork, "cork_body_bytes_spliced_total ") {
             0 => Err("nothing was spliced before the KeyUpdate".into()),
             n => {
@@ -528,6 +530,9 @@ fn main() {
             }
         }),
     );
+
+    // HTTP/2 runs on kTLS legs too.
+    checks.check("an h2 connection runs on two kTLS legs, 600 KB down and 400 KB up intact", h2_on_ktls());
 
     // The policy switch: both legs stay on rustls, nothing new in the kernel.
     checks.check("limits.ktls: off keeps both legs on rustls and still carries the data", ktls_off());
@@ -547,39 +552,224 @@ fn main() {
     std::process::exit(1);
 }
 
-/// An upstream KeyUpdate after `n` body bytes of `path` (`/keyupdate` or `/keyupdate-media`).
-/// Returns the cork, for the caller's own checks of how the body moved.
+// ---------------------------------------------------------------------------------------------
+// HTTP/2 on kTLS: an h2 origin (tokio, h2) and an h2 client through cork.
+
+/// Serves h2 on `cs`: `GET /h2?n=N` answers N pattern bytes, anything else echoes its body.
+fn start_h2_origin(cs: CipherSuite) -> Origin {
+    let cert = rcgen::generate_simple_self_signed(vec![ORIGIN.to_string()]).expect("rcgen");
+    let der = cert.cert.der().clone();
+    let key = PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der());
+    let mut config = ServerConfig::builder_with_provider(provider(cs)).with_protocol_versions(&[version_of(cs)]).expect("versions").with_no_client_auth().with_single_cert(vec![der.clone()], PrivateKeyDer::Pkcs8(key)).expect("origin cert");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("origin bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("origin addr");
+    thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((sock, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(sock).await else { return };
+                    let Ok(mut conn) = h2::server::handshake(tls).await else { return };
+                    while let Some(Ok((request, mut respond))) = conn.accept().await {
+                        tokio::spawn(async move {
+                            let path = request.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+                            let mut body = request.into_body();
+                            let mut got = Vec::new();
+                            while let Some(Ok(chunk)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                                got.extend_from_slice(&chunk);
+                            }
+                            let answer = match path.strip_prefix("/h2?n=").and_then(|n| n.parse().ok()) {
+                                Some(n) => pattern(n, 13),
+                                None => got,
+                            };
+                            let head = http::Response::builder().status(200).header("content-type", "application/octet-stream").body(()).expect("response");
+                            let Ok(mut send) = respond.send_response(head, false) else { return };
+                            let _ = send.send_data(answer.into(), true);
+                        });
+                    }
+                });
+            }
+        });
+    });
+    Origin { addr, cert: der }
+}
+
+/// Sends `body` (empty: a GET) to `path` on `sender` and returns the answer's body.
+async fn h2_request(sender: &mut h2::client::SendRequest<bytes::Bytes>, path: &str, body: Vec<u8>) -> Result<Vec<u8>> {
+    let request = http::Request::builder().method(if body.is_empty() { "GET" } else { "POST" }).uri(format!("https://{ORIGIN}{path}")).body(()).map_err(|e| e.to_string())?;
+    let (response, mut send) = sender.send_request(request, body.is_empty()).map_err(|e| format!("send_request: {e}"))?;
+    if !body.is_empty() {
+        let mut rest = bytes::Bytes::from(body);
+        while !rest.is_empty() {
+            send.reserve_capacity(rest.len().min(64 * 1024));
+            let room = std::future::poll_fn(|cx| send.poll_capacity(cx)).await.ok_or("the stream closed")?.map_err(|e| e.to_string())?;
+            let piece = rest.split_to(room.min(rest.len()));
+            send.send_data(piece, rest.is_empty()).map_err(|e| e.to_string())?;
+        }
+    }
+    let response = response.await.map_err(|e| format!("response: {e}"))?;
+    if response.status() != 200 {
+        return Err(format!("status {}", response.status()));
+    }
+    let mut body = response.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| format!("response body: {e}"))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    Ok(got)
+}
+
+/// An h2 client negotiates h2 end to end through cork; both of cork's legs must be kernel
+/// legs, and a 600 KB download and a 400 KB upload (echoed) must arrive byte for byte.
+fn h2_on_ktls() -> Result<()> {
+    let cs = CipherSuite::TLS13_AES_256_GCM_SHA384;
+    let origin = start_h2_origin(cs);
+    let cork = start_cork(&origin, Path::new("/tmp/cork-h2"), "auto")?;
+    let (tx0, rx0) = (stat("TlsTxSw"), stat("TlsRxSw"));
+    // The CONNECT, as the HTTP/1.1 client does it; the rest is async.
+    let mut sock = TcpStream::connect(cork.proxy).map_err(|e| format!("connecting to cork: {e}"))?;
+    write!(sock, "CONNECT {ORIGIN}:{port} HTTP/1.1\r\nHost: {ORIGIN}:{port}\r\n\r\n", port = origin.addr.port()).map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        sock.read_exact(&mut byte).map_err(|e| format!("reading the CONNECT answer: {e}"))?;
+        answer.push(byte[0]);
+    }
+    if !answer.starts_with(b"HTTP/1.1 200") {
+        return Err(format!("CONNECT answered {:?}", String::from_utf8_lossy(&answer)));
+    }
+    sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cork.ca.clone()).map_err(|e| e.to_string())?;
+    let mut config = ClientConfig::builder_with_provider(provider(cs)).with_protocol_versions(&[version_of(cs)]).map_err(|e| e.to_string())?.with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let (download, upload, echoed) = runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::from_std(sock).map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(ORIGIN.to_string()).map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| format!("TLS through cork: {e}"))?;
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(format!("cork negotiated {:?}, not h2", tls.get_ref().1.alpn_protocol().map(String::from_utf8_lossy)));
+        }
+        let (mut sender, connection) = h2::client::handshake(tls).await.map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let download = tokio::time::timeout(Duration::from_secs(120), h2_request(&mut sender, "/h2?n=600000", Vec::new())).await.map_err(|_| "the download timed out".to_string())??;
+        let upload = pattern(400_000, 17);
+        let echoed = tokio::time::timeout(Duration::from_secs(120), h2_request(&mut sender, "/echo", upload.clone())).await.map_err(|_| "the upload timed out".to_string())??;
+        Ok::<_, String>((download, upload, echoed))
+    })?;
+    if download != pattern(600_000, 13) {
+        return Err(format!("the h2 download differs ({} bytes)", download.len()));
+    }
+    if echoed != upload {
+        return Err(format!("the h2 upload came back different ({} of {} bytes)", echoed.len(), upload.len()));
+    }
+    if legs(&cork, "kernel") != 2 {
+        return Err(format!("expected both h2 legs in the kernel, metrics say {} kernel, {} userspace", legs(&cork, "kernel"), legs(&cork, "userspace")));
+    }
+    let (tx, rx) = (stat("TlsTxSw") - tx0, stat("TlsRxSw") - rx0);
+    if tx < 2 || rx < 2 {
+        return Err(format!("tls_stat rose by TX {tx} / RX {rx}, expected both h2 legs"));
+    }
+    println!("[guest]   h2 on kTLS: 600000 bytes down, 400000 up and back; tls_stat TX +{tx}, RX +{rx}");
+    Ok(())
+}
+
+/// What `cargo xtask vm` says this kernel can do: `cork_rekey=1` on the kernel command line
+/// (which /init passes on as an environment variable) for Linux 6.14 and later.
+fn rekey_expected() -> Result<bool> {
+    match std::env::var("cork_rekey").as_deref() {
+        Ok("1") => Ok(true),
+        Ok("0") => Ok(false),
+        other => Err(format!("cork_rekey is {other:?}; cargo xtask vm sets it to 0 or 1 on the kernel command line")),
+    }
+}
+
+/// An upstream KeyUpdate, asking for one back, after `n` body bytes of `path` (`/keyupdate`
+/// or `/keyupdate-media`). Where the kernel can rekey, cork's upstream leg must follow it both
+/// ways and the whole body must arrive intact; elsewhere the connection must end cleanly,
+/// audited, with only bytes sent before the KeyUpdate delivered. Returns the cork, for the
+/// caller's own checks of how the body moved.
 fn key_update(path: &str, dir: &str) -> Result<Cork> {
+    let rekey = rekey_expected()?;
     let cs = CipherSuite::TLS13_AES_128_GCM_SHA256;
     let origin = start_origin(Some(cs));
     let cork = start_cork(&origin, Path::new(dir), "auto")?;
     let store = Arc::new(CountingStore { inner: ClientSessionMemoryCache::new(8), tickets: AtomicUsize::new(0) });
     let mut tls = connect(&cork, ORIGIN, origin.addr.port(), &cork.ca, cs, store)?;
-    // Long enough that the body is on io_uring when the KeyUpdate record arrives: the ring's read
-    // fails on it and hands back to the kTLS stream, which must end the connection cleanly.
+    // Long enough that the body is on io_uring (or splice) when the KeyUpdate record arrives:
+    // the transfer stops at it and hands back to the kTLS stream, which handles the record.
     let n = 512 * 1024;
     let head = format!("GET {path}?n={n} HTTP/1.1\r\nHost: {ORIGIN}\r\n\r\n");
     tls.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
     tls.flush().map_err(|e| e.to_string())?;
-    let mut got = Vec::new();
-    // Whatever arrives (head and some body, or nothing) before the connection ends.
-    let end = tls.read_to_end(&mut got);
     let expected = pattern(2 * n, 7);
+    // Whatever arrives (head and some body, or nothing) until the whole body or the end.
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let end = loop {
+        let body_len = got.windows(4).position(|w| w == b"\r\n\r\n").map(|i| got.len() - i - 4);
+        if body_len.is_some_and(|b| b >= expected.len()) {
+            break Ok(());
+        }
+        match tls.read(&mut chunk) {
+            Ok(0) => break Ok(()),
+            Ok(k) => got.extend_from_slice(&chunk[..k]),
+            Err(e) => break Err(e),
+        }
+    };
+    drop(tls);
     let body = match got.windows(4).position(|w| w == b"\r\n\r\n") {
         Some(i) => got[i + 4..].to_vec(),
         None => Vec::new(),
     };
-    println!("[guest]   KeyUpdate: client got {} bytes ({} of body) then {:?}", got.len(), body.len(), end.as_ref().map(|_| "a clean close"));
-    if body.len() >= expected.len() {
-        return Err("the whole body arrived although half of it was sent under a key the kernel cannot have".into());
-    }
-    if body[..] != expected[..body.len()] {
+    println!("[guest]   KeyUpdate: client got {} bytes ({} of body) then {:?}", got.len(), body.len(), end.as_ref().map(|_| "the end"));
+    if body[..] != expected[..body.len().min(expected.len())] || body.len() > expected.len() {
         return Err("the body that arrived is not a prefix of what the origin sent".into());
     }
     if legs(&cork, "kernel") != 2 {
         return Err(format!("expected both legs in the kernel, {} were", legs(&cork, "kernel")));
     }
-    audit_line(&cork, "tls.key_update_unsupported")?;
+    if !rekey {
+        if body.len() >= expected.len() {
+            return Err("the whole body arrived although half of it was sent under a key the kernel cannot have".into());
+        }
+        audit_line(&cork, "tls.key_update_unsupported")?;
+        return Ok(cork);
+    }
+    if body.len() != expected.len() {
+        return Err(format!("only {} of {} body bytes arrived although the kernel can rekey", body.len(), expected.len()));
+    }
+    // Counted when the connection ends, after the client's close.
+    for by in ["peer", "cork"] {
+        let series = format!("cork_ktls_key_updates_total{{leg=\"upstream\",by=\"{by}\"}} ");
+        let mut seen = 0;
+        for _ in 0..100 {
+            seen = metric(&cork, &series);
+            if seen > 0 {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        if seen != 1 {
+            return Err(format!("{series}is {seen}, expected 1"));
+        }
+    }
+    let log = std::fs::read_to_string(&cork.audit).unwrap_or_default();
+    if log.contains("tls.key_update_unsupported") {
+        return Err("a followed KeyUpdate was audited as unsupported".into());
+    }
+    println!("[guest]   the upstream leg followed the origin's KeyUpdate and answered with its own");
     Ok(cork)
 }
 
