@@ -158,6 +158,17 @@ pub fn probe() -> KtlsSupport {
 /// (kernel version number, cipher) pairs the kernel has accepted in both directions.
 static ACCEPTED: Mutex<Vec<(u16, KernelCipher)>> = Mutex::new(Vec::new());
 
+/// Directions (TX, RX) set up on scratch sockets by trials, which the kernel's `TlsTxSw` and
+/// `TlsRxSw` count like any other.
+static TRIAL_SOCKETS: [std::sync::atomic::AtomicU64; 2] = [std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0)];
+
+/// How many TX and RX kTLS states this process's cipher trials have set up on scratch sockets:
+/// for telling offloaded connections apart from trials in `/proc/net/tls_stat`.
+pub fn trial_sockets() -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (TRIAL_SOCKETS[0].load(Relaxed), TRIAL_SOCKETS[1].load(Relaxed))
+}
+
 /// Whether the kernel can instantiate `cipher` for `version`, tried with a dummy key on a
 /// scratch socket. Only successes are remembered: a module may be loaded later.
 fn trial(version: u16, cipher: KernelCipher) -> Result<(), String> {
@@ -168,6 +179,7 @@ fn trial(version: u16, cipher: KernelCipher) -> Result<(), String> {
     sys::attach_ulp(&client).map_err(|e| ulp_refusal(&e))?;
     for dir in [Direction::Tx, Direction::Rx] {
         sys::install_dummy(&client, dir, version, cipher).map_err(|e| format!("the kernel refused {cipher:?} for {}: {e}", dir.name()))?;
+        TRIAL_SOCKETS[(dir == Direction::Rx) as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     if let Ok(mut set) = ACCEPTED.lock() {
         set.push((version, cipher));
