@@ -33,11 +33,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Prove kTLS and the bottles' eBPF programs on a second kernel (Debian 6.1) booted in QEMU.
+    /// Prove kTLS and the bottles' eBPF programs on Debian kernels (6.1 and trixie-backports') booted in QEMU.
     Vm {
-        /// Keep the staged guest root in target/vm/guest-root.
+        /// Keep each staged guest root in target/vm/guest-root-<kernel>.
         #[arg(long)]
         keep: bool,
+        /// Boot only this kernel: bookworm (6.1) or trixie-backports (≥ 6.14); both by default.
+        #[arg(long, value_name = "NAME")]
+        kernel: Option<String>,
     },
     /// Run the benchmark harness.
     Bench {
@@ -54,6 +57,6 @@ fn main() -> Result<()> {
         Cmd::BuildEbpf => ebpf::build().map(|_| ()),
         Cmd::Bench { args } => bench::run(&args),
         Cmd::Fuzz { args } => fuzz::run(&args),
-        Cmd::Vm { keep } => vm::run(keep),
+        Cmd::Vm { keep, kernel } => vm::run_kernels(keep, kernel.as_deref()),
     }
 }
