@@ -30,6 +30,8 @@ const UPDATE_REQUESTED: u8 = 1;
 /// The largest plaintext a record may carry (RFC 8446 §5.1), plus room for a TLS 1.2 peer's
 /// allowed expansion; the kernel delivers at most one non-data record per `recvmsg`.
 const RECORD_BUF: usize = 16 * 1024 + 256;
+/// The least a `recvmsg` asks for: a whole non-data record must fit.
+const MAX_PLAINTEXT: usize = 16 * 1024;
 
 /// rustls's side of an offloaded connection: what derives the next traffic keys.
 pub(crate) enum KernelKeys {
@@ -122,11 +124,16 @@ impl KtlsStream {
         io::Error::other(e)
     }
 
-    /// Receives one record into `self.buf`; returns its content type and length.
-    fn recv_record(&mut self) -> io::Result<(u8, usize)> {
+    /// Receives records of one content type into `self.buf`, at most `want` bytes of data
+    /// (the kernel joins data records to fill a read); returns the type and length.
+    fn recv_record(&mut self, want: usize) -> io::Result<(u8, usize)> {
         // u64 alignment, as cmsghdr requires.
         let mut control = [0u64; 8];
-        let mut iov = libc::iovec { iov_base: self.buf.as_mut_ptr().cast(), iov_len: self.buf.len() };
+        // Never more data than the caller asked for: bytes left over here would keep the
+        // socket from being read directly (by splice or io_uring) for the rest of a body. A
+        // whole non-data record must still fit.
+        let len = want.clamp(MAX_PLAINTEXT, self.buf.len());
+        let mut iov = libc::iovec { iov_base: self.buf.as_mut_ptr().cast(), iov_len: len };
         // SAFETY: msghdr is plain data; all-zero is a valid empty value.
         let mut msg: libc::msghdr = unsafe { mem::zeroed() };
         msg.msg_iov = &mut iov;
@@ -269,7 +276,7 @@ impl Read for KtlsStream {
             if self.peer_closed || out.is_empty() {
                 return Ok(0);
             }
-            let (content_type, len) = self.recv_record()?;
+            let (content_type, len) = self.recv_record(out.len())?;
             if content_type == CONTENT_APPLICATION_DATA {
                 if len == 0 {
                     // recvmsg returns 0 only at TCP end of stream: the peer never sent

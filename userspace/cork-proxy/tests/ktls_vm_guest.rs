@@ -158,9 +158,13 @@ fn serve_origin(config: Arc<ServerConfig>, sock: TcpStream) -> io::Result<()> {
             tls.flush()?;
             tls.conn.refresh_traffic_keys().map_err(io::Error::other)?;
             tls.flush()?;
-            // The rest under the new key: cork must not hand any of it on.
+            // The rest under the new key: a kernel that can rekey carries it; an older one must
+            // not hand any of it on.
             let _ = tls.write_all(&body[n..]);
             let _ = tls.flush();
+            // Read until cork closes (taking its KeyUpdate): closing with unread bytes would
+            // reset the connection and drop whatever of the body the kernel had not sent yet.
+            let _ = tls.read_to_end(&mut Vec::new());
             return Ok(());
         } else {
             tls.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
@@ -750,7 +754,10 @@ fn key_update(path: &str, dir: &str) -> Result<Cork> {
         return Ok(cork);
     }
     if body.len() != expected.len() {
-        return Err(format!("only {} of {} body bytes arrived although the kernel can rekey", body.len(), expected.len()));
+        let log = std::fs::read_to_string(&cork.audit).unwrap_or_default();
+        let metrics = cork.metrics_text();
+        let counters: Vec<&str> = metrics.lines().filter(|l| !l.starts_with('#') && (l.starts_with("cork_errors_total") || l.starts_with("cork_ktls") || l.starts_with("cork_body"))).collect();
+        return Err(format!("only {} of {} body bytes arrived although the kernel can rekey; audit: {:?}; metrics: {counters:?}", body.len(), expected.len(), log.lines().collect::<Vec<_>>()));
     }
     // Counted when the connection ends, after the client's close.
     for by in ["peer", "cork"] {
