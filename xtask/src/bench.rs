@@ -34,6 +34,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 /// Where the origin listens; every proxy reaches it through a pin of this name to this address.
+/// The guest kernel the kTLS paths are measured on: the one that can rekey.
+const VM_BENCH_KERNEL: &str = "trixie-backports";
+/// What each guest bench request is (kept in step with `BENCH_REQUESTS` and `PAYLOAD` in
+/// `userspace/cork-proxy/tests/ktls_vm_guest.rs`).
+const VM_BENCH_NOTE: &str = "8 requests per path, each a fresh bumped TLS 1.3 (AES-128-GCM) connection carrying a 1 MiB POST that the origin echoes (2 MiB through cork per request, both handshakes included); bodies are scanned";
 const ORIGIN_IP: &str = "127.0.0.2";
 const ORIGIN_NAME: &str = "origin.test";
 /// How long a child gets to print its ready line.
@@ -193,6 +198,11 @@ pub fn run(args: &[String]) -> Result<()> {
         Err(_) => Vec::new(),
     };
 
+    // The kTLS paths exist only in the VM guest here (no CONFIG_TLS on this host): functional
+    // figures from a boot of their own.
+    println!("bench: kTLS paths in the VM guest (functional figures only)");
+    let vm_paths = crate::vm::bench(VM_BENCH_KERNEL).map_err(|e| format!("{e:#}"));
+
     let notes: Vec<Option<String>> = proxies.iter().map(|s| s.as_ref().err().cloned()).collect();
     drop(proxies);
     drop(origin);
@@ -222,7 +232,7 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     };
 
-    let report = Report { rows: &rows, quick: opts.quick, secs, notes: &notes, idle: &idle, half_load: half_load.as_ref(), paths: &data_paths, tls: &tls, idle_note: if opts.quick { None } else { idle_shortfall(fd_limit, idle_conns) }, scan_md: &scan_md, charts_md: &charts_md }.render();
+    let report = Report { rows: &rows, quick: opts.quick, secs, notes: &notes, idle: &idle, half_load: half_load.as_ref(), paths: &data_paths, vm_paths: &vm_paths, tls: &tls, idle_note: if opts.quick { None } else { idle_shortfall(fd_limit, idle_conns) }, scan_md: &scan_md, charts_md: &charts_md }.render();
     println!("\n{report}");
     std::fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
     write_json(&target.join("bench-results.json"), &rows)?;
@@ -1060,6 +1070,8 @@ struct Report<'a> {
     idle: &'a [Option<IdleResult>],
     half_load: Option<&'a HalfLoad>,
     paths: &'a [paths::PathRow],
+    /// The guest bench's kernel release and one JSON object per path, or why it did not run.
+    vm_paths: &'a Result<(String, Vec<String>), String>,
     tls: &'a TlsBench,
     /// Why fewer idle connections than wanted were held, if so.
     idle_note: Option<String>,
@@ -1091,6 +1103,7 @@ impl Report<'_> {
         self.results(&mut md);
         self.idle_section(&mut md);
         self.paths_section(&mut md);
+        self.vm_paths_section(&mut md);
         self.in_process(&mut md);
         let _ = writeln!(md, "## Charts\n\n{}", self.charts_md);
         let _ = writeln!(md, "## Scanner alone\n\n{}", self.scan_md);
@@ -1264,11 +1277,53 @@ impl Report<'_> {
         let _ = writeln!(md);
     }
 
+    fn vm_paths_section(&self, md: &mut String) {
+        let _ = writeln!(md, "## kTLS paths in the VM guest (functional figures, not speed)\n");
+        let (release, lines) = match self.vm_paths {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = writeln!(md, "Not measured: {e}\n");
+                return;
+            }
+        };
+        let _ = writeln!(
+            md,
+            "Kernel {release} under QEMU's TCG emulation (`cargo xtask vm`'s trixie-backports kernel, booted with `cork_mode=bench`): this host's kernel has no `CONFIG_TLS`. The real `cork` binary relays {VM_BENCH_NOTE}. The time column is emulated CPU time and says nothing about speed; the syscall counts (`strace -c -f` attached to cork in a second run of the same load), the kernel legs and the body bytes moved on io_uring (both for the timed requests only) are what carry over to a real kTLS host, where the same rows can be measured for speed.\n"
+        );
+        let _ = writeln!(md, "| path | requests | syscalls per request | io_uring_enter per request | kernel legs | body MiB on io_uring | copies per byte | time (TCG) |\n|---|---:|---:|---:|---:|---:|---|---:|");
+        for line in lines {
+            let Ok(row) = serde_json::from_str::<serde_json::Value>(line) else {
+                let _ = writeln!(md, "| unreadable guest line: `{line}` | | | | | | | |");
+                continue;
+            };
+            let text = |k: &str| row[k].as_str().unwrap_or("").to_string();
+            let num = |k: &str| row[k].as_f64();
+            if let Some(why) = row["failure"].as_str() {
+                let _ = writeln!(md, "| {} | not measured: {why} | | | | | {} | |", text("path"), text("copies"));
+                continue;
+            }
+            let requests = num("requests").unwrap_or(0.0);
+            let per = |k: &str| num(k).filter(|_| requests > 0.0).map_or("not counted".to_string(), |v| format!("{:.0}", v / requests));
+            let _ = writeln!(
+                md,
+                "| {} | {requests:.0} | {} | {} | {:.0} | {:.1} | {} | {:.2} s |",
+                text("path"),
+                per("syscalls"),
+                per("io_uring_enter"),
+                num("kernel_legs").unwrap_or(0.0),
+                num("ring_bytes").unwrap_or(0.0) / (1024.0 * 1024.0),
+                text("copies"),
+                num("secs").unwrap_or(0.0)
+            );
+        }
+        let _ = writeln!(md);
+    }
+
     fn paths_section(&self, md: &mut String) {
         let _ = writeln!(md, "## Data-plane paths (1 MiB keep-alive GET, one cork per path)\n");
         let _ = writeln!(
             md,
-            "Syscalls are counted by `strace -c -f` on cork in a second run of the same load (its speed under strace means nothing); throughput and cores come from the first run, without strace. Copies are the design's payload copies per relayed byte. The plain-HTTP paths are scanned like bumped traffic and scan the first 64 KiB of each body before its head goes out; on io_uring the rest moves between the sockets the way it does between kTLS legs. kTLS itself is not measured here: this host's kernel has no `CONFIG_TLS`, and the VM guest runs under TCG, where figures are functional only (`cargo xtask vm` checks there that kTLS legs move bodies on io_uring).\n"
+            "Syscalls are counted by `strace -c -f` on cork in a second run of the same load (its speed under strace means nothing); throughput and cores come from the first run, without strace. Copies are the design's payload copies per relayed byte. The plain-HTTP paths are scanned like bumped traffic and scan the first 64 KiB of each body before its head goes out; on io_uring the rest moves between the sockets the way it does between kTLS legs. kTLS paths cannot run on this host (its kernel has no `CONFIG_TLS`); the next section has them from the VM guest, as functional figures.\n"
         );
         if self.paths.is_empty() {
             let _ = writeln!(md, "Not measured: cork did not start.\n");

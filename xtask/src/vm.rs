@@ -78,6 +78,15 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
 # cork_rekey comes from the kernel command line (1: this kernel's kTLS takes new keys).
 echo "[init] kernel $(uname -r), cork_rekey=$cork_rekey"
+# cork_mode=bench (cargo xtask bench): every module, the proxy guest's figures, nothing else.
+if [ "$cork_mode" = bench ]; then
+  for m in tls gcm ctr chacha20poly1305 chacha chacha_generic poly1305_generic libpoly1305 ghash_generic aesni_intel; do
+    modprobe $m 2>/dev/null
+  done
+  /cork-proxy-guest --bench
+  /cork-ktls-guest --qemu-exit $?
+  poweroff -f
+fi
 rc=0
 # cork's proxy before anything loads tls: the probe refuses and connections stay on rustls.
 /cork-proxy-guest --no-tls || rc=1
@@ -436,6 +445,7 @@ fn stage_root(root: &Path, kernel: &KernelLayout, busybox: &Path, guests: &[(Pat
     fs::copy(busybox.join("bin/busybox"), root.join("bin/busybox"))?;
     // busybox's depmod writes modules.dep for busybox's modprobe in the guest.
     run_checked(Command::new(root.join("bin/busybox")).arg("depmod").arg("-b").arg(root).arg(release))?;
+    stage_strace(root);
     fs::write(root.join("init"), INIT)?;
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
     for (guest, name) in guests {
@@ -505,7 +515,37 @@ fn gzip(data: &[u8], dest: &Path) -> Result<()> {
 }
 
 /// Boots the guest with `cmdline`, streaming its console here; returns QEMU's exit status.
-fn boot(kernel: &Path, initrd: &Path, cmdline: &str) -> Result<i32> {
+/// Copies the host's `strace` and the libraries it loads into the guest root at the same
+/// paths, for the bench's syscall counts. Without it the bench says it did not count.
+fn stage_strace(root: &Path) {
+    let strace = Path::new("/usr/bin/strace");
+    if !strace.exists() {
+        step("note: no /usr/bin/strace on this host; the guest bench will not count syscalls");
+        return;
+    }
+    let libs = match output(Command::new("ldd").arg(strace)) {
+        Ok(text) => text,
+        Err(e) => {
+            step(&format!("note: ldd {}: {e:#}; the guest bench will not count syscalls", strace.display()));
+            return;
+        }
+    };
+    // Lines are `name => /path (addr)` or `/path (addr)` for the loader.
+    let paths = libs.lines().filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from));
+    for path in std::iter::once(strace.to_path_buf()).chain(paths) {
+        let dest = root.join(path.strip_prefix("/").unwrap_or(&path));
+        let copied = dest.parent().map_or(Ok(()), fs::create_dir_all).and_then(|()| fs::copy(&path, &dest).map(|_| ()));
+        if let Err(e) = copied {
+            step(&format!("note: staging {}: {e}; the guest bench will not count syscalls", path.display()));
+            let _ = fs::remove_file(root.join("usr/bin/strace"));
+            return;
+        }
+    }
+}
+
+/// Boots the guest, streaming its console here; returns QEMU's exit status and the console
+/// lines that start with `[bench] ` (the guest bench's results).
+fn boot(kernel: &Path, initrd: &Path, cmdline: &str) -> Result<(i32, Vec<String>)> {
     let mut cmd = Command::new(QEMU);
     cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "512M", "-nographic", "-no-reboot", "-nic", "none"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
@@ -515,13 +555,31 @@ fn boot(kernel: &Path, initrd: &Path, cmdline: &str) -> Result<i32> {
         .arg(initrd)
         .arg("-append")
         .arg(cmdline)
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
     step(&format!("booting {} with \"{cmdline}\" (TCG; console follows)", kernel.display()));
     let mut child = cmd.spawn().with_context(|| format!("starting {QEMU}"))?;
+    let console = child.stdout.take().context("QEMU's console")?;
+    let echo = std::thread::spawn(move || {
+        let mut bench = Vec::new();
+        let mut console = std::io::BufReader::new(console);
+        let mut raw = Vec::new();
+        // Byte lines: the console carries terminal escapes that need not be UTF-8.
+        while matches!(std::io::BufRead::read_until(&mut console, b'\n', &mut raw), Ok(n) if n > 0) {
+            let _ = std::io::stdout().write_all(&raw);
+            let line = String::from_utf8_lossy(&raw);
+            if let Some(at) = line.find("[bench] ") {
+                bench.push(line[at + "[bench] ".len()..].trim_end().to_string());
+            }
+            raw.clear();
+        }
+        bench
+    });
     let deadline = Instant::now() + BOOT_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait()? {
-            return status.code().with_context(|| format!("{QEMU} was killed by a signal"));
+            let code = status.code().with_context(|| format!("{QEMU} was killed by a signal"))?;
+            return Ok((code, echo.join().unwrap_or_default()));
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -615,11 +673,45 @@ fn run_on(
         fs::remove_dir_all(&root)?;
     }
     let cmdline = format!("console=ttyS0 panic=-1 quiet cork_rekey={}", u8::from(rekey));
-    match boot(&layout.vmlinuz, &initrd, &cmdline)? {
+    match boot(&layout.vmlinuz, &initrd, &cmdline)?.0 {
         GUEST_PASSED => Ok(()),
         3 => bail!("a guest test failed (see [guest] FAIL lines above)"),
         other => bail!("the guest exited without a verdict (QEMU status {other}): it panicked, powered off or never ran the test"),
     }
+}
+
+/// The guest bench for `cargo xtask bench`: boots `kernel` (a name in [`KERNELS`]) with
+/// `cork_mode=bench` and returns its release and the JSON line the proxy guest printed per
+/// path. Figures from this TCG guest are functional, never speed.
+pub fn bench(kernel: &str) -> Result<(String, Vec<String>)> {
+    if std::env::consts::ARCH != "x86_64" {
+        bail!("the guest VM boots an x86_64 Debian kernel; this host is {}", std::env::consts::ARCH);
+    }
+    let kernel = KERNELS.iter().find(|k| k.name == kernel).with_context(|| format!("no kernel named {kernel:?}"))?;
+    ensure_qemu()?;
+    fs::create_dir_all(vm_dir())?;
+    let kernel_dir = ensure_kernel(kernel)?;
+    let busybox_dir = vm_dir().join("busybox");
+    if !is_unpacked(&busybox_dir) {
+        unpack(&[BUSYBOX_PACKAGE.to_string()], &[], &busybox_dir)?;
+    }
+    crate::ebpf::build()?;
+    let guests = build_guests()?;
+    let stage = repo_root().join("target/vm");
+    fs::create_dir_all(&stage)?;
+    let layout = kernel_layout(&kernel_dir)?;
+    let rekey = rekey_supported(&layout.release)?;
+    let root = stage.join(format!("bench-root-{}", kernel.name));
+    stage_root(&root, &layout, &busybox_dir, &guests)?;
+    let initrd = stage.join(format!("bench-initramfs-{}.cpio.gz", kernel.name));
+    gzip(&cpio(&root)?, &initrd)?;
+    fs::remove_dir_all(&root)?;
+    let cmdline = format!("console=ttyS0 panic=-1 quiet cork_rekey={} cork_mode=bench", u8::from(rekey));
+    let (code, lines) = boot(&layout.vmlinuz, &initrd, &cmdline)?;
+    if code != GUEST_PASSED {
+        bail!("the guest bench exited with QEMU status {code}");
+    }
+    Ok((layout.release, lines))
 }
 
 #[cfg(test)]

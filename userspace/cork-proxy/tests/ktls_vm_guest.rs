@@ -260,12 +260,17 @@ fn admin_get(admin: SocketAddr, path: &str) -> Result<String> {
 
 /// The policy the guest's corks run on: the origin allowed, `pinned.test` passed through.
 fn policy_yaml(origin: &Origin, dir: &Path, ktls: &str) -> Result<String> {
+    policy_yaml_with(origin, dir, &format!("  ktls: {ktls}\n"))
+}
+
+/// The guest's policy with `limits` lines (each `  key: value\n`) added.
+fn policy_yaml_with(origin: &Origin, dir: &Path, limits: &str) -> Result<String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let roots = dir.join("origin-ca.pem");
     let pem = format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64(&origin.cert));
     std::fs::write(&roots, pem).map_err(|e| e.to_string())?;
     Ok(format!(
-        "mode: enforce\nscan:\n  unscanned_response_types: [\"video/*\"]\nhosts:\n  allow: [{ORIGIN}]\n  passthrough: [{PASSTHROUGH}]\n  ports: [{port}]\nupstream:\n  extra_roots: [{roots}]\n  resolve:\n    {ORIGIN}: 127.0.0.1\n    {PASSTHROUGH}: 127.0.0.1\nlimits:\n  ktls: {ktls}\n  body_buffer_bytes: {BUFFERED}\n",
+        "mode: enforce\nscan:\n  unscanned_response_types: [\"video/*\"]\nhosts:\n  allow: [{ORIGIN}]\n  passthrough: [{PASSTHROUGH}]\n  ports: [{port}]\nupstream:\n  extra_roots: [{roots}]\n  resolve:\n    {ORIGIN}: 127.0.0.1\n    {PASSTHROUGH}: 127.0.0.1\nlimits:\n{limits}  body_buffer_bytes: {BUFFERED}\n",
         port = origin.addr.port(),
         roots = roots.display()
     ))
@@ -457,6 +462,9 @@ fn no_tls_phase() -> i32 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--bench") {
+        std::process::exit(bench_mode());
+    }
     if args.get(1).map(String::as_str) == Some("--no-tls") {
         let failed = no_tls_phase();
         println!("[guest] cork --no-tls phase: {}", if failed == 0 { "all checks passed".to_string() } else { format!("{failed} checks failed") });
@@ -689,6 +697,103 @@ fn h2_on_ktls() -> Result<()> {
     }
     println!("[guest]   h2 on kTLS: 600000 bytes down, 400000 up and back; tls_stat TX +{tx}, RX +{rx}");
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// `--bench`: figures for `cargo xtask bench`, from a boot of their own.
+
+/// Requests per path and run. Each is a fresh bumped connection (both handshakes) carrying a
+/// 1 MiB POST that the origin echoes: 2 MiB through cork per request.
+const BENCH_REQUESTS: usize = 8;
+
+/// The bumped paths this kernel can run side by side, as (name, `limits` lines, copies per byte).
+const BENCH_PATHS: &[(&str, &str, &str)] = &[
+    ("bumped HTTP/1.1, kTLS records, io_uring", "  ktls: auto\n  io_uring: auto\n", "2 (the kernel decrypts into the ring's buffer, scanned there, encrypted from the same buffer)"),
+    ("bumped HTTP/1.1, kTLS records, tokio", "  ktls: auto\n  io_uring: off\n", "3 (the kernel decrypts into the wire buffer, copy to the scan buffer, the kernel encrypts)"),
+    ("bumped HTTP/1.1, rustls records, tokio", "  ktls: off\n  io_uring: off\n", "2 + userspace decrypt/scan/encrypt (ciphertext read and written)"),
+];
+
+/// Prints one `[bench] {json}` line per path. TCG emulates the CPU, so the times say nothing
+/// about speed; syscall counts and where bytes moved are what carry over to a real kTLS host.
+fn bench_mode() -> i32 {
+    let cs = CipherSuite::TLS13_AES_128_GCM_SHA256;
+    let origin = start_origin(Some(cs));
+    let strace = Path::new("/usr/bin/strace").exists();
+    for (i, (name, limits, copies)) in BENCH_PATHS.iter().enumerate() {
+        let dir = PathBuf::from(format!("/tmp/cork-bench-{i}"));
+        let mut row = serde_json::json!({ "path": name, "copies": copies, "requests": BENCH_REQUESTS, "bytes_per_request": 2 * PAYLOAD });
+        match bench_path(&origin, cs, &dir, limits, strace) {
+            Ok(fields) => {
+                for (k, v) in fields {
+                    row[k] = v;
+                }
+            }
+            Err(e) => row["failure"] = serde_json::Value::String(e),
+        }
+        println!("[bench] {row}");
+    }
+    0
+}
+
+/// One path: a timed run, then the same load under `strace -c -f` for the syscall count.
+fn bench_path(origin: &Origin, cs: CipherSuite, dir: &Path, limits: &str, strace: bool) -> Result<Vec<(&'static str, serde_json::Value)>> {
+    let (mut child, cork, _) = spawn_cork(dir, &policy_yaml_with(origin, dir, limits)?)?;
+    let result = (|| {
+        // One connection first, so the process's cipher trials are not timed.
+        bumped_echo(&cork, origin, cs, 1)?;
+        let (legs0, ring0) = (legs(&cork, "kernel"), metric(&cork, "cork_body_bytes_on_io_uring_total "));
+        let started = std::time::Instant::now();
+        for seed in 0..BENCH_REQUESTS {
+            bumped_echo(&cork, origin, cs, 10 + seed as u32)?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let mut fields = vec![
+            ("secs", serde_json::json!(secs)),
+            ("kernel_legs", serde_json::json!(legs(&cork, "kernel") - legs0)),
+            ("ring_bytes", serde_json::json!(metric(&cork, "cork_body_bytes_on_io_uring_total ") - ring0)),
+        ];
+        if strace {
+            let (total, enters) = strace_count(child.id(), &dir.join("strace.txt"), || {
+                for seed in 0..BENCH_REQUESTS {
+                    bumped_echo(&cork, origin, cs, 100 + seed as u32)?;
+                }
+                Ok(())
+            })?;
+            fields.push(("syscalls", serde_json::json!(total)));
+            fields.push(("io_uring_enter", serde_json::json!(enters)));
+        }
+        Ok(fields)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// Runs `load` with `strace -c -f` attached to `pid`; returns (all syscalls, io_uring_enter).
+fn strace_count(pid: u32, out: &Path, load: impl FnOnce() -> Result<()>) -> Result<(u64, u64)> {
+    let mut strace = std::process::Command::new("/usr/bin/strace")
+        .args(["-c", "-f", "-q", "-o"])
+        .arg(out)
+        .args(["-p", &pid.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("strace: {e}"))?;
+    // Attaching to every thread takes a while under emulation.
+    thread::sleep(Duration::from_secs(2));
+    let loaded = load();
+    // SIGINT makes strace detach and write its summary.
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(strace.id() as libc::pid_t, libc::SIGINT) };
+    let _ = strace.wait();
+    loaded?;
+    let text = std::fs::read_to_string(out).map_err(|e| format!("reading {}: {e}", out.display()))?;
+    let calls = |syscall: &str| {
+        text.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).find(|f| f.last() == Some(&syscall) && f.len() >= 5).and_then(|f| f[3].parse::<u64>().ok())
+    };
+    let total = calls("total").ok_or_else(|| format!("no total line in strace's summary: {text}"))?;
+    Ok((total, calls("io_uring_enter").unwrap_or(0)))
 }
 
 /// What `cargo xtask vm` says this kernel can do: `cork_rekey=1` on the kernel command line
@@ -932,13 +1037,12 @@ fn fresh_process_trials() -> u64 {
     pairs.len() as u64
 }
 
-/// Runs `/cork run` (staged next to this test by `cargo xtask vm`) against a test origin.
-fn real_binary() -> Result<()> {
-    let cs = CipherSuite::TLS13_AES_128_GCM_SHA256;
-    let origin = start_origin(Some(cs));
-    let dir = Path::new("/tmp/cork-binary");
+/// Starts the real `cork run` binary (staged as `/cork` by `cargo xtask vm`) on `yaml`; returns
+/// the process, how to reach it and its start-up lines.
+fn spawn_cork(dir: &Path, yaml: &str) -> Result<(std::process::Child, Cork, Vec<String>)> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let policy = dir.join("policy.yaml");
-    std::fs::write(&policy, policy_yaml(&origin, dir, "auto")?).map_err(|e| e.to_string())?;
+    std::fs::write(&policy, yaml).map_err(|e| e.to_string())?;
     let stderr = std::fs::File::create(dir.join("stderr")).map_err(|e| e.to_string())?;
     let mut child = std::process::Command::new("/cork")
         .args(["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--config"])
@@ -949,7 +1053,7 @@ fn real_binary() -> Result<()> {
         .stderr(stderr)
         .spawn()
         .map_err(|e| format!("starting /cork: {e}"))?;
-    let result = (|| {
+    let started = (|| {
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut lines = Vec::new();
         for line in BufReader::new(stdout).lines() {
@@ -966,6 +1070,31 @@ fn real_binary() -> Result<()> {
             rest.split([' ', '/']).find(|s| !s.is_empty()).and_then(|a| a.parse().ok()).ok_or(format!("no address after {marker:?}"))
         };
         let (proxy, admin) = (addr_after("listening on ")?, addr_after("admin on http://")?);
+        let pem = std::fs::read(dir.join("state/ca.pem")).map_err(|e| e.to_string())?;
+        let ca = rustls_pemfile::certs(&mut pem.as_slice()).next().ok_or("no CA certificate")?.map_err(|e| e.to_string())?;
+        Ok::<_, String>((Cork { proxy, metrics: MetricsSource::Admin(admin), ca, audit: dir.join("state/audit.jsonl") }, lines))
+    })();
+    match started {
+        Ok((cork, lines)) => Ok((child, cork, lines)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("{e}; cork stderr: {}", std::fs::read_to_string(dir.join("stderr")).unwrap_or_default()))
+        }
+    }
+}
+
+/// Runs `/cork run` (staged next to this test by `cargo xtask vm`) against a test origin.
+fn real_binary() -> Result<()> {
+    let cs = CipherSuite::TLS13_AES_128_GCM_SHA256;
+    let origin = start_origin(Some(cs));
+    let dir = Path::new("/tmp/cork-binary");
+    let (mut child, cork, lines) = spawn_cork(dir, &policy_yaml(&origin, dir, "auto")?)?;
+    let admin = match &cork.metrics {
+        MetricsSource::Admin(admin) => *admin,
+        MetricsSource::InProcess(_) => unreachable!("a cork process answers on its admin listener"),
+    };
+    let result = (|| {
         let ktls = lines.iter().find(|l| l.starts_with("ktls: ")).ok_or(format!("no ktls: line in {lines:?}"))?;
         println!("[guest]   cork says: {ktls}");
         if !ktls.starts_with("ktls: supported (") {
@@ -976,9 +1105,6 @@ fn real_binary() -> Result<()> {
         if status.lines().next() != Some(ktls.as_str()) {
             return Err(format!("/status says {status:?}"));
         }
-        let pem = std::fs::read(dir.join("state/ca.pem")).map_err(|e| e.to_string())?;
-        let ca = rustls_pemfile::certs(&mut pem.as_slice()).next().ok_or("no CA certificate")?.map_err(|e| e.to_string())?;
-        let cork = Cork { proxy, metrics: MetricsSource::Admin(admin), ca, audit: dir.join("state/audit.jsonl") };
         let (tx0, rx0) = (stat("TlsTxSw"), stat("TlsRxSw"));
         bumped_echo(&cork, &origin, cs, 99)?;
         let (tx, rx) = (stat("TlsTxSw") - tx0, stat("TlsRxSw") - rx0);
