@@ -85,7 +85,9 @@ fn masks(block: &[u8]) -> Masks {
 /// that [`mask_at`] may read past the end. One classification pass; the region scans below
 /// only shift and combine these words.
 fn block_masks(hay: &[u8]) -> Vec<Masks> {
-    let mut out = Vec::with_capacity(hay.len() / 64 + 2);
+    // Room for the partial last block and the two empty ones: one block short, the push of
+    // the last empty block reallocated (and copied) the whole array in most scans.
+    let mut out = Vec::with_capacity(hay.len().div_ceil(64) + 2);
     let full = hay.len() / 64 * 64;
     #[cfg(target_arch = "x86_64")]
     {
