@@ -358,6 +358,7 @@ impl Classes<'_> {
         let mut alnum_before = 0u64; // region-relative: the first byte may always start
         let mut started = false; // the joined stretch reaching `p` has a start in it
         let mut run_digits = 0u32; // its digits from that start on
+        let mut carry = 0u32; // joined bytes directly before `p` (at most 63)
         while p < r.end {
             let left = r.end - p;
             let valid = if left >= 64 { u64::MAX } else { (1u64 << left) - 1 };
@@ -366,6 +367,18 @@ impl Classes<'_> {
             let d_next = d >> 1 | mask_at(self.0, p + 64, |m| m.digit) << 63;
             let joined = (d | (mask_at(self.0, p, |m| m.numsep) & (d << 1 | before) & d_next)) & valid;
             let starts = d & !(alnum << 1 | alnum_before) & valid;
+            // 13 digits need a joined stretch of at least 13 bytes. When none ends in these 64
+            // (counting the stretch carried in) and none runs on past them, the loop below
+            // would only end each stretch: skip it (UUIDs and timestamps stop here).
+            let longest_ends = runs_ending(joined, carry, 13);
+            carry = joined.leading_ones().min(63);
+            if longest_ends == 0 && joined >> 63 == 0 {
+                (started, run_digits) = (false, 0);
+                before = d >> 63;
+                alnum_before = alnum >> 63;
+                p += 64;
+                continue;
+            }
             let mut k = 0u32;
             while k < 64 {
                 let rest = joined >> k;
