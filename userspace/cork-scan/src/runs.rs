@@ -586,10 +586,10 @@ fn long_runs(blocks: &[Masks], n: usize, from: usize, to: usize, min: usize, pic
 /// set bits that directly precede bit 0 (`carry` < 64).
 #[inline]
 fn runs_ending(x: u64, carry: u32, len: u32) -> u64 {
-    let below = if carry == 0 { 0 } else { u64::MAX << (64 - carry) };
-    let y = (x as u128) << 64 | below as u128;
-    // Doubling: after each step bit k says the `w` bits ending at k are all set.
-    let mut acc = y;
+    // Doubling: after each step bit k says the `w` bits ending at k are all set (bits below 0
+    // count as clear). On 64 bits: with the carry below it in a `u128`, each step cost two
+    // more instructions.
+    let mut acc = x;
     let mut w = 1;
     while w * 2 <= len {
         acc &= acc << w;
@@ -598,7 +598,17 @@ fn runs_ending(x: u64, carry: u32, len: u32) -> u64 {
     if w < len {
         acc &= acc << (len - w);
     }
-    (acc >> 64) as u64
+    // Runs that continue the carry: bits `k` within the trailing ones of `x` where
+    // `carry + k + 1 >= len`.
+    if carry > 0 {
+        let ones = x.trailing_ones();
+        let from = len.saturating_sub(carry + 1);
+        if from < ones {
+            let upto = if ones >= 64 { u64::MAX } else { (1u64 << ones) - 1 };
+            acc |= upto & (u64::MAX << from);
+        }
+    }
+    acc
 }
 
 /// How far the numeric region that starts at the digit `i` extends: `(stop, digits, last)`,
@@ -1060,9 +1070,16 @@ mod tests {
 
     #[test]
     fn runs_ending_counts_carry() {
-        for carry in 0..40u32 {
-            for len in 1..=40u32 {
-                for x in [0u64, u64::MAX, 0xF0F0_FFFF_0000_FFFF, 0x0123_4567_89AB_CDEF, !1, 1] {
+        let mut rng = crate::template::Rng::new(5);
+        let mut xs = vec![0u64, u64::MAX, 0xF0F0_FFFF_0000_FFFF, 0x0123_4567_89AB_CDEF, !1, 1, u64::MAX >> 1, u64::MAX << 1];
+        // Long runs at random places: random words ORed together, and their complements.
+        xs.extend((0..24).map(|i| {
+            let x = rng.next_u64() | rng.next_u64() | rng.next_u64() | rng.next_u64();
+            if i % 2 == 0 { x } else { !x }
+        }));
+        for carry in 0..64u32 {
+            for len in 1..=64u32 {
+                for &x in &xs {
                     let got = runs_ending(x, carry, len);
                     let mut want = 0u64;
                     for k in 0..64i64 {
