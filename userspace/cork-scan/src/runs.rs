@@ -680,7 +680,8 @@ fn scan_numeric(hay: &[u8], blocks: &[Masks], from: usize, to: usize, f: &mut im
                 }
                 while spans != 0 {
                     let at = spans.trailing_zeros();
-                    let span = (((1u128 << (spans >> at).trailing_ones()) - 1) as u64) << at;
+                    // Bit `at` is set, so the stretch has 1 to 64 bytes.
+                    let span = u64::MAX >> (64 - (spans >> at).trailing_ones()) << at;
                     if (digit & span).count_ones() as usize >= MIN_DIGITS - 2 {
                         dense = Some(i + (digit & span).trailing_zeros() as usize);
                         break;
