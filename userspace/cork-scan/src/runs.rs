@@ -228,9 +228,16 @@ mod simd {
     /// Requires AVX2.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn fill_avx2(hay: &[u8], out: &mut Vec<Masks>) {
-        for block in hay.chunks_exact(64) {
-            out.push(masks_avx2(block));
+        // Into the spare capacity, the length set once: a push per block re-read and wrote
+        // the length and checked the capacity each time.
+        out.reserve(hay.len() / 64);
+        let spare = out.spare_capacity_mut();
+        for (block, slot) in hay.chunks_exact(64).zip(spare.iter_mut()) {
+            slot.write(masks_avx2(block));
         }
+        let new_len = out.len() + hay.len() / 64;
+        // SAFETY: the loop wrote the first `hay.len() / 64` spare slots (reserved above).
+        out.set_len(new_len);
     }
 
     /// # Safety
