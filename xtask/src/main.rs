@@ -35,7 +35,7 @@ enum Cmd {
     },
     /// Prove kTLS and the bottles' eBPF programs on Debian kernels (6.1 and trixie-backports') booted in QEMU.
     Vm {
-        /// Keep each staged guest root in target/vm/guest-root-<kernel>.
+        /// Keep each staged guest root in target/vm/initramfs-<kernel>-root.
         #[arg(long)]
         keep: bool,
         /// Boot only this kernel: bookworm (6.1) or trixie-backports (≥ 6.14); both by default.

@@ -597,7 +597,7 @@ pub fn run(keep: bool) -> Result<()> {
 
 /// `cargo xtask vm [--keep] [--kernel NAME]`: the guest tests on the kernel named `only`, or on
 /// every kernel in [`KERNELS`]. `keep` leaves each staged guest root in
-/// `target/vm/guest-root-<kernel>` for inspection.
+/// `target/vm/initramfs-<kernel>-root` for inspection.
 pub fn run_kernels(keep: bool, only: Option<&str>) -> Result<()> {
     if std::env::consts::ARCH != "x86_64" {
         step(&format!("SKIPPED: the guest VM boots an x86_64 Debian kernel; this host is {}", std::env::consts::ARCH));
@@ -616,22 +616,12 @@ pub fn run_kernels(keep: bool, only: Option<&str>) -> Result<()> {
     fs::create_dir_all(&dir)?;
     // Every download first, so a network failure shows before the long build.
     let kernel_dirs = kernels.iter().map(|k| ensure_kernel(k)).collect::<Result<Vec<_>>>()?;
-    let busybox_dir = dir.join("busybox");
-    if !is_unpacked(&busybox_dir) {
-        unpack(&[BUSYBOX_PACKAGE.to_string()], &[], &busybox_dir)?;
-    }
-    // cork-bottle embeds the eBPF object at compile time; the bottle guest test fails without it.
-    crate::ebpf::build()?;
-    let guests = build_guests()?;
-
-    // Staged under this checkout's target/, not the shared download cache.
-    let stage = repo_root().join("target/vm");
-    fs::create_dir_all(&stage)?;
+    let prepared = prepare()?;
     let mut verdicts = Vec::new();
     for (kernel, kernel_dir) in kernels.iter().zip(&kernel_dirs) {
         let boot_started = Instant::now();
         let mut label = kernel.name.to_string();
-        let verdict = run_on(kernel, kernel_dir, &stage, &busybox_dir, &guests, keep, &mut label);
+        let verdict = run_on(kernel, kernel_dir, &prepared, keep, &mut label);
         let secs = boot_started.elapsed().as_secs();
         match &verdict {
             Ok(()) => step(&format!("{label}: guest tests (kTLS, bottle steering) passed ({secs}s)")),
@@ -652,26 +642,47 @@ pub fn run_kernels(keep: bool, only: Option<&str>) -> Result<()> {
 
 /// Stages an initramfs for one kernel and boots it; `label` becomes the kernel's name with its
 /// release and rekey flag once they are known.
-fn run_on(
-    kernel: &Kernel,
-    kernel_dir: &Path,
-    stage: &Path,
-    busybox_dir: &Path,
-    guests: &[(PathBuf, &str)],
-    keep: bool,
-    label: &mut String,
-) -> Result<()> {
-    let layout = kernel_layout(kernel_dir)?;
-    let rekey = rekey_supported(&layout.release)?;
-    *label = format!("{} ({}, cork_rekey={})", kernel.name, layout.release, u8::from(rekey));
-    let root = stage.join(format!("guest-root-{}", kernel.name));
-    stage_root(&root, &layout, busybox_dir, guests)?;
-    let initrd = stage.join(format!("initramfs-{}.cpio.gz", kernel.name));
+/// What every boot needs besides its kernel: busybox, the eBPF object and the guest binaries,
+/// and where to stage.
+struct Prepared {
+    busybox: PathBuf,
+    guests: Vec<(PathBuf, &'static str)>,
+    stage: PathBuf,
+}
+
+fn prepare() -> Result<Prepared> {
+    let busybox = vm_dir().join("busybox");
+    if !is_unpacked(&busybox) {
+        unpack(&[BUSYBOX_PACKAGE.to_string()], &[], &busybox)?;
+    }
+    // cork-bottle embeds the eBPF object at compile time; the bottle guest test fails without it.
+    crate::ebpf::build()?;
+    let guests = build_guests()?;
+    // Staged under this checkout's target/, not the shared download cache.
+    let stage = repo_root().join("target/vm");
+    fs::create_dir_all(&stage)?;
+    Ok(Prepared { busybox, guests, stage })
+}
+
+/// Stages a guest root for `layout` and packs it as `<stage>/<name>.cpio.gz`; `keep` leaves the
+/// root in `<stage>/<name>-root`.
+fn initramfs(prepared: &Prepared, layout: &KernelLayout, name: &str, keep: bool) -> Result<PathBuf> {
+    let root = prepared.stage.join(format!("{name}-root"));
+    stage_root(&root, layout, &prepared.busybox, &prepared.guests)?;
+    let initrd = prepared.stage.join(format!("{name}.cpio.gz"));
     gzip(&cpio(&root)?, &initrd)?;
     step(&format!("initramfs {} ({} KiB) for kernel {}", initrd.display(), fs::metadata(&initrd)?.len() / 1024, layout.release));
     if !keep {
         fs::remove_dir_all(&root)?;
     }
+    Ok(initrd)
+}
+
+fn run_on(kernel: &Kernel, kernel_dir: &Path, prepared: &Prepared, keep: bool, label: &mut String) -> Result<()> {
+    let layout = kernel_layout(kernel_dir)?;
+    let rekey = rekey_supported(&layout.release)?;
+    *label = format!("{} ({}, cork_rekey={})", kernel.name, layout.release, u8::from(rekey));
+    let initrd = initramfs(prepared, &layout, &format!("initramfs-{}", kernel.name), keep)?;
     let cmdline = format!("console=ttyS0 panic=-1 quiet cork_rekey={}", u8::from(rekey));
     match boot(&layout.vmlinuz, &initrd, &cmdline)?.0 {
         GUEST_PASSED => Ok(()),
@@ -691,21 +702,10 @@ pub fn bench(kernel: &str) -> Result<(String, Vec<String>)> {
     ensure_qemu()?;
     fs::create_dir_all(vm_dir())?;
     let kernel_dir = ensure_kernel(kernel)?;
-    let busybox_dir = vm_dir().join("busybox");
-    if !is_unpacked(&busybox_dir) {
-        unpack(&[BUSYBOX_PACKAGE.to_string()], &[], &busybox_dir)?;
-    }
-    crate::ebpf::build()?;
-    let guests = build_guests()?;
-    let stage = repo_root().join("target/vm");
-    fs::create_dir_all(&stage)?;
+    let prepared = prepare()?;
     let layout = kernel_layout(&kernel_dir)?;
     let rekey = rekey_supported(&layout.release)?;
-    let root = stage.join(format!("bench-root-{}", kernel.name));
-    stage_root(&root, &layout, &busybox_dir, &guests)?;
-    let initrd = stage.join(format!("bench-initramfs-{}.cpio.gz", kernel.name));
-    gzip(&cpio(&root)?, &initrd)?;
-    fs::remove_dir_all(&root)?;
+    let initrd = initramfs(&prepared, &layout, &format!("bench-initramfs-{}", kernel.name), false)?;
     let cmdline = format!("console=ttyS0 panic=-1 quiet cork_rekey={} cork_mode=bench", u8::from(rekey));
     let (code, lines) = boot(&layout.vmlinuz, &initrd, &cmdline)?;
     if code != GUEST_PASSED {

@@ -295,25 +295,7 @@ mod simd {
             (&[2], &[13]),
             (&[5], &[15]),
         ];
-        let (mut lo, mut hi) = ([0u8; 32], [0u8; 32]);
-        let mut k = 0;
-        while k < products.len() {
-            let (hs, ls) = products[k];
-            let mut i = 0;
-            while i < hs.len() {
-                hi[hs[i] as usize] |= 1 << k;
-                hi[hs[i] as usize + 16] |= 1 << k;
-                i += 1;
-            }
-            let mut i = 0;
-            while i < ls.len() {
-                lo[ls[i] as usize] |= 1 << k;
-                lo[ls[i] as usize + 16] |= 1 << k;
-                i += 1;
-            }
-            k += 1;
-        }
-        (lo, hi)
+        crate::runs::simd::nibble_tables(&products)
     }
     const CLASS: ([u8; 32], [u8; 32]) = tables();
     /// What to add to a letter or digit to get its value, by high nibble (both lanes).
@@ -705,35 +687,39 @@ mod tests {
         }
     }
 
+    /// Base64 decoded a byte at a time: the bytes, and how many characters were used before
+    /// one outside the alphabet (or from the other alphabet) stopped it. The reference the
+    /// decoders are checked against, kept apart from their own byte-at-a-time tail.
+    fn bytewise_base64(s: &[u8]) -> (Vec<u8>, usize) {
+        let (mut out, mut acc, mut nbits, mut used, mut alphabets) = (Vec::new(), 0u32, 0, 0, B64_STD | B64_URL);
+        for &b in s {
+            let Some((v, alpha)) = b64_val(b) else { break };
+            alphabets &= alpha;
+            if alphabets == 0 {
+                break;
+            }
+            acc = acc << 6 | u32::from(v);
+            nbits += 6;
+            used += 1;
+            if nbits >= 8 {
+                nbits -= 8;
+                out.push((acc >> nbits) as u8);
+            }
+        }
+        (out, used)
+    }
+
     /// The quad decoder equals a byte-at-a-time reference, including where it stops (bytes
     /// outside the alphabet, mixed standard and URL-safe alphabets).
     #[test]
     fn base64_quads_match_bytewise() {
-        fn reference(s: &[u8]) -> (Vec<u8>, usize) {
-            let (mut out, mut acc, mut nbits, mut used, mut alphabets) = (Vec::new(), 0u32, 0, 0, B64_STD | B64_URL);
-            for &b in s {
-                let Some((v, alpha)) = b64_val(b) else { break };
-                alphabets &= alpha;
-                if alphabets == 0 {
-                    break;
-                }
-                acc = acc << 6 | u32::from(v);
-                nbits += 6;
-                used += 1;
-                if nbits >= 8 {
-                    nbits -= 8;
-                    out.push((acc >> nbits) as u8);
-                }
-            }
-            (out, used)
-        }
         let mut rng = crate::template::Rng::new(11);
         let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_=.";
         for round in 0..3000 {
             let n = rng.below(300);
             let s: Vec<u8> = (0..n).map(|_| alphabet[rng.below(if round % 2 == 0 { 64 } else { alphabet.len() })]).collect();
             for skip in 0..4 {
-                let want = s.get(skip..).map(reference).filter(|(o, _)| o.len() >= 8);
+                let want = s.get(skip..).map(bytewise_base64).filter(|(o, _)| o.len() >= 8);
                 let got = base64_decode(&s, 0, skip).map(|(o, m)| match m {
                     OffsetMap::Bits { enc_len, .. } => (o, enc_len),
                     OffsetMap::Table(_) => unreachable!(),
@@ -756,24 +742,7 @@ mod tests {
             let n = rng.below(800);
             let every = [0, 20, 100, 400][round % 4];
             let s: Vec<u8> = (0..n).map(|_| if every > 0 && rng.below(every) == 0 { rare[rng.below(rare.len())] } else { letters[rng.below(letters.len())] }).collect();
-            let want = {
-                let (mut out, mut acc, mut nbits, mut used, mut alphabets) = (Vec::new(), 0u32, 0, 0, B64_STD | B64_URL);
-                for &b in &s {
-                    let Some((v, alpha)) = b64_val(b) else { break };
-                    alphabets &= alpha;
-                    if alphabets == 0 {
-                        break;
-                    }
-                    acc = acc << 6 | u32::from(v);
-                    nbits += 6;
-                    used += 1;
-                    if nbits >= 8 {
-                        nbits -= 8;
-                        out.push((acc >> nbits) as u8);
-                    }
-                }
-                Some((out, used)).filter(|(o, _)| o.len() >= 8)
-            };
+            let want = Some(bytewise_base64(&s)).filter(|(o, _)| o.len() >= 8);
             let got = base64_decode(&s, 0, 0).map(|(o, m)| match m {
                 OffsetMap::Bits { enc_len, .. } => (o, enc_len),
                 OffsetMap::Table(_) => unreachable!(),

@@ -138,7 +138,7 @@ fn masks_scalar(block: &[u8]) -> Masks {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod simd {
+pub(crate) mod simd {
     use super::Masks;
     use std::arch::x86_64::*;
 
@@ -163,12 +163,12 @@ mod simd {
     ];
     const PRODUCTS_2: [(&[u8], &[u8]); 8] = [(&[0], &[9, 10, 13]), (&[2], &[0, 12]), (&[2], &[13, 14]), (&[3], &[10]), (&[5], &[12]), (&[2], &[5, 14]), (&[], &[]), (&[], &[])];
 
-    /// The (low-nibble, high-nibble) tables of a product list, each repeated in both 128-bit
-    /// lanes as `vpshufb` wants.
-    const fn nibble_tables(p: &[(&[u8], &[u8]); 8]) -> ([u8; 32], [u8; 32]) {
+    /// The (low-nibble, high-nibble) tables of a product list (at most eight products, one bit
+    /// each), each repeated in both 128-bit lanes as `vpshufb` wants.
+    pub(crate) const fn nibble_tables(p: &[(&[u8], &[u8])]) -> ([u8; 32], [u8; 32]) {
         let (mut lo, mut hi) = ([0u8; 32], [0u8; 32]);
         let mut k = 0;
-        while k < 8 {
+        while k < p.len() {
             let (hs, ls) = p[k];
             let mut i = 0;
             while i < hs.len() {
