@@ -27,7 +27,7 @@ pub struct ScanBenchReport {
 impl ScanBenchReport {
     pub fn to_markdown(&self) -> String {
         let hs = match &self.hyperscan {
-            Ok(g) => format!("{g:.2}"),
+            Ok(g) => format!("{g:.3} GB/s"),
             Err(why) => format!("skipped ({why})"),
         };
         let vs_hs = match &self.hyperscan {
