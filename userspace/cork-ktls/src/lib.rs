@@ -107,8 +107,10 @@ pub enum Error {
 pub enum RecordError {
     #[error("the peer sent a TLS 1.3 KeyUpdate that this kTLS connection cannot follow (the kernel takes new keys only from Linux 6.14), so it is closed")]
     KeyUpdate,
-    #[error("following a TLS 1.3 KeyUpdate failed: {0}")]
+    #[error("changing TLS 1.3 keys failed: {0}")]
     Rekey(String),
+    #[error("{0} records went out under one key, near the cipher's confidentiality limit, and this connection cannot change keys (TLS 1.2, or a kernel before 6.14), so it is closed")]
+    ConfidentialityLimit(u64),
     #[error("the peer sent TLS alert {0}")]
     Alert(u8),
     #[error("the peer sent an unexpected post-handshake message of type {0}")]
@@ -153,6 +155,23 @@ pub fn probe() -> KtlsSupport {
         Ok(()) => KtlsSupport::Supported,
         Err(reason) => KtlsSupport::Unsupported { reason },
     }
+}
+
+/// Whether this kernel takes new keys on a kTLS socket (Linux 6.14 and later), tried once on a
+/// scratch socket: a TLS 1.3 send key installed twice. Before 6.14 the second install is
+/// refused with `EBUSY`. The kernel counts the trial (`TlsTxSw`, and `TlsTxRekeyOk` where it
+/// works; [`trial_sockets`] includes it).
+pub fn rekey_supported() -> bool {
+    static REKEY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REKEY.get_or_init(|| {
+        let Ok((client, _server)) = scratch_pair() else { return false };
+        let version = sys::kernel_version(rustls::ProtocolVersion::TLSv1_3).expect("TLS 1.3 has a kernel number");
+        if sys::attach_ulp(&client).is_err() || sys::install_dummy(&client, Direction::Tx, version, KernelCipher::Aes128Gcm).is_err() {
+            return false;
+        }
+        TRIAL_SOCKETS[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        sys::install_dummy(&client, Direction::Tx, version, KernelCipher::Aes128Gcm).is_ok()
+    })
 }
 
 /// (kernel version number, cipher) pairs the kernel has accepted in both directions.
@@ -279,10 +298,20 @@ pub fn offload(mut sock: TcpStream, conn: impl Into<Connection>) -> Result<Offlo
         Err(e) => return Ok(Offloaded::Userspace { sock, conn, reason: ulp_refusal(&e) }),
     }
     let is_client = matches!(conn, Connection::Client(_));
+    let limit = confidentiality_limit(&conn);
     let secrets = conn.dangerous_extract_secrets().map_err(Error::Extract)?;
     sys::install(&sock, Direction::Tx, kversion, secrets.tx.0, &secrets.tx.1).map_err(|source| Error::Install { direction: "TLS_TX", source })?;
     sys::install(&sock, Direction::Rx, kversion, secrets.rx.0, &secrets.rx.1).map_err(|source| Error::Install { direction: "TLS_RX", source })?;
-    Ok(Offloaded::Kernel(KtlsStream::new(sock, version, cipher, is_client, None)))
+    Ok(Offloaded::Kernel(KtlsStream::new(sock, version, cipher, is_client, None, limit)))
+}
+
+/// How many records one key of the negotiated suite may seal (rustls's figure).
+fn confidentiality_limit(conn: &CommonState) -> u64 {
+    match conn.negotiated_cipher_suite() {
+        Some(rustls::SupportedCipherSuite::Tls12(s)) => s.common.confidentiality_limit,
+        Some(rustls::SupportedCipherSuite::Tls13(s)) => s.common.confidentiality_limit,
+        None => u64::MAX,
+    }
 }
 
 /// Whether the kernel can run every (version, cipher suite) that `suites` may negotiate, tried
@@ -342,6 +371,7 @@ pub fn offload_handshake(sock: TcpStream, handshake: Handshake) -> Result<KtlsSt
         Err(e) => return Err(Error::Refused(ulp_refusal(&e))),
     }
     let is_client = handshake.is_client();
+    let limit = confidentiality_limit(common);
     let (secrets, keys) = match handshake {
         Handshake::Client(conn) => conn.dangerous_into_kernel_connection().map(|(s, k)| (s, KernelKeys::Client(k))),
         Handshake::Server(conn) => conn.dangerous_into_kernel_connection().map(|(s, k)| (s, KernelKeys::Server(k))),
@@ -349,7 +379,7 @@ pub fn offload_handshake(sock: TcpStream, handshake: Handshake) -> Result<KtlsSt
     .map_err(Error::Extract)?;
     sys::install(&sock, Direction::Tx, kversion, secrets.tx.0, &secrets.tx.1).map_err(|source| Error::Install { direction: "TLS_TX", source })?;
     sys::install(&sock, Direction::Rx, kversion, secrets.rx.0, &secrets.rx.1).map_err(|source| Error::Install { direction: "TLS_RX", source })?;
-    Ok(KtlsStream::new(sock, version, cipher, is_client, Some(keys)))
+    Ok(KtlsStream::new(sock, version, cipher, is_client, Some(keys), limit))
 }
 
 /// Reads the kernel's kTLS counters (`/proc/net/tls_stat`), e.g. `TlsTxSw`. `None` when the

@@ -9,6 +9,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::mem;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustls::client::ClientConnectionData;
 use rustls::kernel::KernelConnection;
@@ -32,6 +33,16 @@ const UPDATE_REQUESTED: u8 = 1;
 const RECORD_BUF: usize = 16 * 1024 + 256;
 /// The least a `recvmsg` asks for: a whole non-data record must fit.
 const MAX_PLAINTEXT: usize = 16 * 1024;
+
+/// Writes between two reads of the kernel's send record count.
+const WRITES_PER_CHECK: u32 = 256;
+
+/// Why cork's send key could not be changed.
+enum RotateError {
+    /// No rustls kernel state, or a kernel that takes keys once.
+    Unsupported,
+    Failed(String),
+}
 
 /// rustls's side of an offloaded connection: what derives the next traffic keys.
 pub(crate) enum KernelKeys {
@@ -63,8 +74,15 @@ pub struct KtlsStream {
     is_client: bool,
     /// `None` for a stream made from a buffered rustls connection, which cannot rekey.
     keys: Option<KernelKeys>,
-    /// Key updates followed so far: (peer's, cork's own).
+    /// Key updates so far: (the peer's, cork's own).
     rekeys: (u64, u64),
+    /// Records under one send key after which cork changes it (below the suite's
+    /// confidentiality limit), and writes since the kernel's count was last read.
+    send_key_records: u64,
+    writes_unchecked: u32,
+    /// Set when the socket may have been written directly (splice, io_uring), so the next
+    /// write reads the kernel's count whatever the write count says.
+    written_directly: AtomicBool,
     buf: Box<[u8]>,
     start: usize,
     end: usize,
@@ -73,8 +91,36 @@ pub struct KtlsStream {
 }
 
 impl KtlsStream {
-    pub(crate) fn new(sock: TcpStream, version: ProtocolVersion, cipher: KernelCipher, is_client: bool, keys: Option<KernelKeys>) -> Self {
-        Self { sock, version, cipher, is_client, keys, rekeys: (0, 0), buf: vec![0; RECORD_BUF].into_boxed_slice(), start: 0, end: 0, peer_closed: false, failed: None }
+    /// `confidentiality_limit` is the negotiated suite's: records one key may seal.
+    pub(crate) fn new(sock: TcpStream, version: ProtocolVersion, cipher: KernelCipher, is_client: bool, keys: Option<KernelKeys>, confidentiality_limit: u64) -> Self {
+        Self {
+            sock,
+            version,
+            cipher,
+            is_client,
+            keys,
+            rekeys: (0, 0),
+            send_key_records: confidentiality_limit / 8 * 7,
+            writes_unchecked: 0,
+            written_directly: AtomicBool::new(false),
+            buf: vec![0; RECORD_BUF].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            peer_closed: false,
+            failed: None,
+        }
+    }
+
+    /// Changes the send key after `records` records instead of 7/8 of the suite's
+    /// confidentiality limit (for tests, which cannot send 2^23 records).
+    pub fn set_send_key_records(&mut self, records: u64) {
+        self.send_key_records = records;
+    }
+
+    /// Says that the socket is about to be written directly (by splice or io_uring), past this
+    /// stream's count of writes.
+    pub fn note_direct_writes(&self) {
+        self.written_directly.store(true, Ordering::Relaxed);
     }
 
     /// How many KeyUpdates this stream has followed: the peer's (new receive keys) and its own
@@ -215,6 +261,56 @@ impl KtlsStream {
         }
     }
 
+    /// Keeps the send key under its confidentiality limit, which the kernel does not count
+    /// against: every [`WRITES_PER_CHECK`] writes (and after direct writes) it reads the
+    /// kernel's record sequence, and past [`KtlsStream::set_send_key_records`] it sends a
+    /// KeyUpdate and installs cork's next send keys. Where that is impossible (TLS 1.2, no
+    /// rustls kernel state, a kernel before 6.14) the stream fails with
+    /// [`RecordError::ConfidentialityLimit`] instead of sealing more under a worn key.
+    fn mind_send_key(&mut self) -> io::Result<()> {
+        self.writes_unchecked += 1;
+        if self.writes_unchecked < WRITES_PER_CHECK && !self.written_directly.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.writes_unchecked = 0;
+        let sealed = sys::tx_record_seq(&self.sock, self.cipher)?;
+        if sealed < self.send_key_records {
+            return Ok(());
+        }
+        if self.version != ProtocolVersion::TLSv1_3 || self.keys.is_none() {
+            return Err(self.fail(RecordError::ConfidentialityLimit(sealed)));
+        }
+        self.rotate_send_key(true).map_err(|e| match e {
+            RotateError::Unsupported => self.fail(RecordError::ConfidentialityLimit(sealed)),
+            RotateError::Failed(why) => self.fail(RecordError::Rekey(why)),
+        })
+    }
+
+    /// Sends cork's KeyUpdate and installs its next send keys. The message goes under the old
+    /// keys and everything after it under the new ones; reads and writes share `&mut self`, so
+    /// no write comes between the two. A kernel before 6.14 refuses the second `TLS_TX`, but
+    /// only after the KeyUpdate is out, so the kernel is asked first ([`crate::rekey_supported`])
+    /// and a refusal after sending always ends the stream.
+    fn rotate_send_key(&mut self, probe_kernel: bool) -> Result<(), RotateError> {
+        let version = sys::kernel_version(self.version).expect("an offloaded stream has a kernel version");
+        // Known before anything is sent, so that an old kernel's refusal costs no KeyUpdate
+        // (answering the peer's KeyUpdate, the receive side has proved it already).
+        if probe_kernel && !crate::rekey_supported() {
+            return Err(RotateError::Unsupported);
+        }
+        let Some(keys) = &mut self.keys else { return Err(RotateError::Unsupported) };
+        let (seq, secrets) = keys.update(Direction::Tx).map_err(|e| RotateError::Failed(format!("rustls could not derive cork's next send keys: {e}")))?;
+        send_record(&self.sock, CONTENT_HANDSHAKE, &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED]).map_err(|e| RotateError::Failed(format!("sending cork's KeyUpdate: {e}")))?;
+        match sys::install(&self.sock, Direction::Tx, version, seq, &secrets) {
+            Ok(()) => {
+                self.rekeys.1 += 1;
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(RotateError::Unsupported),
+            Err(e) => Err(RotateError::Failed(format!("installing cork's next send keys: {e}"))),
+        }
+    }
+
     /// Follows the peer's KeyUpdate: installs the peer's next keys for receiving, and when the
     /// peer asks, sends cork's own KeyUpdate and installs its next keys for sending. The
     /// kernel stops decrypting after a KeyUpdate until new receive keys are in, so nothing is
@@ -241,16 +337,13 @@ impl KtlsStream {
             Err(e) => return Err(self.fail(RecordError::Rekey(format!("the kernel refused the next receive keys: {e}")))),
         }
         if requested {
-            // Our KeyUpdate goes under the old keys; everything after it under the new ones.
-            // Reads and writes share `&mut self`, so no write can come between the two.
-            if let Err(e) = send_record(&self.sock, CONTENT_HANDSHAKE, &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED]) {
-                return Err(self.fail(RecordError::Rekey(format!("sending cork's KeyUpdate: {e}"))));
-            }
-            let Some(keys) = &mut self.keys else { unreachable!("checked above") };
-            let tx = keys.update(Direction::Tx).map_err(|e| e.to_string()).and_then(|(seq, secrets)| sys::install(&self.sock, Direction::Tx, version, seq, &secrets).map_err(|e| e.to_string()));
-            match tx {
-                Ok(()) => self.rekeys.1 += 1,
-                Err(e) => return Err(self.fail(RecordError::Rekey(format!("installing cork's next send keys: {e}")))),
+            // The receive side took new keys, so this kernel can rekey: any refusal is a failure.
+            if let Err(e) = self.rotate_send_key(false) {
+                let why = match e {
+                    RotateError::Failed(why) => why,
+                    RotateError::Unsupported => "the kernel refused cork's next send keys after taking the peer's".into(),
+                };
+                return Err(self.fail(RecordError::Rekey(why)));
             }
         }
         Ok(())
@@ -295,6 +388,7 @@ impl Read for KtlsStream {
 impl Write for KtlsStream {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.check()?;
+        self.mind_send_key()?;
         self.sock.write(data)
     }
 

@@ -134,3 +134,27 @@ pub fn install_dummy(sock: &impl AsRawFd, dir: Direction, version: u16, cipher: 
     let info = crypto_info(version, cipher, &key, &[0u8; 12], 0);
     setsockopt(sock.as_raw_fd(), SOL_TLS, dir.optname(), &info)
 }
+
+/// The record sequence number the kernel will use next for sending: how many records went out
+/// under the current send key. `getsockopt(TLS_TX)` returns the whole crypto state (the
+/// cipher's `tls12_crypto_info_*`, key included, sequence in its last eight bytes); the copy
+/// is wiped here.
+pub fn tx_record_seq(sock: &impl AsRawFd, cipher: KernelCipher) -> io::Result<u64> {
+    let mut info = Zeroizing::new([0u8; 64]);
+    // The kernel wants exactly the size of the cipher's struct.
+    let size = crypto_info(TLS_1_3_VERSION, cipher, &vec![0u8; cipher.key_len()], &[0u8; 12], 0).len();
+    let mut len = size as libc::socklen_t;
+    // SAFETY: `info` is a live buffer of `len` bytes; the kernel writes at most that many and
+    // stores the length it wrote in `len`.
+    let rc = unsafe { libc::getsockopt(sock.as_raw_fd(), SOL_TLS, TLS_TX, info.as_mut_ptr().cast(), &mut len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = len as usize;
+    if len != size {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("getsockopt(TLS_TX) returned {len} bytes")));
+    }
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&info[len - 8..len]);
+    Ok(u64::from_be_bytes(seq))
+}

@@ -11,7 +11,8 @@
 //!    kernel on either end, for each TLS 1.3 suite: followed both ways where the kernel can
 //!    rekey, a clean failure where it cannot. `cargo xtask vm` says which to expect through the
 //!    kernel command line (`cork_rekey=1` from Linux 6.14), so a kernel that should rekey and
-//!    does not is a failure, not a skip.
+//!    does not is a failure, not a skip. Then cork's own send key past a (lowered)
+//!    confidentiality limit: changed by a KeyUpdate of its own, or the stream ends cleanly.
 //!
 //! `/init` sets `kernel.modprobe` to `/bin/false`, so nothing is autoloaded behind our back.
 //! Exit status 0 only if every check passed.
@@ -369,6 +370,59 @@ fn crypto_has(name: &str) -> bool {
     std::fs::read_to_string("/proc/crypto").unwrap_or_default().lines().any(|l| l.strip_prefix("name").map(|v| v.trim_start_matches([' ', ':']).trim()) == Some(name))
 }
 
+/// cork's own send key, changed before the cipher's confidentiality limit (lowered to 64
+/// records here): the kTLS server writes 4 MiB in 1 KiB writes. Where the kernel can rekey it
+/// sends KeyUpdates of its own and the userspace client reads everything; elsewhere the stream
+/// fails with `RecordError::ConfidentialityLimit` and the client gets an intact prefix.
+fn send_key_rotation(id: &Identity, rekey: bool) -> Result<u64> {
+    let cs = CipherSuite::TLS13_AES_128_GCM_SHA256;
+    let store = Arc::new(CountingStore { inner: ClientSessionMemoryCache::new(8), tickets: AtomicUsize::new(0) });
+    let (server_cfg, client_cfg) = configs(id, cs, store);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let data = pattern(4 * 1024 * 1024, 9);
+    let sent = data.clone();
+    let kernel_end = thread::spawn(move || -> Result<u64> {
+        let (mut sock, _) = listener.accept().map_err(|e| e.to_string())?;
+        let mut handshake = Handshake::Server(UnbufferedServerConnection::new(server_cfg).map_err(|e| e.to_string())?);
+        complete_unbuffered(&mut sock, &mut handshake, Vec::new()).map_err(|e| format!("unbuffered handshake: {e}"))?;
+        let mut k = offload_handshake(sock, handshake).map_err(|e| format!("offload_handshake: {e}"))?;
+        k.set_send_key_records(64);
+        let written = sent.chunks(1024).try_for_each(|piece| k.write_all(piece));
+        match (written, rekey) {
+            (Ok(()), true) => {
+                k.close_notify().map_err(|e| format!("close_notify: {e}"))?;
+                Ok(k.key_updates().1)
+            }
+            (Ok(()), false) => Err("4 MiB went out under one key on a kernel that cannot change keys, past the lowered limit".into()),
+            (Err(e), false) if e.get_ref().and_then(|e| e.downcast_ref::<RecordError>()).is_some_and(|e| matches!(e, RecordError::ConfidentialityLimit(_))) => {
+                println!("[guest]   without rekeying: {e}");
+                Ok(0)
+            }
+            (Err(e), _) => Err(format!("writing: {e}")),
+        }
+    });
+    let sock = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let conn = ClientConnection::new(client_cfg, ServerName::try_from("localhost").unwrap()).map_err(|e| e.to_string())?;
+    let (mut end, _) = establish(sock, conn.into(), false)?;
+    let mut got = Vec::new();
+    let read = end.read_to_end(&mut got);
+    let own = kernel_end.join().map_err(|_| "kTLS thread panicked".to_string())??;
+    if got[..] != data[..got.len().min(data.len())] {
+        return Err("what the client read is not a prefix of what was sent".into());
+    }
+    if rekey {
+        read.map_err(|e| format!("the client's read under the rotated keys: {e}"))?;
+        if got.len() != data.len() || own < 8 {
+            return Err(format!("the client got {} of {} bytes across {own} key changes", got.len(), data.len()));
+        }
+        println!("[guest]   4 MiB under {} send keys", own + 1);
+    } else if got.len() < 64 * 1024 || got.len() >= data.len() {
+        return Err(format!("the client got {} bytes; expected the part sent before the limit", got.len()));
+    }
+    Ok(own)
+}
+
 fn modprobe(module: &str) -> Result<()> {
     let out = Command::new("modprobe").arg(module).output().map_err(|e| format!("starting modprobe {module}: {e}"))?;
     if out.status.success() {
@@ -536,6 +590,19 @@ fn main() {
                 "tls_stat counts one receive and one send rekey per followed KeyUpdate",
                 if rx == want && tx == want && stat("TlsDecryptError") == 0 { Ok(()) } else { Err(format!("expected +{want} each, no decrypt errors")) },
             );
+            // The kernel's own answer must agree with what the VM says of it.
+            checks.check(
+                "cork_ktls::rekey_supported agrees with the kernel version",
+                if cork_ktls::rekey_supported() == rekey { Ok(()) } else { Err(format!("rekey_supported() is {}, cork_rekey says {rekey}", !rekey)) },
+            );
+            // After the probe above, whose own rekey the kernel counted.
+            let tx0 = stat("TlsTxRekeyOk");
+            let what = if rekey { "changes keys before the limit and carries all 4 MiB" } else { "ends cleanly at the limit (no rekeying before 6.14)" };
+            let result = send_key_rotation(&id, rekey).and_then(|own| {
+                let tx = stat("TlsTxRekeyOk") - tx0;
+                if tx == own { Ok(()) } else { Err(format!("TlsTxRekeyOk rose by {tx}, the stream counted {own} key changes")) }
+            });
+            checks.check(&format!("cork's send key past a lowered confidentiality limit {what}"), result);
         }
         Err(e) => checks.check("the VM says whether this kernel can rekey", Err(e)),
     }

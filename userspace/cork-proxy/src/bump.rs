@@ -162,8 +162,10 @@ where
             Ok(upstream) => {
                 // cork may end this connection with a GOAWAY while the client still sends.
                 let linger = client_leg.socket().and_then(|fd| Linger::hold(fd).ok());
+                let reports = (client_leg.report(), upstream.report());
                 // Boxed: the h2 relay's state is only needed on this path.
-                Box::pin(crate::h2relay::relay(state, snap, client, dest, client_leg, upstream)).await;
+                Box::pin(crate::h2relay::relay(state.clone(), snap.clone(), client, dest.clone(), client_leg, upstream)).await;
+                ktls_leg::audit_key_updates(&ktls_leg::Conn { state: &state, client, dest: &dest }, &snap, reports.0.as_deref(), reports.1.as_deref());
                 if let Some(linger) = linger {
                     linger.drain().await;
                 }
@@ -233,6 +235,6 @@ where
         // Between exchanges the upstream side idles too; it needs no buffer then.
         upstream_wire.release_if_empty();
     }
-    ktls_leg::audit_key_updates(&ktls_leg::Conn { state: &state, client, dest: &dest }, &snap, &client_wire.io, &upstream_wire.io);
+    ktls_leg::audit_key_updates(&ktls_leg::Conn { state: &state, client, dest: &dest }, &snap, client_wire.io.report().as_deref(), upstream_wire.io.report().as_deref());
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut client_wire.io).await;
 }

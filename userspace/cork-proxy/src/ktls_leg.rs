@@ -66,7 +66,12 @@ pub fn support() -> &'static KtlsSupport {
 /// One line for start-up output and `/status`, e.g. `ktls: supported`.
 pub fn describe(mode: cork_policy::KtlsMode) -> String {
     match (support(), mode) {
-        (KtlsSupport::Supported, cork_policy::KtlsMode::Auto) => "ktls: supported (bumped connections use it where the kernel runs every cipher suite; KeyUpdates are followed from Linux 6.14)".into(),
+        (KtlsSupport::Supported, cork_policy::KtlsMode::Auto) if cork_ktls::rekey_supported() => {
+            "ktls: supported (bumped connections use it where the kernel runs every cipher suite; this kernel changes keys, so TLS 1.3 KeyUpdates are followed)".into()
+        }
+        (KtlsSupport::Supported, cork_policy::KtlsMode::Auto) => {
+            "ktls: supported (bumped connections use it where the kernel runs every cipher suite; this kernel cannot change keys (before 6.14), so a TLS 1.3 KeyUpdate ends the connection)".into()
+        }
         (KtlsSupport::Supported, cork_policy::KtlsMode::Off) => "ktls: supported, switched off by policy (limits.ktls: off)".into(),
         (KtlsSupport::Unsupported { reason }, _) => format!("ktls: unsupported ({reason}); TLS records stay in rustls"),
     }
@@ -390,32 +395,29 @@ pub fn offload<T>(conn: &Conn<'_>, leg: &'static str, handshaken: Handshaken<T>)
     let fd = unsafe { AsyncFd::register(kernel) }.map_err(|e| socket_err(io::Error::from(e)))?;
     tracing::debug!(leg, "TLS records moved into the kernel");
     conn.state.metrics.ktls_leg(leg, true);
-    Ok(Leg::Kernel(KernelIo { fd, failure: None, closed: false }))
+    Ok(Leg::Kernel(KernelIo { fd, report: Arc::default(), closed: false }))
 }
 
-/// The KeyUpdate that ended a kernel leg, if that is what ended it.
-pub fn key_update<T>(leg: &Leg<T>) -> Option<RecordError> {
-    match leg {
-        Leg::Kernel(k) if matches!(k.failure, Some(RecordError::KeyUpdate | RecordError::Rekey(_))) => k.failure.clone(),
+/// What ended a kernel leg over its keys (a KeyUpdate it could not follow, a failed key
+/// change, the confidentiality limit), with the audit rule for it.
+fn key_failure(report: &LegReport) -> Option<(&'static str, RecordError)> {
+    match report.failure.lock().ok()?.clone()? {
+        e @ (RecordError::KeyUpdate | RecordError::Rekey(_)) => Some(("tls.key_update_unsupported", e)),
+        e @ RecordError::ConfidentialityLimit(_) => Some(("tls.confidentiality_limit", e)),
         _ => None,
     }
 }
 
-/// Key updates a kernel leg followed: (the peer's, cork's own).
-fn key_updates<T>(leg: &Leg<T>) -> (u64, u64) {
-    match leg {
-        Leg::Kernel(k) => k.fd.get_ref().key_updates(),
-        Leg::Rustls(_) => (0, 0),
-    }
-}
-
-/// At a connection's end: audits a kernel leg that a KeyUpdate ended
-/// (`tls.key_update_unsupported`), and counts the KeyUpdates the legs followed.
-pub fn audit_key_updates<C, U>(conn: &Conn<'_>, snap: &Snapshot, client: &Leg<C>, upstream: &Leg<U>) {
-    for (leg, failure, followed) in [("upstream", key_update(upstream), key_updates(upstream)), ("client", key_update(client), key_updates(client))] {
-        conn.state.metrics.key_updates(leg, followed.0, followed.1);
-        if let Some(e) = failure {
-            crate::bump::connection_record(conn.state, snap, conn.client, conn.dest, "connection", "tls.key_update_unsupported", &format!("the {leg} leg on kTLS: {e}"));
+/// At a connection's end: audits a kernel leg that its keys ended
+/// (`tls.key_update_unsupported`, `tls.confidentiality_limit`), and counts the key updates.
+/// `client` and `upstream` come from [`Leg::report`]; rustls legs have none.
+pub fn audit_key_updates(conn: &Conn<'_>, snap: &Snapshot, client: Option<&LegReport>, upstream: Option<&LegReport>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for (leg, report) in [("upstream", upstream), ("client", client)] {
+        let Some(report) = report else { continue };
+        conn.state.metrics.key_updates(leg, report.peer_updates.load(Relaxed), report.own_updates.load(Relaxed));
+        if let Some((rule, e)) = key_failure(report) {
+            crate::bump::connection_record(conn.state, snap, conn.client, conn.dest, "connection", rule, &format!("the {leg} leg on kTLS: {e}"));
         }
     }
 }
@@ -423,15 +425,32 @@ pub fn audit_key_updates<C, U>(conn: &Conn<'_>, snap: &Snapshot, client: &Leg<C>
 /// A leg whose records the kernel seals and opens; plaintext in and out.
 pub struct KernelIo {
     fd: AsyncFd<KtlsStream>,
-    /// What ended the stream, when the kernel path ended it.
-    failure: Option<RecordError>,
+    /// What the connection learns about its keys, also after the h2 relay has dropped the leg.
+    report: Arc<LegReport>,
     closed: bool,
 }
 
+/// A kernel leg's key history, shared with whoever audits the connection at its end.
+#[derive(Default)]
+pub struct LegReport {
+    /// What ended the stream, when the kernel path ended it.
+    failure: std::sync::Mutex<Option<RecordError>>,
+    /// Key updates: the peer's, and cork's own.
+    peer_updates: std::sync::atomic::AtomicU64,
+    own_updates: std::sync::atomic::AtomicU64,
+}
+
 impl KernelIo {
-    fn note(&mut self, err: &io::Error) {
-        if let Some(e) = err.get_ref().and_then(|e| e.downcast_ref::<RecordError>()) {
-            self.failure.get_or_insert_with(|| e.clone());
+    /// Records what the last read or write says about the stream's keys.
+    fn note(&self, result: Result<(), &io::Error>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (peer, own) = self.fd.get_ref().key_updates();
+        self.report.peer_updates.store(peer, Relaxed);
+        self.report.own_updates.store(own, Relaxed);
+        if let Some(e) = result.err().and_then(|err| err.get_ref()).and_then(|e| e.downcast_ref::<RecordError>()) {
+            if let Ok(mut failure) = self.report.failure.lock() {
+                failure.get_or_insert_with(|| e.clone());
+            }
         }
     }
 }
@@ -445,10 +464,11 @@ impl AsyncRead for KernelIo {
             match guard.try_io(|k| k.get_mut().read(dst)) {
                 Ok(Ok(n)) => {
                     buf.advance(n);
+                    this.note(Ok(()));
                     return Poll::Ready(Ok(()));
                 }
                 Ok(Err(e)) => {
-                    this.note(&e);
+                    this.note(Err(&e));
                     return Poll::Ready(Err(e));
                 }
                 Err(_would_block) => continue,
@@ -463,7 +483,10 @@ impl AsyncWrite for KernelIo {
         loop {
             let mut guard = ready!(this.fd.poll_write_ready_mut(cx))?;
             match guard.try_io(|k| k.get_mut().write(data)) {
-                Ok(result) => return Poll::Ready(result),
+                Ok(result) => {
+                    this.note(result.as_ref().map(|_| ()));
+                    return Poll::Ready(result);
+                }
                 Err(_would_block) => continue,
             }
         }
@@ -503,10 +526,22 @@ impl<T: FinishedTls> Leg<T> {
 }
 
 impl<T> Leg<T> {
+    /// A kernel leg's key history, which outlives the leg.
+    pub fn report(&self) -> Option<Arc<LegReport>> {
+        match self {
+            Leg::Kernel(k) => Some(k.report.clone()),
+            Leg::Rustls(_) => None,
+        }
+    }
+
     /// For [`crate::wire::Wire::with_plain_fd`]: a kernel leg's socket carries plaintext.
     pub fn plain_fd(&self) -> Option<RawFd> {
         match self {
-            Leg::Kernel(k) if k.failure.is_none() && !k.closed && k.fd.get_ref().holds_nothing() => Some(k.fd.as_raw_fd()),
+            Leg::Kernel(k) if !k.closed && k.fd.get_ref().holds_nothing() => {
+                // Whoever takes the descriptor may write past the stream's count of records.
+                k.fd.get_ref().note_direct_writes();
+                Some(k.fd.as_raw_fd())
+            }
             _ => None,
         }
     }
