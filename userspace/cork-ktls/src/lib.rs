@@ -12,8 +12,6 @@
 //!   at a time, so rustls never buffers bytes that belong to the kernel's record stream, and
 //!   flushes everything rustls queued, including TLS 1.3 NewSessionTickets, whose sequence
 //!   numbers are part of the extracted state.
-//! - [`preflight`] says whether [`offload`] would fall back, without consuming anything, for
-//!   callers (like cork's async proxy) that cannot take a connection back once handed over.
 //! - [`offload`] moves a finished connection into the kernel and returns a [`KtlsStream`], or,
 //!   when the kernel refuses before anything irreversible happened, returns the connection
 //!   untouched as [`Offloaded::Userspace`] with the reason, so the caller stays on rustls
@@ -58,7 +56,6 @@ pub mod sys;
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 
 use rustls::{CipherSuite, CommonState, Connection};
@@ -261,21 +258,9 @@ fn kernel_params(conn: &CommonState) -> Result<Option<(u16, KernelCipher)>, Stri
     Ok(Some((kversion, cipher)))
 }
 
-/// Judges a finished connection before anything is taken apart, for callers (async ones) that
-/// cannot get a connection back once they have handed it over: checks the version, the cipher
-/// (with the same trial as [`offload`]) and attaches the "tls" ULP to `sock`. `Ok(())` means
-/// [`offload`] will not fall back for a kernel reason; a socket with the ULP but no keys is
-/// still an ordinary TCP socket, so an `Err(reason)` leaves the connection usable on rustls.
-pub fn preflight(sock: &impl AsRawFd, conn: &CommonState) -> Result<(), String> {
-    if conn.is_handshaking() {
-        return Err("the TLS handshake has not finished".into());
-    }
-    kernel_params(conn)?.ok_or("the TLS handshake has not finished")?;
-    sys::attach_ulp(sock).map_err(|e| ulp_refusal(&e))
-}
 
 /// Moves a finished connection's record layer into the kernel. See the module docs for which
-/// refusals fall back and which fail. A socket that [`preflight`] already gave the ULP is fine.
+/// refusals fall back and which fail. A socket that already has the ULP is fine.
 pub fn offload(mut sock: TcpStream, conn: impl Into<Connection>) -> Result<Offloaded, Error> {
     let mut conn = conn.into();
     if conn.is_handshaking() {
@@ -293,7 +278,7 @@ pub fn offload(mut sock: TcpStream, conn: impl Into<Connection>) -> Result<Offlo
     };
     match sys::attach_ulp(&sock) {
         Ok(()) => {}
-        // Attached by `preflight`.
+        // Attached by the caller already.
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
         Err(e) => return Ok(Offloaded::Userspace { sock, conn, reason: ulp_refusal(&e) }),
     }
@@ -352,8 +337,8 @@ pub fn complete_unbuffered(sock: &mut TcpStream, handshake: &mut Handshake, mut 
 
 /// Moves a connection whose [`Handshake`] is done into the kernel, keeping rustls's
 /// `KernelConnection` so the stream can follow KeyUpdates. There is no way back to rustls
-/// records from here: every refusal is an [`Error`]. [`accepts_all`] before the handshake and
-/// [`preflight`] after it keep refusals to broken kernels. `sock` may already have the ULP.
+/// records from here: every refusal is an [`Error`]. [`accepts_all`] before the handshake
+/// keeps refusals to kernels that broke since. `sock` may already have the ULP.
 pub fn offload_handshake(sock: TcpStream, handshake: Handshake) -> Result<KtlsStream, Error> {
     let common = handshake.common();
     if common.is_handshaking() {

@@ -123,8 +123,9 @@ impl KtlsStream {
         self.written_directly.store(true, Ordering::Relaxed);
     }
 
-    /// How many KeyUpdates this stream has followed: the peer's (new receive keys) and its own
-    /// answers to them (new send keys).
+    /// Key changes so far: the peer's KeyUpdates followed (new receive keys), and cork's own
+    /// (new send keys: answers to a peer that asked, and changes before the confidentiality
+    /// limit).
     pub fn key_updates(&self) -> (u64, u64) {
         self.rekeys
     }
