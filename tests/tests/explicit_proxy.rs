@@ -541,6 +541,25 @@ fn listed_binary_media_go_unscanned_and_plain_bodies_are_spliced() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "{}", text(&out));
 }
 
+/// An unscanned body is handed on as it arrives, not held until its end: the origin sends
+/// 200 kB of `video/mp4` (well under `limits.body_buffer_bytes`) and then stalls without ending
+/// the body. Over HTTP/1.1 and HTTP/2 the client must have all 200 kB when it gives up.
+#[test]
+fn unscanned_media_are_not_held_until_the_body_ends() {
+    let origin = origin();
+    let scan = "scan:\n  unscanned_response_types: [\"video/*\"]\n";
+    let cork = Cork::start(&policy_for(&origin, &["origin.test"], "", scan));
+    let n = 200_000;
+    let want = bench_harness::origin::media_body(n);
+    let url = format!("https://origin.test:{}/media-stall/{n}", origin.https.port());
+    for version in ["--http1.1", "--http2"] {
+        // curl gives up after a while (exit 28): the body never ends.
+        let out = curl(&cork, &[version, "--max-time", "8", &url]);
+        assert_eq!(out.status.code(), Some(28), "{version}: {}", text(&out));
+        assert!(out.stdout == want, "{version}: the client got {} of {n} bytes before giving up", out.stdout.len());
+    }
+}
+
 /// Without the list, the same media body is scanned and blocked; a text type in the list is
 /// refused at start, with the reason.
 #[test]

@@ -1423,7 +1423,7 @@ their own:
 ```sh
 # The test origin: its own CA in DIR/ca.pem, one `ready https=ADDR http=ADDR` line on stdout.
 cork-origin --https 127.0.0.2:0 [--http 127.0.0.2:0] --name origin.test [--ip 127.0.0.2] --ca-out DIR
-# Endpoints: /bytes/N, /chunked/N, POST|PUT /upload, /echo, /gzip/TEXT, /text/TEXT, /inject, /media/N,
+# Endpoints: /bytes/N, /chunked/N, POST|PUT /upload, /echo, /gzip/TEXT, /text/TEXT, /inject, /media/N, /media-stall/N,
 # /status/CODE; HEAD, Expect: 100-continue, keep-alive, HTTP/1.1 and h2.
 
 # The load generator (human summary, or --json); --rate R paces it (open loop).

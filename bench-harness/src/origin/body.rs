@@ -38,6 +38,8 @@ pub enum OriginBody {
     Full(Option<Bytes>),
     /// `exact` announces the length up front (Content-Length); otherwise HTTP/1.1 sends it chunked.
     Pattern { remaining: u64, exact: bool },
+    /// These bytes, then nothing more and no end: a response whose origin stalls mid-body.
+    Stalled(Option<Bytes>),
 }
 
 impl OriginBody {
@@ -57,6 +59,11 @@ impl Body for OriginBody {
         match self.get_mut() {
             OriginBody::Empty => Poll::Ready(None),
             OriginBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            // Never woken: the body ends only when the client goes away.
+            OriginBody::Stalled(b) => match b.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Poll::Pending,
+            },
             OriginBody::Pattern { remaining, .. } => {
                 if *remaining == 0 {
                     return Poll::Ready(None);
@@ -72,6 +79,7 @@ impl Body for OriginBody {
         match self {
             OriginBody::Empty => true,
             OriginBody::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
+            OriginBody::Stalled(_) => false,
             OriginBody::Pattern { remaining, exact } => *exact && *remaining == 0,
         }
     }
@@ -81,7 +89,7 @@ impl Body for OriginBody {
             OriginBody::Empty => SizeHint::with_exact(0),
             OriginBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             OriginBody::Pattern { remaining, exact: true } => SizeHint::with_exact(*remaining),
-            OriginBody::Pattern { exact: false, .. } => SizeHint::default(),
+            OriginBody::Pattern { exact: false, .. } | OriginBody::Stalled(_) => SizeHint::default(),
         }
     }
 }

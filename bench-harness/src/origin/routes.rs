@@ -40,11 +40,12 @@ pub async fn handle(req: Request<Incoming>) -> Result<Resp, Infallible> {
             "text/html; charset=utf-8",
         ),
         ("media", Some(n)) if is_get => media(n),
+        ("media-stall", Some(n)) if is_get => media_stall(n),
         ("status", Some(code)) if is_get => status(code),
         ("html", Some(t)) if is_get => with_type(Response::new(OriginBody::full(decode(t))), "text/html; charset=utf-8"),
         ("redirect", Some(to)) if is_get => redirect(&decode(to)),
         ("", None) if is_get => text(StatusCode::OK, "cork bench origin\n".into()),
-        ("bytes" | "chunked" | "upload" | "gzip" | "text" | "inject" | "media" | "status" | "html" | "redirect", _) => {
+        ("bytes" | "chunked" | "upload" | "gzip" | "text" | "inject" | "media" | "media-stall" | "status" | "html" | "redirect", _) => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into())
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
@@ -115,6 +116,16 @@ fn media(n: &str) -> Resp {
     match n.parse::<usize>() {
         Ok(n) if n <= 64 << 20 => with_type(Response::new(OriginBody::full(media_body(n))), "video/mp4"),
         _ => text(StatusCode::BAD_REQUEST, "size must be an integer up to 64 MiB\n".into()),
+    }
+}
+
+/// `media_body(n)` as `video/mp4`, and then the origin stalls: the body never ends. Shows
+/// whether a proxy hands on what it got before the end.
+fn media_stall(n: &str) -> Resp {
+    match n.parse::<usize>() {
+        Ok(n) if n <= 64 << 20 => with_type(Response::new(OriginBody::Stalled(Some(media_body(n).into()))), "video/mp4"),
+        _ => text(StatusCode::BAD_REQUEST, "size must be an integer up to 64 MiB
+".into()),
     }
 }
 

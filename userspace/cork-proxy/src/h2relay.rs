@@ -449,6 +449,12 @@ async fn relay_body(
     let mut released: u64 = 0;
     let mut sink: Option<SendStream<Bytes>> = None;
     let mut seen: Vec<(Finding, Effect)> = Vec::new();
+    // A body nothing judges (scan.unscanned_response_types) is not held: its head goes out now
+    // and its bytes as they come, as on HTTP/1.1.
+    let at_once = crate::body::unscanned(scan, check);
+    if at_once {
+        sink = Some(open(false).map_err(BodyError::Write)?);
+    }
     loop {
         let more = match tokio::time::timeout(idle, src.data()).await {
             Err(_) => return Err(BodyError::Idle(idle)),
@@ -523,7 +529,7 @@ async fn relay_body(
         if let Some(dst) = sink.as_mut() {
             // The scanner's hold-back grows with what it has seen; ask after every push.
             let hold = scan.hold_back().max(check.hold_back());
-            if held.len() >= hold + MIN_RELEASE {
+            if held.len() >= hold + if at_once { 1 } else { MIN_RELEASE } {
                 let n = held.len() - hold;
                 let piece = Bytes::copy_from_slice(&held[..n]);
                 held.drain(..n);
