@@ -91,7 +91,7 @@ impl Metrics {
         self.websocket_blocked.add(direction, 1);
     }
 
-    /// A bumped HTTP/1.1 leg (`client` or `upstream`) offloaded to the kernel or kept on rustls.
+    /// A bumped leg (HTTP/1.1 or HTTP/2; `client` or `upstream`) offloaded to the kernel or kept on rustls.
     pub fn ktls_leg(&self, leg: &str, kernel: bool) {
         self.ktls_legs.add(&format!("{leg}/{}", if kernel { "kernel" } else { "userspace" }), 1);
     }
@@ -162,7 +162,7 @@ impl Metrics {
         family(&mut out, "cork_websocket_messages_total", "WebSocket data messages relayed, by direction.", "direction", self.websocket_messages.snapshot());
         family(&mut out, "cork_websocket_blocked_total", "WebSocket sessions closed for a blocked message, by direction.", "direction", self.websocket_blocked.snapshot());
         family(&mut out, "cork_relay_path_total", "Unscanned tunnels (passthrough, raw TCP) by the mechanism that relayed them.", "path", self.relay_paths.snapshot());
-        let _ = writeln!(out, "# HELP cork_ktls_legs_total Bumped HTTP/1.1 legs by where their TLS records were handled.\n# TYPE cork_ktls_legs_total counter");
+        let _ = writeln!(out, "# HELP cork_ktls_legs_total Bumped legs (HTTP/1.1 and HTTP/2) by where their TLS records were handled.\n# TYPE cork_ktls_legs_total counter");
         for (key, n) in self.ktls_legs.snapshot() {
             let (leg, result) = key.split_once('/').unwrap_or((&key, ""));
             let _ = writeln!(out, "cork_ktls_legs_total{{leg=\"{}\",result=\"{}\"}} {n}", escape_label(leg), escape_label(result));
