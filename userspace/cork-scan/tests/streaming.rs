@@ -229,3 +229,18 @@ fn secret_around_the_first_window_end() {
         }
     }
 }
+
+/// The tail scanned again shrinks when nothing is open at the window's end: after a 64 KiB
+/// push of prose (sentences: no region runs into the end), less than the longest match (~7 KiB) is held back.
+#[test]
+fn quiet_tail_is_not_held_back_in_full() {
+    let engine = Engine::new(&ScanConfig::default()).unwrap();
+    let body = b"The committee reviewed the quarterly results and agreed to revisit the budget next month. ".repeat(3000);
+    let mut scan = engine.request_body(BodyMeta::default());
+    let mut held = Vec::new();
+    for c in body.chunks(65_536) {
+        scan.push(c);
+        held.push(scan.hold_back());
+    }
+    assert!(held.iter().any(|&h| h > 0 && h < 4096), "held back {held:?}");
+}
