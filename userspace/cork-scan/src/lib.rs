@@ -69,7 +69,7 @@ pub use stream::BodyScan;
 
 use catalog::{Builtin, RuleIdx, RULES};
 use decode::{Layer, OffsetMap};
-use scanner::{Budget, Compiled, Direction, Hit};
+use scanner::{Budget, Compiled, Direction, Hit, Tail};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -259,7 +259,7 @@ impl Engine {
 
 impl Inner {
     fn budget(&self, len: usize) -> Budget {
-        Budget { decoded_bytes: len.saturating_mul(4).max(64 << 10), max_depth: self.limits.max_decode_depth }
+        Budget { decoded_bytes: len.saturating_mul(4).max(64 << 10), max_depth: self.limits.max_decode_depth, refused: false }
     }
 
     /// Full scan of one slice in one direction; hit spans relative to `hay`.
@@ -268,6 +268,17 @@ impl Inner {
         let mut budget = self.budget(hay.len());
         self.compiled.scan(hay, dir, 0, &mut budget, &mut out);
         out
+    }
+
+    /// [`Inner::scan_slice`] for the streaming layer: also reports how the slice's end looks
+    /// (regions ending after `from`, and what is still open), or `None` for the tail when a
+    /// decoding was skipped for lack of budget.
+    pub(crate) fn scan_slice_tail(&self, hay: &[u8], dir: Direction, from: usize) -> (Vec<Hit>, Option<Tail>) {
+        let mut out = Vec::new();
+        let mut budget = self.budget(hay.len());
+        let mut tail = Tail { from, spans: Vec::new(), open_from: usize::MAX };
+        self.compiled.scan_with_tail(hay, dir, 0, &mut budget, &mut out, Some(&mut tail));
+        (out, (!budget.refused).then_some(tail))
     }
 
     /// Scans derived bytes (joined values, unescaped strings) and maps spans back.

@@ -283,6 +283,7 @@ pub(crate) fn walk(hay: &[u8], mut f: impl FnMut(Region, &Classes)) {
     let mut numeric_done = 0;
     let mut words_done = 0;
     let mut high_done = 0;
+        let mut high_floor = 0; // where the last non-ASCII region ended
     let blocks = block_masks(hay);
     let classes = Classes(&blocks);
     let mut f = |r: Region| f(r, &classes);
@@ -311,7 +312,7 @@ pub(crate) fn walk(hay: &[u8], mut f: impl FnMut(Region, &Classes)) {
             words_done = scan_words(hay, &blocks, from, words_done, end, &mut f);
         }
         if m.high & valid != 0 && end > high_done {
-            high_done = scan_high(hay, &blocks, block_start.max(high_done), end, &mut f);
+            high_done = scan_high(hay, &blocks, &mut high_floor, block_start.max(high_done), end, &mut f);
         }
         prev = m;
         block_start = end;
@@ -757,20 +758,23 @@ fn non_ascii_extent(hay: &[u8], i: usize) -> (usize, usize) {
     (s, e)
 }
 
-fn scan_high(hay: &[u8], blocks: &[Masks], from: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
+/// `floor`: where the last non-ASCII region ended (updated). A region may start before `from`
+/// (the block the walk is at) down to `floor`: clipping it at the block edge cut the word's ASCII
+/// head (`gh` of a `ghр_…` with a Cyrillic `р`), so whether a homoglyph token was found
+/// depended on where the 64-byte blocks fell, that is on how a stream was chunked.
+fn scan_high(hay: &[u8], blocks: &[Masks], floor: &mut usize, from: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
     let mut i = from;
-    let mut done = from;
     loop {
         i = next_in(blocks, i, to, |m| m.high);
         if i >= to {
             break;
         }
         let (s, e) = non_ascii_extent(hay, i);
-        f(Region::NonAscii(s.max(done)..e));
+        f(Region::NonAscii(s.max(*floor)..e));
         i = e.max(i + 1);
-        done = i;
+        *floor = i;
     }
-    done.max(to)
+    (*floor).max(to)
 }
 
 #[cfg(test)]
@@ -787,6 +791,7 @@ mod reference {
         let mut numeric_done = 0;
         let mut words_done = 0;
         let mut high_done = 0;
+        let mut high_floor = 0; // where the last non-ASCII region ended
         let mut prev = Masks::default();
         let mut block_start = 0;
         while block_start < n {
@@ -812,7 +817,7 @@ mod reference {
                 words_done = scan_words(hay, from, words_done, end, &mut f);
             }
             if m.high & valid != 0 && end > high_done {
-                high_done = scan_high(hay, block_start.max(high_done), end, &mut f);
+                high_done = scan_high(hay, &mut high_floor, block_start.max(high_done), end, &mut f);
             }
             prev = m;
             block_start = end;
@@ -918,20 +923,19 @@ mod reference {
         done.max(to)
     }
 
-    fn scan_high(hay: &[u8], from: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
+    fn scan_high(hay: &[u8], floor: &mut usize, from: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
         let mut i = from;
-        let mut done = from;
         while i < to {
             if hay[i] < 0x80 {
                 i += 1;
                 continue;
             }
             let (s, e) = non_ascii_extent(hay, i);
-            f(Region::NonAscii(s.max(done)..e));
+            f(Region::NonAscii(s.max(*floor)..e));
             i = e.max(i + 1);
-            done = i;
+            *floor = i;
         }
-        done.max(to)
+        (*floor).max(to)
     }
 }
 

@@ -48,6 +48,31 @@ pub(crate) struct Hit {
 pub(crate) struct Budget {
     pub decoded_bytes: usize,
     pub max_depth: usize,
+    /// A decoding was skipped because the budget ran out.
+    pub refused: bool,
+}
+
+/// What the streaming layer needs to know about the end of a window it scanned, to decide how
+/// much of the window's tail must be scanned again with the next bytes (see `stream`).
+pub(crate) struct Tail {
+    /// Regions (of the walk, at the top layer) that end after this offset are kept.
+    pub from: usize,
+    /// Those regions.
+    pub spans: Vec<Range<usize>>,
+    /// Earliest start of a region or anchor candidate that bytes past the end could still
+    /// change: it ends too close to the end, or its confirmation window is cut by it.
+    pub open_from: usize,
+}
+
+impl Tail {
+    fn region(&mut self, r: &Range<usize>, n: usize, margin: usize) {
+        if r.end > self.from {
+            self.spans.push(r.clone());
+        }
+        if r.end + margin >= n {
+            self.open_from = self.open_from.min(r.start);
+        }
+    }
 }
 
 struct Confirm {
@@ -72,6 +97,12 @@ pub(crate) struct Compiled {
     idx: BuiltinIdx,
     /// Longest span any rule can match; the streaming overlap.
     pub max_match: usize,
+    /// Per anchor: the longest lookbehind and the farthest reach (confirmation window, right
+    /// boundary byte, userinfo check) of its rules.
+    anchor_reach: Vec<(usize, usize)>,
+    /// Bytes at the end of a window that are always scanned again: a canary, or an anchor
+    /// with its lookbehind, cut by the window's end lies inside them.
+    pub min_tail: usize,
 }
 
 struct BuiltinIdx {
@@ -156,6 +187,17 @@ impl Compiled {
             inj_role: builtin_idx(Builtin::InjectionRoleToken),
             inj_hidden: builtin_idx(Builtin::InjectionHidden),
         };
+        let reach = |ri: &RuleIdx| match RULES[*ri as usize].detector {
+            Detector::Anchored { lookbehind, max_len, .. } => (lookbehind, max_len.max(USERINFO_REACH) + 1),
+            Detector::Builtin(_) => (0, 0),
+        };
+        let anchor_reach: Vec<(usize, usize)> = anchor_rules
+            .iter()
+            .map(|rs| rs.iter().map(reach).fold((0, 0), |(l, m), (l2, m2)| (l.max(l2), m.max(m2))))
+            .collect();
+        let min_tail = 256
+            .max(anchor_reach.iter().zip(&anchor_lits).map(|((l, _), a)| l + a.len() + 1).max().unwrap_or(0))
+            .max(canary_list.iter().map(|c| c.len() + 1).max().unwrap_or(0));
         let discord = Regex::new(r"(?-u)^[MNO][A-Za-z0-9_\-]{23,25}\.[A-Za-z0-9_\-]{6}\.[A-Za-z0-9_\-]{27,38}$").expect("static regex");
         Ok(Compiled {
             enabled,
@@ -174,6 +216,8 @@ impl Compiled {
                 .map_err(|e| BuildError::Rule { rule: "generic.secret_assignment".into(), reason: e.to_string() })?,
             idx,
             max_match: max_match.min(8192),
+            anchor_reach,
+            min_tail,
         })
     }
 
@@ -187,9 +231,15 @@ impl Compiled {
 
     /// Scans `hay` and appends hits with spans relative to `hay`.
     pub fn scan(&self, hay: &[u8], dir: Direction, depth: usize, budget: &mut Budget, out: &mut Vec<Hit>) {
+        self.scan_with_tail(hay, dir, depth, budget, out, None);
+    }
+
+    /// [`Compiled::scan`], also filling `tail` (top layer only) for the streaming layer.
+    pub fn scan_with_tail(&self, hay: &[u8], dir: Direction, depth: usize, budget: &mut Budget, out: &mut Vec<Hit>, mut tail: Option<&mut Tail>) {
         let first = out.len();
+        let n = hay.len();
         if dir == Direction::Egress {
-            self.scan_anchors(hay, out);
+            self.scan_anchors(hay, out, tail.as_deref_mut());
             if let Some(c) = &self.canaries {
                 for m in c.find_iter(hay) {
                     out.push(Hit { rule: self.idx.canary, span: m.range(), layers: Vec::new() });
@@ -210,31 +260,42 @@ impl Compiled {
             }
         }
         let mut layers: Vec<(Layer, Range<usize>, usize)> = Vec::new();
-        runs::walk(hay, |region, classes| match region {
-            Region::Token(r) => self.token_run(hay, classes, r, dir, out, &mut layers),
-            Region::Numeric(r) => {
-                if dir == Direction::Egress {
-                    self.numeric(hay, classes, r.clone(), out);
-                }
-                // Separated hex needs a separator (`` :-,\`` or a newline, which only the four
-                // bytes before the region's first digit can hold) between each of its eight pairs.
-                let newlines = hay[r.start..(r.start + 4).min(r.end)].iter().filter(|&&b| b == b'\n').count();
-                if classes.numsep_in(r.clone()) + newlines >= 7 {
-                    layers.push((Layer::Hex, r, usize::MAX));
+        runs::walk(hay, |region, classes| {
+            if let Some(t) = tail.as_deref_mut() {
+                match &region {
+                    // A non-ASCII region joins the next word (up to 512 bytes) if it has a
+                    // non-ASCII byte; the others end where their class ends, or a few bytes
+                    // past their last digit.
+                    Region::NonAscii(r) => t.region(r, n, 520),
+                    Region::Token(r) | Region::Numeric(r) | Region::Words(r) => t.region(r, n, 64),
                 }
             }
-            // A word region holds only lowercase letters and separators (see `runs`), so the
-            // word shapes come from the letter mask, a few instructions per word.
-            Region::Words(r) => {
-                if dir == Direction::Egress && self.on(self.idx.seed) && classes.twelve_word_shapes(r.clone()) {
-                    let mut found = Vec::new();
-                    crate::bip39::find_phrases(&hay[r.clone()], &mut found);
-                    for f in found {
-                        out.push(Hit { rule: self.idx.seed, span: r.start + f.start..r.start + f.end, layers: Vec::new() });
+            match region {
+                Region::Token(r) => self.token_run(hay, classes, r, dir, out, &mut layers),
+                Region::Numeric(r) => {
+                    if dir == Direction::Egress {
+                        self.numeric(hay, classes, r.clone(), out);
+                    }
+                    // Separated hex needs a separator (`` :-,\`` or a newline, which only the four
+                    // bytes before the region's first digit can hold) between each of its eight pairs.
+                    let newlines = hay[r.start..(r.start + 4).min(r.end)].iter().filter(|&&b| b == b'\n').count();
+                    if classes.numsep_in(r.clone()) + newlines >= 7 {
+                        layers.push((Layer::Hex, r, usize::MAX));
                     }
                 }
+                // A word region holds only lowercase letters and separators (see `runs`), so the
+                // word shapes come from the letter mask, a few instructions per word.
+                Region::Words(r) => {
+                    if dir == Direction::Egress && self.on(self.idx.seed) && classes.twelve_word_shapes(r.clone()) {
+                        let mut found = Vec::new();
+                        crate::bip39::find_phrases(&hay[r.clone()], &mut found);
+                        for f in found {
+                            out.push(Hit { rule: self.idx.seed, span: r.start + f.start..r.start + f.end, layers: Vec::new() });
+                        }
+                    }
+                }
+                Region::NonAscii(r) => layers.push((Layer::Unicode, r, 0)),
             }
-            Region::NonAscii(r) => layers.push((Layer::Unicode, r, 0)),
         });
         if depth < budget.max_depth {
             for (layer, r, skip) in layers {
@@ -263,6 +324,7 @@ impl Compiled {
         };
         let Some((bytes, map)) = decoded else { return };
         if bytes.len() > budget.decoded_bytes {
+            budget.refused = true;
             return;
         }
         if !matches!(layer, Layer::Unicode | Layer::Url | Layer::JsonEscape) && (!decode::mostly_text(&bytes) || decode::is_binary_media(&bytes)) {
@@ -284,10 +346,16 @@ impl Compiled {
         }
     }
 
-    fn scan_anchors(&self, hay: &[u8], out: &mut Vec<Hit>) {
+    fn scan_anchors(&self, hay: &[u8], out: &mut Vec<Hit>, mut tail: Option<&mut Tail>) {
         let Some(set) = &self.anchors else { return };
         let mut cand = Vec::new();
         set.find(hay, &mut cand, |start, a| {
+            if let Some(t) = tail.as_deref_mut() {
+                let (lookbehind, reach) = self.anchor_reach[a as usize];
+                if start + reach > hay.len() {
+                    t.open_from = t.open_from.min(start.saturating_sub(lookbehind));
+                }
+            }
             let end = start + self.anchor_lens[a as usize];
             for &ri in &self.anchor_rules[a as usize] {
                 if let Some(span) = self.confirm_at(hay, ri, start, end) {
@@ -598,6 +666,9 @@ impl Compiled {
     }
 
 }
+
+/// How far past an anchor [`userinfo_possible`] reads.
+const USERINFO_REACH: usize = 20 + 194;
 
 /// Whether a `scheme://user:password@` can start near `at`: the first `://` within 20 bytes
 /// must be followed, within the pattern's 64 + 1 + 128 bytes, by an `@` with a `:` before it

@@ -225,7 +225,24 @@ impl BodyScan {
         if new_final <= w.final_upto && !(last && end > w.final_upto) {
             return;
         }
-        let mut hits = self.inner.scan_slice(&w.buf, self.dir);
+        // Plain egress bodies: the final point may move past `end - overlap` to a quiet point
+        // (see `quiet_point`), so that less of the window is scanned again with the next bytes.
+        // Response bodies (the injection pass reads HTML context far back) and structured bodies
+        // (joined JSON or form values span the window) keep the full overlap.
+        let quiet = !last && self.dir == Direction::Egress && matches!(self.kind, Kind::Plain | Kind::Multipart);
+        let mut new_final = new_final;
+        let mut hits = if quiet {
+            let n = w.buf.len();
+            let lo = (new_final - w.base) as usize;
+            let (hits, tail) = self.inner.scan_slice_tail(&w.buf, self.dir, lo);
+            if let Some(tail) = tail {
+                let c = quiet_point(&tail, &hits, n, lo, self.inner.compiled.min_tail);
+                new_final = new_final.max(w.base + c as u64);
+            }
+            hits
+        } else {
+            self.inner.scan_slice(&w.buf, self.dir)
+        };
         structured_layers(&self.inner, &w.buf, self.kind, self.dir, &mut hits);
         hits.sort_by_key(|h| (h.span.start, h.rule));
         let mut reported: Vec<(u16, Range<u64>)> = Vec::new();
@@ -250,6 +267,27 @@ impl BodyScan {
             w.base = keep_from;
         }
     }
+}
+
+/// The latest final point `c` in `lo..=n` (window offsets; `lo` is `end - overlap`) at which
+/// every hit starting before `c` is complete and every hit starting at or after it is found
+/// the same way by the next window (which starts `CONTEXT` bytes before `c`):
+/// - nothing that the bytes past the end could change starts at or before `c`: no region
+///   ends within a few bytes of the end, no anchor's confirmation window reaches past it, and
+///   `c` keeps `min_tail` bytes (a cut anchor with its lookbehind, a cut canary) after it;
+/// - no region of the walk and no hit crosses `c`, so each lies wholly on one side: a region
+///   before `c` is reported from this window, one after it is whole in the next, with the
+///   same `CONTEXT` before it as at today's final point.
+///
+/// Returns `lo` (today's final point) when no later point qualifies.
+fn quiet_point(tail: &crate::scanner::Tail, hits: &[Hit], n: usize, lo: usize, min_tail: usize) -> usize {
+    let mut c = n.saturating_sub(min_tail).min(tail.open_from);
+    while c > lo {
+        let inside = |r: &Range<usize>| r.start < c && c < r.end;
+        let Some(s) = tail.spans.iter().chain(hits.iter().map(|h| &h.span)).filter(|r| inside(r)).map(|r| r.start).min() else { break };
+        c = s;
+    }
+    c.max(lo)
 }
 
 /// Extra layers that depend on the body's structure: JSON string escapes, values split over
