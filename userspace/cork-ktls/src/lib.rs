@@ -61,13 +61,15 @@ use std::sync::Mutex;
 use rustls::{CipherSuite, CommonState, Connection};
 
 pub use handshake::{Handshake, HandshakeError, Progress};
-pub use stream::KtlsStream;
+pub use stream::{KeyUpdateCounts, KtlsStream};
 use stream::KernelKeys;
 pub use sys::KernelCipher;
 use sys::Direction;
 
 /// Largest TLS record body the handshake reader accepts (RFC 8446 §5.2's ciphertext limit).
-const MAX_RECORD_BODY: usize = 16 * 1024 + 256;
+pub const MAX_RECORD_BODY: usize = 16 * 1024 + 256;
+/// A TLS record header: type, version, length.
+pub const RECORD_HEADER: usize = 5;
 
 /// Whether this kernel can run kTLS.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -217,7 +219,7 @@ fn kernel_cipher(suite: CipherSuite) -> Option<KernelCipher> {
 /// queued (TLS 1.3 NewSessionTickets included). Reads one whole record at a time so that no
 /// byte after the handshake is consumed.
 pub fn complete_handshake(sock: &mut TcpStream, conn: &mut Connection) -> Result<(), Error> {
-    let mut record = Vec::with_capacity(5 + MAX_RECORD_BODY);
+    let mut record = Vec::with_capacity(RECORD_HEADER + MAX_RECORD_BODY);
     loop {
         while conn.wants_write() {
             conn.write_tls(sock)?;
@@ -225,14 +227,8 @@ pub fn complete_handshake(sock: &mut TcpStream, conn: &mut Connection) -> Result
         if !conn.is_handshaking() {
             return Ok(());
         }
-        record.resize(5, 0);
-        sock.read_exact(&mut record)?;
-        let len = u16::from_be_bytes([record[3], record[4]]) as usize;
-        if len > MAX_RECORD_BODY {
-            return Err(Error::OversizedRecord(len));
-        }
-        record.resize(5 + len, 0);
-        sock.read_exact(&mut record[5..])?;
+        record.clear();
+        read_record(sock, &mut record)?;
         let mut rest = &record[..];
         while !rest.is_empty() {
             conn.read_tls(&mut rest)?;
@@ -285,9 +281,14 @@ pub fn offload(mut sock: TcpStream, conn: impl Into<Connection>) -> Result<Offlo
     let is_client = matches!(conn, Connection::Client(_));
     let limit = confidentiality_limit(&conn);
     let secrets = conn.dangerous_extract_secrets().map_err(Error::Extract)?;
-    sys::install(&sock, Direction::Tx, kversion, secrets.tx.0, &secrets.tx.1).map_err(|source| Error::Install { direction: "TLS_TX", source })?;
-    sys::install(&sock, Direction::Rx, kversion, secrets.rx.0, &secrets.rx.1).map_err(|source| Error::Install { direction: "TLS_RX", source })?;
+    install_keys(&sock, kversion, &secrets)?;
     Ok(Offloaded::Kernel(KtlsStream::new(sock, version, cipher, is_client, None, limit)))
+}
+
+/// Installs both directions' extracted keys; a refusal here leaves nothing to fall back to.
+fn install_keys(sock: &TcpStream, kversion: u16, secrets: &rustls::ExtractedSecrets) -> Result<(), Error> {
+    sys::install(sock, Direction::Tx, kversion, secrets.tx.0, &secrets.tx.1).map_err(|source| Error::Install { direction: "TLS_TX", source })?;
+    sys::install(sock, Direction::Rx, kversion, secrets.rx.0, &secrets.rx.1).map_err(|source| Error::Install { direction: "TLS_RX", source })
 }
 
 /// How many records one key of the negotiated suite may seal (rustls's figure).
@@ -323,16 +324,22 @@ pub fn complete_unbuffered(sock: &mut TcpStream, handshake: &mut Handshake, mut 
         if progress? == Progress::Done {
             return Ok(());
         }
-        let start = incoming.len();
-        incoming.resize(start + 5, 0);
-        sock.read_exact(&mut incoming[start..])?;
-        let len = u16::from_be_bytes([incoming[start + 3], incoming[start + 4]]) as usize;
-        if len > MAX_RECORD_BODY {
-            return Err(Error::OversizedRecord(len));
-        }
-        incoming.resize(start + 5 + len, 0);
-        sock.read_exact(&mut incoming[start + 5..])?;
+        read_record(sock, &mut incoming)?;
     }
+}
+
+/// Appends exactly one TLS record from `sock` to `buf`, header included.
+fn read_record(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), Error> {
+    let start = buf.len();
+    buf.resize(start + RECORD_HEADER, 0);
+    sock.read_exact(&mut buf[start..])?;
+    let len = u16::from_be_bytes([buf[start + 3], buf[start + 4]]) as usize;
+    if len > MAX_RECORD_BODY {
+        return Err(Error::OversizedRecord(len));
+    }
+    buf.resize(start + RECORD_HEADER + len, 0);
+    sock.read_exact(&mut buf[start + RECORD_HEADER..])?;
+    Ok(())
 }
 
 /// Moves a connection whose [`Handshake`] is done into the kernel, keeping rustls's
@@ -362,8 +369,7 @@ pub fn offload_handshake(sock: TcpStream, handshake: Handshake) -> Result<KtlsSt
         Handshake::Server(conn) => conn.dangerous_into_kernel_connection().map(|(s, k)| (s, KernelKeys::Server(k))),
     }
     .map_err(Error::Extract)?;
-    sys::install(&sock, Direction::Tx, kversion, secrets.tx.0, &secrets.tx.1).map_err(|source| Error::Install { direction: "TLS_TX", source })?;
-    sys::install(&sock, Direction::Rx, kversion, secrets.rx.0, &secrets.rx.1).map_err(|source| Error::Install { direction: "TLS_RX", source })?;
+    install_keys(&sock, kversion, &secrets)?;
     Ok(KtlsStream::new(sock, version, cipher, is_client, Some(keys), limit))
 }
 
@@ -422,5 +428,9 @@ mod tests {
         assert_eq!(&chacha[16..48], &key[..]);
         assert_eq!(&chacha[48..], &1u64.to_be_bytes());
         assert_eq!(sys::crypto_info(0x0304, KernelCipher::Aes256Gcm, &key, &iv, 0).len(), 56);
+        // What getsockopt(TLS_TX) is asked for must be the same size.
+        for (cipher, key) in [(KernelCipher::Aes128Gcm, &key[..16]), (KernelCipher::Aes256Gcm, &key[..]), (KernelCipher::Chacha20Poly1305, &key[..])] {
+            assert_eq!(sys::crypto_info(0x0304, cipher, key, &iv, 0).len(), cipher.info_len(), "{cipher:?}");
+        }
     }
 }

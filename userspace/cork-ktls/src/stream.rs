@@ -9,7 +9,8 @@ use std::io::{self, IoSlice, Read, Write};
 use std::mem;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use rustls::client::ClientConnectionData;
 use rustls::kernel::KernelConnection;
@@ -44,6 +45,16 @@ enum RotateError {
     Failed(String),
 }
 
+/// A stream's key changes, readable after the stream itself is gone (an h2 connection drops
+/// its transport when it ends).
+#[derive(Debug, Default)]
+pub struct KeyUpdateCounts {
+    /// The peer's KeyUpdates followed (new receive keys).
+    pub peer: AtomicU64,
+    /// cork's own (new send keys).
+    pub own: AtomicU64,
+}
+
 /// rustls's side of an offloaded connection: what derives the next traffic keys.
 pub(crate) enum KernelKeys {
     Client(KernelConnection<ClientConnectionData>),
@@ -74,8 +85,8 @@ pub struct KtlsStream {
     is_client: bool,
     /// `None` for a stream made from a buffered rustls connection, which cannot rekey.
     keys: Option<KernelKeys>,
-    /// Key updates so far: (the peer's, cork's own).
-    rekeys: (u64, u64),
+    /// Key updates so far, shared with whoever asked for [`KtlsStream::key_update_counts`].
+    rekeys: Arc<KeyUpdateCounts>,
     /// Records under one send key after which cork changes it (below the suite's
     /// confidentiality limit), and writes since the kernel's count was last read.
     send_key_records: u64,
@@ -99,7 +110,7 @@ impl KtlsStream {
             cipher,
             is_client,
             keys,
-            rekeys: (0, 0),
+            rekeys: Arc::default(),
             send_key_records: confidentiality_limit / 8 * 7,
             writes_unchecked: 0,
             written_directly: AtomicBool::new(false),
@@ -123,11 +134,16 @@ impl KtlsStream {
         self.written_directly.store(true, Ordering::Relaxed);
     }
 
+    /// The counts behind [`KtlsStream::key_updates`], shared.
+    pub fn key_update_counts(&self) -> Arc<KeyUpdateCounts> {
+        self.rekeys.clone()
+    }
+
     /// Key changes so far: the peer's KeyUpdates followed (new receive keys), and cork's own
     /// (new send keys: answers to a peer that asked, and changes before the confidentiality
     /// limit).
     pub fn key_updates(&self) -> (u64, u64) {
-        self.rekeys
+        (self.rekeys.peer.load(Ordering::Relaxed), self.rekeys.own.load(Ordering::Relaxed))
     }
 
     pub fn protocol_version(&self) -> ProtocolVersion {
@@ -304,7 +320,7 @@ impl KtlsStream {
         send_record(&self.sock, CONTENT_HANDSHAKE, &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED]).map_err(|e| RotateError::Failed(format!("sending cork's KeyUpdate: {e}")))?;
         match sys::install(&self.sock, Direction::Tx, version, seq, &secrets) {
             Ok(()) => {
-                self.rekeys.1 += 1;
+                self.rekeys.own.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(RotateError::Unsupported),
@@ -332,7 +348,9 @@ impl KtlsStream {
             Err(e) => return Err(self.fail(RecordError::Rekey(format!("rustls could not derive the next receive keys: {e}")))),
         };
         match rx {
-            Ok(()) => self.rekeys.0 += 1,
+            Ok(()) => {
+                self.rekeys.peer.fetch_add(1, Ordering::Relaxed);
+            }
             // Before Linux 6.14 a socket's keys are set once.
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Err(self.fail(RecordError::KeyUpdate)),
             Err(e) => return Err(self.fail(RecordError::Rekey(format!("the kernel refused the next receive keys: {e}")))),

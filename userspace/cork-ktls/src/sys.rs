@@ -60,6 +60,14 @@ impl KernelCipher {
         }
     }
 
+    /// The size of this cipher's `tls12_crypto_info_*` struct.
+    pub(crate) fn info_len(self) -> usize {
+        match self {
+            Self::Aes128Gcm => 40,
+            Self::Aes256Gcm | Self::Chacha20Poly1305 => 56,
+        }
+    }
+
     fn key_len(self) -> usize {
         match self {
             Self::Aes128Gcm => 16,
@@ -142,7 +150,7 @@ pub fn install_dummy(sock: &impl AsRawFd, dir: Direction, version: u16, cipher: 
 pub fn tx_record_seq(sock: &impl AsRawFd, cipher: KernelCipher) -> io::Result<u64> {
     let mut info = Zeroizing::new([0u8; 64]);
     // The kernel wants exactly the size of the cipher's struct.
-    let size = crypto_info(TLS_1_3_VERSION, cipher, &vec![0u8; cipher.key_len()], &[0u8; 12], 0).len();
+    let size = cipher.info_len();
     let mut len = size as libc::socklen_t;
     // SAFETY: `info` is a live buffer of `len` bytes; the kernel writes at most that many and
     // stores the length it wrote in `len`.

@@ -66,6 +66,10 @@ fn version_of(id: CipherSuite) -> &'static rustls::SupportedProtocolVersion {
 mod ticket_store;
 use ticket_store::CountingStore;
 
+#[path = "support/guest_env.rs"]
+mod guest_env;
+use guest_env::rekey_expected;
+
 fn configs(id: &Identity, cs: CipherSuite, store: Arc<CountingStore>) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
     let mut server = ServerConfig::builder_with_provider(provider(cs))
         .with_protocol_versions(&[version_of(cs)])
@@ -265,16 +269,6 @@ fn key_update(id: &Identity) -> Result<()> {
     client.write_all(b"after the key update").map_err(|e| e.to_string())?;
     client.flush().map_err(|e| e.to_string())?;
     server.join().map_err(|_| "server thread panicked".to_string())?
-}
-
-/// What `cargo xtask vm` says this kernel can do: `cork_rekey=1` on the kernel command line
-/// (which /init passes on as an environment variable) for Linux 6.14 and later.
-fn rekey_expected() -> Result<bool> {
-    match std::env::var("cork_rekey").as_deref() {
-        Ok("1") => Ok(true),
-        Ok("0") => Ok(false),
-        other => Err(format!("cork_rekey is {other:?}; cargo xtask vm sets it to 0 or 1 on the kernel command line")),
-    }
 }
 
 /// The userspace end sends data, a KeyUpdate that asks for one back (what rustls's

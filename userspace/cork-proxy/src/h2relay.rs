@@ -451,7 +451,7 @@ async fn relay_body(
     let mut seen: Vec<(Finding, Effect)> = Vec::new();
     // A body nothing judges (scan.unscanned_response_types) is not held: its head goes out now
     // and its bytes as they come, as on HTTP/1.1.
-    let at_once = crate::body::unscanned(scan, check);
+    let at_once = unscanned(scan, check);
     if at_once {
         sink = Some(open(false).map_err(BodyError::Write)?);
     }

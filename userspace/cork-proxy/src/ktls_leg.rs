@@ -39,7 +39,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 
-use cork_ktls::{Handshake, KtlsStream, KtlsSupport, Progress, RecordError};
+use cork_ktls::{Handshake, KtlsStream, KtlsSupport, Progress, RecordError, MAX_RECORD_BODY, RECORD_HEADER as HEADER};
 use tokio::io::unix::AsyncFd;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -52,8 +52,6 @@ use crate::exchange::Destination;
 use crate::state::{ProxyState, Snapshot};
 use crate::wire::Prefixed;
 
-/// A TLS record header: type, version, length.
-const HEADER: usize = 5;
 /// Largest read handed to the kernel at once: one record's worth of plaintext.
 const KERNEL_READ: usize = 16 * 1024;
 
@@ -180,8 +178,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for RecordExact<S> {
     }
 }
 
-/// Largest TLS record body accepted during the handshake (RFC 8446 §5.2's ciphertext limit).
-const MAX_RECORD_BODY: usize = 16 * 1024 + 256;
 
 /// Drives an unbuffered `handshake` on `io` to its end, one whole TLS record at a time,
 /// starting from records already read into `incoming` (the ClientHello), so that no byte after
@@ -370,7 +366,7 @@ pub fn plan(conn: &Conn<'_>, snap: &Snapshot) -> bool {
     if !wanted(snap) {
         return false;
     }
-    let Err(reason) = cork_ktls::accepts_all(&crate::state::crypto_provider().cipher_suites) else { return true };
+    let Err(reason) = cork_ktls::accepts_all(crate::state::CIPHER_SUITES) else { return true };
     for leg in ["upstream", "client"] {
         tracing::info!(leg, %reason, "kTLS refused; this leg stays on rustls");
         conn.audit_fallback(leg, &reason);
@@ -395,7 +391,8 @@ pub fn offload<T>(conn: &Conn<'_>, leg: &'static str, handshaken: Handshaken<T>)
     let fd = unsafe { AsyncFd::register(kernel) }.map_err(|e| socket_err(io::Error::from(e)))?;
     tracing::debug!(leg, "TLS records moved into the kernel");
     conn.state.metrics.ktls_leg(leg, true);
-    Ok(Leg::Kernel(KernelIo { fd, report: Arc::default(), closed: false }))
+    let report = Arc::new(LegReport { failure: Default::default(), updates: fd.get_ref().key_update_counts() });
+    Ok(Leg::Kernel(KernelIo { fd, report, closed: false }))
 }
 
 /// What ended a kernel leg over its keys (a KeyUpdate it could not follow, a failed key
@@ -415,7 +412,7 @@ pub fn audit_key_updates(conn: &Conn<'_>, snap: &Snapshot, client: Option<&LegRe
     use std::sync::atomic::Ordering::Relaxed;
     for (leg, report) in [("upstream", upstream), ("client", client)] {
         let Some(report) = report else { continue };
-        conn.state.metrics.key_updates(leg, report.peer_updates.load(Relaxed), report.own_updates.load(Relaxed));
+        conn.state.metrics.key_updates(leg, report.updates.peer.load(Relaxed), report.updates.own.load(Relaxed));
         if let Some((rule, e)) = key_failure(report) {
             crate::bump::connection_record(conn.state, snap, conn.client, conn.dest, "connection", rule, &format!("the {leg} leg on kTLS: {e}"));
         }
@@ -431,23 +428,17 @@ pub struct KernelIo {
 }
 
 /// A kernel leg's key history, shared with whoever audits the connection at its end.
-#[derive(Default)]
 pub struct LegReport {
     /// What ended the stream, when the kernel path ended it.
     failure: std::sync::Mutex<Option<RecordError>>,
-    /// Key updates: the peer's, and cork's own.
-    peer_updates: std::sync::atomic::AtomicU64,
-    own_updates: std::sync::atomic::AtomicU64,
+    /// The stream's key updates, kept by the stream itself.
+    updates: Arc<cork_ktls::KeyUpdateCounts>,
 }
 
 impl KernelIo {
-    /// Records what the last read or write says about the stream's keys.
-    fn note(&self, result: Result<(), &io::Error>) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let (peer, own) = self.fd.get_ref().key_updates();
-        self.report.peer_updates.store(peer, Relaxed);
-        self.report.own_updates.store(own, Relaxed);
-        if let Some(e) = result.err().and_then(|err| err.get_ref()).and_then(|e| e.downcast_ref::<RecordError>()) {
+    /// Keeps what ended the stream, if it was the kernel path.
+    fn note(&self, err: &io::Error) {
+        if let Some(e) = err.get_ref().and_then(|e| e.downcast_ref::<RecordError>()) {
             if let Ok(mut failure) = self.report.failure.lock() {
                 failure.get_or_insert_with(|| e.clone());
             }
@@ -464,11 +455,10 @@ impl AsyncRead for KernelIo {
             match guard.try_io(|k| k.get_mut().read(dst)) {
                 Ok(Ok(n)) => {
                     buf.advance(n);
-                    this.note(Ok(()));
                     return Poll::Ready(Ok(()));
                 }
                 Ok(Err(e)) => {
-                    this.note(Err(&e));
+                    this.note(&e);
                     return Poll::Ready(Err(e));
                 }
                 Err(_would_block) => continue,
@@ -484,7 +474,9 @@ impl AsyncWrite for KernelIo {
             let mut guard = ready!(this.fd.poll_write_ready_mut(cx))?;
             match guard.try_io(|k| k.get_mut().write(data)) {
                 Ok(result) => {
-                    this.note(result.as_ref().map(|_| ()));
+                    if let Err(e) = &result {
+                        this.note(e);
+                    }
                     return Poll::Ready(result);
                 }
                 Err(_would_block) => continue,

@@ -65,6 +65,10 @@ impl Snapshot {
     }
 }
 
+/// The cipher suites cork negotiates on either leg: those of [`crypto_provider`], ring's
+/// default provider, which offers exactly ring's default suites.
+pub const CIPHER_SUITES: &[rustls::SupportedCipherSuite] = rustls::crypto::ring::DEFAULT_CIPHER_SUITES;
+
 pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -147,5 +151,17 @@ impl ProxyState {
             ktls_supported: *crate::ktls_leg::support() == cork_ktls::KtlsSupport::Supported,
             io_uring_supported: *crate::uring::support() == crate::uring::UringSupport::Supported,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// kTLS is planned on CIPHER_SUITES; the configs negotiate crypto_provider's.
+    #[test]
+    fn planned_suites_are_the_negotiated_ones() {
+        let named = |suites: &[rustls::SupportedCipherSuite]| suites.iter().map(|s| s.suite()).collect::<Vec<_>>();
+        assert_eq!(named(CIPHER_SUITES), named(&crypto_provider().cipher_suites));
     }
 }

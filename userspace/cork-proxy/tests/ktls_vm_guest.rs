@@ -335,6 +335,10 @@ fn legs(cork: &Cork, result: &str) -> u64 {
 mod ticket_store;
 use ticket_store::CountingStore;
 
+#[path = "../../cork-ktls/tests/support/guest_env.rs"]
+mod guest_env;
+use guest_env::rekey_expected;
+
 /// CONNECTs through cork to `host` and starts TLS with `root` trusted, offering only `cs`.
 fn connect(cork: &Cork, host: &str, port: u16, root: &CertificateDer<'static>, cs: CipherSuite, store: Arc<CountingStore>) -> Result<StreamOwned<ClientConnection, TcpStream>> {
     let mut sock = TcpStream::connect(cork.proxy).map_err(|e| format!("connecting to cork: {e}"))?;
@@ -794,16 +798,6 @@ fn strace_count(pid: u32, out: &Path, load: impl FnOnce() -> Result<()>) -> Resu
     };
     let total = calls("total").ok_or_else(|| format!("no total line in strace's summary: {text}"))?;
     Ok((total, calls("io_uring_enter").unwrap_or(0)))
-}
-
-/// What `cargo xtask vm` says this kernel can do: `cork_rekey=1` on the kernel command line
-/// (which /init passes on as an environment variable) for Linux 6.14 and later.
-fn rekey_expected() -> Result<bool> {
-    match std::env::var("cork_rekey").as_deref() {
-        Ok("1") => Ok(true),
-        Ok("0") => Ok(false),
-        other => Err(format!("cork_rekey is {other:?}; cargo xtask vm sets it to 0 or 1 on the kernel command line")),
-    }
 }
 
 /// An upstream KeyUpdate, asking for one back, after `n` body bytes of `path` (`/keyupdate`
