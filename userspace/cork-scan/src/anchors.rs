@@ -3,30 +3,28 @@
 //! A single Aho-Corasick automaton over 100+ literals cannot use a SIMD prefilter (Teddy takes
 //! at most 64 patterns) and walks its DFA byte by byte, about 0.1-0.2 GB/s here. Instead the
 //! anchors are reduced to short *keys* (their first four bytes, or the whole anchor when
-//! shorter), the keys are split into groups of at most [`GROUP`] of equal fingerprint length,
-//! and each group gets its own Teddy searcher. Every position where a key starts is found;
-//! the full anchors are then verified with a byte compare at those positions.
+//! shorter), and one SIMD pass ([`crate::fingerprint`]) finds every position where a key may
+//! start; the full anchors are then verified with a byte compare at those positions.
 //!
 //! The result is exactly what a leftmost-first, non-overlapping Aho-Corasick search over the
 //! anchors in catalog order reports: matches are taken left to right, at each position the
 //! earliest-listed anchor that matches wins, and the search resumes after its end.
 
-use aho_corasick::packed::{Config, MatchKind, Searcher};
-use aho_corasick::Span;
-
-/// Keys per Teddy searcher: fewer keys per bucket means fewer false candidates to verify.
-const GROUP: usize = 32;
+use crate::fingerprint::{Fingerprints, WIDTH};
 
 pub(crate) struct AnchorSet {
     lits: Vec<&'static [u8]>,
-    /// Anchor indices by first byte, in catalog order.
-    by_first: Vec<Vec<u16>>,
-    groups: Vec<Searcher>,
+    /// Anchor indices by first byte, in catalog order, each with its first four bytes (little
+    /// endian, zero-padded) and the mask of those it has: most candidates fail that one
+    /// compare.
+    by_first: Vec<Vec<(u16, u32, u32)>>,
+    keys: Fingerprints,
 }
 
 impl AnchorSet {
     /// `None` when there are no anchors.
     pub fn new(lits: &[&'static str]) -> Option<AnchorSet> {
+        // Indices stay those of `lits` (the caller's anchor numbers); empty ones never match.
         let lits: Vec<&'static [u8]> = lits.iter().map(|l| l.as_bytes()).collect();
         if lits.iter().all(|l| l.is_empty()) {
             return None;
@@ -34,60 +32,46 @@ impl AnchorSet {
         let mut by_first = vec![Vec::new(); 256];
         for (i, l) in lits.iter().enumerate() {
             if let Some(&b) = l.first() {
-                by_first[b as usize].push(i as u16);
+                let (head, mask) = head_of(l);
+                by_first[b as usize].push((i as u16, head, mask));
             }
         }
-        // Keys by length class (Teddy fingerprints on min(4, shortest key) bytes, so one short
-        // key would make a whole group unselective).
-        let mut groups = Vec::new();
-        // The few keys shorter than four bytes share one searcher: a pass per length cost more
-        // than the weaker fingerprint of the merged group.
-        for lens in [4..=4, 1..=3] {
-            let mut keys: Vec<&'static [u8]> = lits.iter().filter(|l| lens.contains(&l.len().min(4))).map(|l| &l[..l.len().min(4)]).collect();
-            keys.sort_unstable();
-            keys.dedup();
-            if keys.is_empty() {
-                continue;
-            }
-            let n = keys.len().div_ceil(keys.len().div_ceil(GROUP));
-            for chunk in keys.chunks(n) {
-                let mut b = Config::new().match_kind(MatchKind::LeftmostFirst).builder();
-                b.extend(chunk.iter());
-                // Without SIMD this is Rabin-Karp, slower but the same answers.
-                groups.push(b.build()?);
-            }
-        }
-        Some(AnchorSet { lits, by_first, groups })
+        let mut keys: Vec<&[u8]> = lits.iter().filter(|l| !l.is_empty()).map(|l| &l[..l.len().min(WIDTH)]).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        Some(AnchorSet { keys: Fingerprints::new(&keys), lits, by_first })
     }
 
     /// Calls `f(start, anchor)` for each match, left to right, non-overlapping.
     pub fn find(&self, hay: &[u8], cand: &mut Vec<usize>, mut f: impl FnMut(usize, u16)) {
         cand.clear();
-        for g in &self.groups {
-            let mut at = 0;
-            while at < hay.len() {
-                let Some(m) = g.find_in(hay, Span::from(at..hay.len())) else { break };
-                cand.push(m.start());
-                // Restart one byte on, not after the key, so overlapping keys are all seen.
-                at = m.start() + 1;
-            }
-        }
-        if self.groups.len() > 1 {
-            cand.sort_unstable();
-            cand.dedup();
-        }
+        self.keys.candidates(hay, cand);
         let mut resume = 0;
         for &p in cand.iter() {
             if p < resume {
                 continue;
             }
             let rest = &hay[p..];
-            if let Some(&a) = self.by_first[rest[0] as usize].iter().find(|&&a| rest.starts_with(self.lits[a as usize])) {
+            let (word, _) = head_of(rest);
+            let found = self.by_first[rest[0] as usize]
+                .iter()
+                .find(|&&(a, head, mask)| word & mask == head && rest.starts_with(self.lits[a as usize]));
+            if let Some(&(a, _, _)) = found {
                 f(p, a);
                 resume = p + self.lits[a as usize].len();
             }
         }
     }
+}
+
+/// The first four bytes of `b` as a little-endian word (zero past its end) and the mask of
+/// the bytes it has.
+#[inline]
+fn head_of(b: &[u8]) -> (u32, u32) {
+    let mut w = [0u8; 4];
+    let n = b.len().min(4);
+    w[..n].copy_from_slice(&b[..n]);
+    (u32::from_le_bytes(w), if n == 4 { u32::MAX } else { (1u32 << (8 * n)) - 1 })
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ mod catalog;
 mod config;
 pub mod decompress;
 mod decode;
+mod fingerprint;
 pub mod exchange;
 pub mod html;
 mod inject;
