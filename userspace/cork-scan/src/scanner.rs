@@ -507,6 +507,14 @@ impl Compiled {
                 }
                 continue;
             }
+            // Hex digits and dashes (UUIDs, dashed hashes) are not base64 worth decoding: their
+            // 6-bit values (0-5, 26-31, 52-62) make the first of every three decoded bytes a
+            // control byte, non-ASCII or `h`..DEL, and the third one of about 30 values, which
+            // no random secret of the catalog survives for more than a few bytes (a test
+            // checks every rule example in both alphabets).
+            if piece.iter().all(|&b| b.is_ascii_hexdigit() || b == b'-') {
+                continue;
+            }
             let b32 = piece.iter().all(|&b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
                 || piece.iter().all(|&b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
             if b32 {

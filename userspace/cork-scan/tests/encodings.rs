@@ -123,3 +123,33 @@ fn images_and_uuids_are_not_secrets() {
     let body = format!("{{\"image\":\"data:image/png;base64,{}\",\"id\":\"550e8400-e29b-41d4-a716-446655440000\"}}", b64(&png));
     assert!(scan(&e, Some("application/json"), body.as_bytes()).is_empty());
 }
+
+/// The scanner does not base64-decode tokens of hex digits and dashes (UUIDs): no example of
+/// any rule, at any alignment, in either alphabet, encodes to such a token, and each one is
+/// still found base64-encoded inside a UUID-heavy body.
+#[test]
+fn base64_secrets_are_never_hex_and_dashes() {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let mut rng = cork_scan::template::Rng::new(5);
+    let hex_and_dashes = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    let mut checked = 0;
+    for rule in cork_scan::rules() {
+        for ex in rule.examples {
+            for _ in 0..4 {
+                let secret = cork_scan::template::expand(ex, &mut rng);
+                for skip in 0..3 {
+                    let bytes = &secret.as_bytes()[skip.min(secret.len())..];
+                    for enc in [STANDARD_NO_PAD.encode(bytes), URL_SAFE_NO_PAD.encode(bytes)] {
+                        assert!(enc.len() < 16 || !hex_and_dashes(&enc), "{}: {secret:?} encodes to {enc}", rule.id);
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 1000, "only {checked} encodings checked");
+    let e = engine();
+    let uuids = "{\"uuid\":\"550e8400-e29b-41d4-a716-446655440000\"}\n".repeat(50);
+    let body = format!("{uuids}{{\"blob\":\"{}\"}}\n{uuids}", b64(SECRET.as_bytes()));
+    assert!(rules(&scan(&e, Some("application/json"), body.as_bytes())).contains(&"github.pat_classic"));
+}
