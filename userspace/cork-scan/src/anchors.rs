@@ -18,6 +18,9 @@ pub(crate) struct AnchorSet {
     /// endian, zero-padded) and the mask of those it has: most candidates fail that one
     /// compare.
     by_first: Vec<Vec<(u16, u32, u32)>>,
+    /// Bit `b0 << 8 | b1` says some anchor starts with those two bytes (or is the one byte
+    /// `b0`): one lookup drops most of the fingerprint's false candidates.
+    pairs: Vec<u64>,
     keys: Fingerprints,
 }
 
@@ -30,7 +33,16 @@ impl AnchorSet {
             return None;
         }
         let mut by_first = vec![Vec::new(); 256];
+        let mut pairs = vec![0u64; 1024];
         for (i, l) in lits.iter().enumerate() {
+            let seconds = match l.get(1) {
+                Some(&b1) => b1 as usize..b1 as usize + 1,
+                None => 0..256,
+            };
+            for b1 in seconds.filter(|_| !l.is_empty()) {
+                let bit = (l[0] as usize) << 8 | b1;
+                pairs[bit / 64] |= 1 << (bit % 64);
+            }
             if let Some(&b) = l.first() {
                 let (head, mask) = head_of(l);
                 by_first[b as usize].push((i as u16, head, mask));
@@ -39,19 +51,21 @@ impl AnchorSet {
         let mut keys: Vec<&[u8]> = lits.iter().filter(|l| !l.is_empty()).map(|l| &l[..l.len().min(WIDTH)]).collect();
         keys.sort_unstable();
         keys.dedup();
-        Some(AnchorSet { keys: Fingerprints::new(&keys), lits, by_first })
+        Some(AnchorSet { keys: Fingerprints::new(&keys), lits, by_first, pairs })
     }
 
     /// Calls `f(start, anchor)` for each match, left to right, non-overlapping.
-    pub fn find(&self, hay: &[u8], cand: &mut Vec<usize>, mut f: impl FnMut(usize, u16)) {
-        cand.clear();
-        self.keys.candidates(hay, cand);
+    pub fn find(&self, hay: &[u8], mut f: impl FnMut(usize, u16)) {
         let mut resume = 0;
-        for &p in cand.iter() {
+        self.keys.candidates(hay, |p| {
             if p < resume {
-                continue;
+                return;
             }
             let rest = &hay[p..];
+            let pair = (rest[0] as usize) << 8 | rest.get(1).map_or(0, |&b| b as usize);
+            if self.pairs[pair / 64] >> (pair % 64) & 1 == 0 {
+                return;
+            }
             let (word, _) = head_of(rest);
             let found = self.by_first[rest[0] as usize]
                 .iter()
@@ -60,7 +74,7 @@ impl AnchorSet {
                 f(p, a);
                 resume = p + self.lits[a as usize].len();
             }
-        }
+        });
     }
 }
 
@@ -68,6 +82,9 @@ impl AnchorSet {
 /// the bytes it has.
 #[inline]
 fn head_of(b: &[u8]) -> (u32, u32) {
+    if let Some(w) = b.first_chunk::<4>() {
+        return (u32::from_le_bytes(*w), u32::MAX);
+    }
     let mut w = [0u8; 4];
     let n = b.len().min(4);
     w[..n].copy_from_slice(&b[..n]);
@@ -90,7 +107,6 @@ mod tests {
         let ac = AhoCorasickBuilder::new().match_kind(AcKind::LeftmostFirst).build(lits).unwrap();
         let mut rng = crate::template::Rng::new(7);
         let alphabet = b"redis:/ghpo_fQ~AKIBsk-jeyJwdpaAWSECRT_u ";
-        let mut cand = Vec::new();
         for round in 0..400 {
             let n = rng.below(300);
             let mut hay: Vec<u8> = (0..n).map(|_| alphabet[rng.below(alphabet.len())]).collect();
@@ -99,7 +115,7 @@ mod tests {
             }
             let want: Vec<(usize, usize)> = ac.find_iter(&hay).map(|m| (m.start(), m.pattern().as_usize())).collect();
             let mut got = Vec::new();
-            set.find(&hay, &mut cand, |p, a| got.push((p, a as usize)));
+            set.find(&hay, |p, a| got.push((p, a as usize)));
             assert_eq!(got, want, "hay {:?}", String::from_utf8_lossy(&hay));
         }
     }

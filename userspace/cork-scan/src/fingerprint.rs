@@ -28,17 +28,21 @@ pub(crate) struct Fingerprints {
 /// frequency, then space, digits, capitals and punctuation; bytes outside printable ASCII
 /// count for nothing.
 fn weight(b: u8) -> f64 {
+    const FLOOR: f64 = 0.006;
     const LOWER: [f64; 26] = [
         8.2, 1.5, 2.8, 4.3, 12.7, 2.2, 2.0, 6.1, 7.0, 0.15, 0.8, 4.0, 2.4, 6.7, 7.5, 1.9, 0.1, 6.0, 6.3, 9.1, 2.8, 1.0, 2.4, 0.15, 2.0, 0.07,
     ];
-    match b {
+    let model = match b {
         b'a'..=b'z' => 0.55 * LOWER[(b - b'a') as usize] / 100.0,
         b' ' => 0.13,
         b'0'..=b'9' => 0.08 / 10.0,
         b'A'..=b'Z' => 0.06 / 26.0,
         b'\n' | 0x21..=0x7e => 0.18 / 33.0,
-        _ => 0.0,
-    }
+        _ => return 0.0,
+    };
+    // A floor, so that tokens, base64 and other languages (rare letters, capitals) are not
+    // treated as free.
+    model.max(FLOOR)
 }
 
 /// How often a position is a false candidate of a bucket with these nibble sets (each
@@ -165,17 +169,18 @@ impl Fingerprints {
         Fingerprints { lo, hi }
     }
 
-    /// Appends to `out`, in increasing order, every position of `hay` where a key may start.
-    pub fn candidates(&self, hay: &[u8], out: &mut Vec<usize>) {
+    /// Calls `f`, in increasing order, with every position of `hay` where a key may start.
+    #[inline]
+    pub fn candidates(&self, hay: &[u8], mut f: impl FnMut(usize)) {
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") {
                 // SAFETY: AVX2 presence was just checked.
-                unsafe { self.candidates_avx2(hay, out) };
+                unsafe { self.candidates_avx2(hay, &mut f) };
                 return;
             }
         }
-        self.candidates_scalar(hay, 0, hay.len(), out);
+        self.candidates_scalar(hay, f);
     }
 
     /// Whether some bucket accepts the fingerprint at `p` (bytes past the end read as 0).
@@ -189,15 +194,15 @@ impl Fingerprints {
         acc != 0
     }
 
-    fn candidates_scalar(&self, hay: &[u8], from: usize, to: usize, out: &mut Vec<usize>) {
-        out.extend((from..to).filter(|&p| self.accepts(hay, p)));
+    fn candidates_scalar(&self, hay: &[u8], f: impl FnMut(usize)) {
+        (0..hay.len()).filter(|&p| self.accepts(hay, p)).for_each(f);
     }
 
     /// # Safety
     /// Requires AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn candidates_avx2(&self, hay: &[u8], out: &mut Vec<usize>) {
+    unsafe fn candidates_avx2(&self, hay: &[u8], f: &mut impl FnMut(usize)) {
         use std::arch::x86_64::*;
         let table = |t: &[u16; 16]| {
             let mut bytes = [0u8; 32];
@@ -209,22 +214,22 @@ impl Fingerprints {
         };
         let lo: [__m256i; WIDTH] = std::array::from_fn(|k| table(&self.lo[k]));
         let hi: [__m256i; WIDTH] = std::array::from_fn(|k| table(&self.hi[k]));
-        let emit = |bits: u32, base: usize, limit: usize, out: &mut Vec<usize>| {
-            let mut bits = bits;
+        #[inline(always)]
+        fn emit(mut bits: u32, base: usize, limit: usize, f: &mut impl FnMut(usize)) {
             while bits != 0 {
                 let p = base + bits.trailing_zeros() as usize;
                 if p < limit {
-                    out.push(p);
+                    f(p);
                 }
                 bits &= bits - 1;
             }
-        };
+        }
         let n = hay.len();
         let mut p = 0;
         while p + 16 + WIDTH - 1 <= n {
             let bits = step(&lo, &hi, hay.as_ptr().add(p));
             if bits != 0 {
-                emit(bits, p, n, out);
+                emit(bits, p, n, f);
             }
             p += 16;
         }
@@ -235,7 +240,7 @@ impl Fingerprints {
             buf[..n - p].copy_from_slice(&hay[p..]);
             let mut q = 0;
             while p + q < n {
-                emit(step(&lo, &hi, buf.as_ptr().add(q)), p + q, n, out);
+                emit(step(&lo, &hi, buf.as_ptr().add(q)), p + q, n, f);
                 q += 16;
             }
         }
@@ -286,9 +291,9 @@ mod tests {
                 hay.extend_from_slice(b"Q~");
             }
             let mut simd = Vec::new();
-            fp.candidates(&hay, &mut simd);
+            fp.candidates(&hay, |p| simd.push(p));
             let mut scalar = Vec::new();
-            fp.candidates_scalar(&hay, 0, hay.len(), &mut scalar);
+            fp.candidates_scalar(&hay, |p| scalar.push(p));
             assert_eq!(simd, scalar, "hay {:?}", String::from_utf8_lossy(&hay));
             for p in 0..hay.len() {
                 if keys.iter().any(|k| hay[p..].starts_with(k)) {

@@ -348,8 +348,7 @@ impl Compiled {
 
     fn scan_anchors(&self, hay: &[u8], out: &mut Vec<Hit>, mut tail: Option<&mut Tail>) {
         let Some(set) = &self.anchors else { return };
-        let mut cand = Vec::new();
-        set.find(hay, &mut cand, |start, a| {
+        set.find(hay, |start, a| {
             if let Some(t) = tail.as_deref_mut() {
                 let (lookbehind, reach) = self.anchor_reach[a as usize];
                 if start + reach > hay.len() {
