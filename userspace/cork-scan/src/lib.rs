@@ -6,9 +6,10 @@
 //! holds, its exact span.
 //!
 //! # Design
-//! - A rare-literal prefilter (grouped SIMD Teddy searchers, see `anchors`) finds anchors such as `ghp_` or
-//!   `AKIA`; each rule's own small regex confirms a match in a window of bounded size around the
-//!   anchor. A single big regex over all rules would be orders of magnitude slower.
+//! - A rare-literal prefilter (one SIMD fingerprint pass, see `anchors` and `fingerprint`)
+//!   finds anchors such as `ghp_` or `AKIA`; each rule's own small regex confirms a match in a
+//!   window of bounded size around the anchor. A single big regex over all rules would be
+//!   orders of magnitude slower.
 //! - Rules without a literal (card numbers, IBANs, seed phrases, high-entropy values) are found
 //!   by a bitmask walk over 64-byte blocks that only stops where such data can be.
 //! - Encoded data (percent-encoding, base64/base64url, base32, hex with or without separators,

@@ -5,8 +5,8 @@
 //! [`Compiled::scan`] on slices; everything here is synchronous and allocation-light.
 //!
 //! # How a rule is found
-//! 1. Grouped SIMD "Teddy" searchers ([`crate::anchors`]) over the rare literal anchors of all
-//!    anchored rules finds candidate positions.
+//! 1. One SIMD fingerprint pass ([`crate::anchors`], [`crate::fingerprint`]) over the rare
+//!    literal anchors of all anchored rules finds candidate positions.
 //! 2. Each candidate is confirmed by that rule's own small regex in a window of at most the
 //!    rule's `max_len` bytes around the anchor, then by boundary checks and its validator.
 //! 3. Literal-less rules ride on [`crate::runs::walk`], which yields only the few regions of the
