@@ -277,6 +277,9 @@ fn is_delim(b: u8) -> bool {
 
 /// Walks `hay` and calls `f` once per region, in order of their start. Regions of different
 /// kinds may overlap; each region is reported once.
+// Always inlined into its one caller: when `Compiled::scan_with_tail` grew (a packed role
+// search), LLVM stopped inlining it and request scans took 4% more instructions.
+#[inline(always)]
 pub(crate) fn walk(hay: &[u8], mut f: impl FnMut(Region, &Classes)) {
     let n = hay.len();
     let mut token_done = 0; // token regions have been reported up to here
