@@ -35,18 +35,17 @@ impl AnchorSet {
         let mut by_first = vec![Vec::new(); 256];
         let mut pairs = vec![0u64; 1024];
         for (i, l) in lits.iter().enumerate() {
+            let Some(&b0) = l.first() else { continue };
             let seconds = match l.get(1) {
                 Some(&b1) => b1 as usize..b1 as usize + 1,
                 None => 0..256,
             };
-            for b1 in seconds.filter(|_| !l.is_empty()) {
-                let bit = (l[0] as usize) << 8 | b1;
+            for b1 in seconds {
+                let bit = (b0 as usize) << 8 | b1;
                 pairs[bit / 64] |= 1 << (bit % 64);
             }
-            if let Some(&b) = l.first() {
-                let (head, mask) = head_of(l);
-                by_first[b as usize].push((i as u16, head, mask));
-            }
+            let (head, mask) = head_of(l);
+            by_first[b0 as usize].push((i as u16, head, mask));
         }
         let mut keys: Vec<&[u8]> = lits.iter().filter(|l| !l.is_empty()).map(|l| &l[..l.len().min(WIDTH)]).collect();
         keys.sort_unstable();
@@ -85,10 +84,10 @@ fn head_of(b: &[u8]) -> (u32, u32) {
     if let Some(w) = b.first_chunk::<4>() {
         return (u32::from_le_bytes(*w), u32::MAX);
     }
+    // Shorter than four bytes.
     let mut w = [0u8; 4];
-    let n = b.len().min(4);
-    w[..n].copy_from_slice(&b[..n]);
-    (u32::from_le_bytes(w), if n == 4 { u32::MAX } else { (1u32 << (8 * n)) - 1 })
+    w[..b.len()].copy_from_slice(b);
+    (u32::from_le_bytes(w), (1u32 << (8 * b.len())) - 1)
 }
 
 #[cfg(test)]

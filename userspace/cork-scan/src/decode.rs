@@ -313,8 +313,8 @@ mod simd {
 
     /// Decodes 32 base64 characters (eight quads) into the 24 bytes of `out` and returns the
     /// alphabets still possible, or `None` (and writes nothing) when one of them is outside
-    /// both alphabets or they leave no alphabet in common with `alphabets`. Same bytes and alphabets as eight steps of
-    /// the quad loop in `base64_decode_into`.
+    /// both alphabets or they leave no alphabet in common with `alphabets`. Same bytes and
+    /// alphabets as eight steps of the quad loop in `base64_decode_into`.
     ///
     /// # Safety
     /// Requires AVX2.

@@ -11,7 +11,7 @@
 //!
 //! Candidates are a superset of the key positions (nibble sets are products, so a bucket also
 //! accepts mixtures of its keys); the caller compares the real anchors there. Without AVX2 the
-//! same candidates come from byte tables, one lookup per fingerprint position.
+//! same candidates come from the same nibble tables, one position at a time.
 
 /// Fingerprint length: the bytes of a key that are looked at.
 pub(crate) const WIDTH: usize = 4;
@@ -60,9 +60,6 @@ impl Fingerprints {
     /// Buckets the keys (each 1 to [`WIDTH`] bytes) greedily, each where it adds the least
     /// false-candidate rate.
     pub fn new(keys: &[&[u8]]) -> Fingerprints {
-        // Per bucket and position: the nibble sets, one bit per nibble value.
-        let mut lo_sets = [[0u16; WIDTH]; BUCKETS];
-        let mut hi_sets = [[0u16; WIDTH]; BUCKETS];
         let sets = |key: &[u8]| {
             let (mut lo, mut hi) = ([0u16; WIDTH], [0u16; WIDTH]);
             for k in 0..WIDTH {
@@ -84,11 +81,8 @@ impl Fingerprints {
         order.sort_by_key(|k| (k.len(), k.to_vec()));
         let key_sets: Vec<([u16; WIDTH], [u16; WIDTH])> = order.iter().map(|k| sets(k)).collect();
         let w: [[f64; 16]; 16] = std::array::from_fn(|h| std::array::from_fn(|l| weight((h << 4 | l) as u8)));
-        // The false rate of a bucket holding these keys.
-        let rate = |members: &[usize]| {
-            if members.is_empty() {
-                return 0.0;
-            }
+        // Per position, the nibble sets (one bit per nibble value) of a bucket holding these keys.
+        let union = |members: &[usize]| {
             let (mut lo, mut hi) = ([0u16; WIDTH], [0u16; WIDTH]);
             for &i in members {
                 for k in 0..WIDTH {
@@ -96,6 +90,14 @@ impl Fingerprints {
                     hi[k] |= key_sets[i].1[k];
                 }
             }
+            (lo, hi)
+        };
+        // The false rate of a bucket holding these keys.
+        let rate = |members: &[usize]| {
+            if members.is_empty() {
+                return 0.0;
+            }
+            let (lo, hi) = union(members);
             false_rate(&w, &lo, &hi)
         };
         let with = |members: &[usize], i: usize| -> Vec<usize> { members.iter().copied().chain([i]).collect() };
@@ -144,17 +146,11 @@ impl Fingerprints {
                 break;
             }
         }
-        for (b, m) in members.iter().enumerate() {
-            for &i in m {
-                for k in 0..WIDTH {
-                    lo_sets[b][k] |= key_sets[i].0[k];
-                    hi_sets[b][k] |= key_sets[i].1[k];
-                }
-            }
-        }
+        // Transposed: per position and nibble value, the buckets that accept it.
         let mut lo = [[0u16; 16]; WIDTH];
         let mut hi = [[0u16; 16]; WIDTH];
-        for (b, (bl, bh)) in lo_sets.iter().zip(&hi_sets).enumerate() {
+        for (b, m) in members.iter().enumerate() {
+            let (bl, bh) = union(m);
             for k in 0..WIDTH {
                 for nib in 0..16 {
                     if bl[k] >> nib & 1 == 1 {
@@ -276,7 +272,7 @@ unsafe fn step(lo: &[std::arch::x86_64::__m256i; WIDTH], hi: &[std::arch::x86_64
 mod tests {
     use super::*;
 
-    /// The SIMD pass and the byte-table pass give the same candidates, and every key
+    /// The SIMD pass and the one-position-at-a-time pass give the same candidates, and every key
     /// position is among them.
     #[test]
     fn candidates_agree_and_cover_keys() {

@@ -193,10 +193,9 @@ fn fold_char<const MAP: bool>(s: &[u8], at: usize, out: &mut Vec<u8>, map: &mut 
 
 pub(crate) struct InjectionDetector {
     phrases: AhoCorasick,
-    roles: AhoCorasick,
-    /// The same search as `roles` on a SIMD Teddy searcher: the automaton's own prefilter
-    /// stops at every `<` and newline of a page (the role tokens' first bytes).
-    roles_packed: Option<aho_corasick::packed::Searcher>,
+    /// A packed (SIMD Teddy) searcher, not an automaton: the automaton's own prefilter stops
+    /// at every `<` and newline of a page (the role tokens' first bytes).
+    roles: aho_corasick::packed::Searcher,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,16 +217,17 @@ impl InjectionDetector {
             })
             .collect();
         let phrases = AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(&phrases).expect("static phrases build");
-        let roles = AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(ROLE_TOKENS).expect("static role tokens build");
-        let roles_packed = aho_corasick::packed::Config::new().match_kind(aho_corasick::packed::MatchKind::LeftmostLongest).builder().extend(ROLE_TOKENS).build();
-        InjectionDetector { phrases, roles, roles_packed }
+        let roles = aho_corasick::packed::Config::new()
+            .match_kind(aho_corasick::packed::MatchKind::LeftmostLongest)
+            .builder()
+            .extend(ROLE_TOKENS)
+            .build()
+            .expect("static role tokens build");
+        InjectionDetector { phrases, roles }
     }
 
     pub fn scan(&self, hay: &[u8], out: &mut Vec<(InjectionKind, Range<usize>)>) {
-        match &self.roles_packed {
-            Some(p) => out.extend(p.find_iter(hay).map(|m| (InjectionKind::RoleToken, m.range()))),
-            None => out.extend(self.roles.find_iter(hay).map(|m| (InjectionKind::RoleToken, m.range()))),
-        }
+        out.extend(self.roles.find_iter(hay).map(|m| (InjectionKind::RoleToken, m.range())));
         let mut norm = Vec::with_capacity(hay.len());
         normalize_text(hay, &mut norm);
         // Both built on the first phrase found: the map costs four bytes per kept byte, the
@@ -278,17 +278,17 @@ pub(crate) fn hidden_regions(hay: &[u8]) -> Vec<Range<usize>> {
 mod tests {
     use super::*;
 
-    /// The packed role search reports what the automaton does.
+    /// The packed role search reports what a leftmost-longest automaton does.
     #[test]
     fn packed_roles_match_the_automaton() {
         let d = InjectionDetector::new();
-        let packed = d.roles_packed.as_ref().expect("packed role searcher builds");
+        let automaton = AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(ROLE_TOKENS).unwrap();
         let mut rng = crate::template::Rng::new(3);
         let bits = ["<", "|", "im_start", "<|user|>", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>", "\n", "\n\nHuman:", "<end_of_turn>", "x", " ", "<|eot_id|>"];
         for _ in 0..2000 {
             let s: String = (0..rng.below(30)).map(|_| bits[rng.below(bits.len())]).collect();
-            let a: Vec<_> = d.roles.find_iter(s.as_bytes()).map(|m| m.range()).collect();
-            let b: Vec<_> = packed.find_iter(s.as_bytes()).map(|m| m.range()).collect();
+            let a: Vec<_> = automaton.find_iter(s.as_bytes()).map(|m| m.range()).collect();
+            let b: Vec<_> = d.roles.find_iter(s.as_bytes()).map(|m| m.range()).collect();
             assert_eq!(a, b, "{s:?}");
         }
     }

@@ -500,18 +500,15 @@ impl Compiled {
             if piece.len() < runs::MIN_TOKEN {
                 continue;
             }
-            if piece.iter().all(u8::is_ascii_hexdigit) {
-                if piece.len().is_multiple_of(2) {
+            // Plain hex is a hex candidate only. Hex with dashes (UUIDs, dashed hashes) is no
+            // candidate at all: as base64 its 6-bit values (0-5, 26-31, 52-62) make the first of
+            // every three decoded bytes a control byte, non-ASCII or `h`..DEL, and the third one
+            // of about 30 values, which no random secret of the catalog survives for more than
+            // a few bytes (a test checks every rule example in both alphabets).
+            if piece.iter().all(|&b| b.is_ascii_hexdigit() || b == b'-') {
+                if piece.len().is_multiple_of(2) && memchr::memchr(b'-', piece).is_none() {
                     layers.push((Layer::Hex, pr, 0));
                 }
-                continue;
-            }
-            // Hex digits and dashes (UUIDs, dashed hashes) are not base64 worth decoding: their
-            // 6-bit values (0-5, 26-31, 52-62) make the first of every three decoded bytes a
-            // control byte, non-ASCII or `h`..DEL, and the third one of about 30 values, which
-            // no random secret of the catalog survives for more than a few bytes (a test
-            // checks every rule example in both alphabets).
-            if piece.iter().all(|&b| b.is_ascii_hexdigit() || b == b'-') {
                 continue;
             }
             let b32 = piece.iter().all(|&b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
