@@ -5,10 +5,12 @@ use std::time::Instant;
 use base64::Engine as _;
 use cork_scan::{BodyMeta, BodyScan, Engine, ScanConfig};
 
-/// Best of five: single runs of a few milliseconds are dominated by noise.
+/// Best of five (or of `PARTS_RUNS`, more for a sampling profiler): single runs of a few
+/// milliseconds are dominated by noise.
 fn gbps(data: &[u8], start: impl Fn() -> BodyScan) -> (f64, usize) {
+    let runs = std::env::var("PARTS_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
     let (mut best, mut n) = (f64::MAX, 0);
-    for _ in 0..5 {
+    for _ in 0..runs {
         let t = Instant::now();
         let mut s = start();
         n = 0;

@@ -481,18 +481,30 @@ impl Classes<'_> {
                 run9 &= shift(k);
             }
             let good = starts & shift(1) & shift(2) & !run9;
-            let mut rest = starts;
-            while rest != 0 {
-                let bit = rest & rest.wrapping_neg();
-                if good & bit != 0 {
-                    count += 1;
+            let bad = starts & !good;
+            // The count restarts at every bad word, so it only matters how many good words
+            // follow each bad one: one step per bad word, and none for the usual 64 bytes
+            // of prose that cannot complete twelve.
+            if count + good.count_ones() < 12 {
+                count = match bad {
+                    0 => count + good.count_ones(),
+                    _ => (good & (u64::MAX << (63 - bad.leading_zeros())) << 1).count_ones(),
+                };
+            } else {
+                let (mut rest, mut from) = (bad, u64::MAX);
+                loop {
+                    let upto = if rest == 0 { u64::MAX } else { (rest & rest.wrapping_neg()) - 1 };
+                    count += (good & from & upto).count_ones();
                     if count >= 12 {
                         return true;
                     }
-                } else {
+                    if rest == 0 {
+                        break;
+                    }
                     count = 0;
+                    from = !upto << 1;
+                    rest &= rest - 1;
                 }
-                rest ^= bit;
             }
             carry = l >> 63;
             p += 64;
