@@ -701,15 +701,20 @@ fn scan_numeric(hay: &[u8], blocks: &[Masks], from: usize, to: usize, f: &mut im
                 if ((digit & spans).count_ones() as usize) < MIN_DIGITS - 2 {
                     spans = 0;
                 }
-                while spans != 0 {
-                    let at = spans.trailing_zeros();
+                // Only stretches of at least that many bytes can hold that many digits: JSON's
+                // keys and values mostly are shorter, and are never looked at one by one.
+                let mut long = runs_ending(spans, 0, (MIN_DIGITS - 2) as u32);
+                while long != 0 {
+                    let e = long.trailing_zeros();
+                    let before = !spans & ((1u64 << e) - 1);
+                    let at = if before == 0 { 0 } else { 64 - before.leading_zeros() };
                     // Bit `at` is set, so the stretch has 1 to 64 bytes.
                     let span = u64::MAX >> (64 - (spans >> at).trailing_ones()) << at;
                     if (digit & span).count_ones() as usize >= MIN_DIGITS - 2 {
                         dense = Some(i + (digit & span).trailing_zeros() as usize);
                         break;
                     }
-                    spans &= !span;
+                    long &= !span;
                 }
                 match dense {
                     // Too few digits in each: skip them all.
