@@ -67,6 +67,8 @@ struct Masks {
     numsep: u64,
     /// The bytes that split a token run into segments and pieces: `.`, `%` and `=`.
     split: u64,
+    /// Hex digits, either case.
+    hex: u64,
 }
 
 #[inline]
@@ -133,6 +135,7 @@ fn masks_scalar(block: &[u8]) -> Masks {
         m.alpha |= u64::from(b.is_ascii_alphabetic()) << i;
         m.numsep |= u64::from(matches!(b, b' ' | b'-' | b':' | b',' | b'.' | b'\\')) << i;
         m.split |= u64::from(matches!(b, b'.' | b'%' | b'=')) << i;
+        m.hex |= u64::from(b.is_ascii_hexdigit()) << i;
     }
     m
 }
@@ -150,7 +153,7 @@ pub(crate) mod simd {
     /// 0 digits `3 × 0-9`; 1 `A-O a-o` `4,6 × 1-F`; 2 `P-Z p-z` `5,7 × 0-A`; 3 `a-o` `6 × 1-F`;
     /// 4 `p-z` `7 × 0-A`; 5 `% + - . /` `2 × 5,B,D,E,F`; 6 `=` `3 × D`; 7 `_` `5 × F`.
     /// Table 2: 0 tab, LF, CR `0 × 9,A,D`; 1 space and comma `2 × 0,C`; 2 `- .` `2 × D,E`;
-    /// 3 `:` `3 × A`; 4 backslash `5 × C`; 5 `% .` `2 × 5,E`.
+    /// 3 `:` `3 × A`; 4 backslash `5 × C`; 5 `% .` `2 × 5,E`; 6 `A-F a-f` `4,6 × 1-6`.
     const PRODUCTS_1: [(&[u8], &[u8]); 8] = [
         (&[3], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
         (&[4, 6], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]),
@@ -161,7 +164,7 @@ pub(crate) mod simd {
         (&[3], &[13]),
         (&[5], &[15]),
     ];
-    const PRODUCTS_2: [(&[u8], &[u8]); 8] = [(&[0], &[9, 10, 13]), (&[2], &[0, 12]), (&[2], &[13, 14]), (&[3], &[10]), (&[5], &[12]), (&[2], &[5, 14]), (&[], &[]), (&[], &[])];
+    const PRODUCTS_2: [(&[u8], &[u8]); 8] = [(&[0], &[9, 10, 13]), (&[2], &[0, 12]), (&[2], &[13, 14]), (&[3], &[10]), (&[5], &[12]), (&[2], &[5, 14]), (&[4, 6], &[1, 2, 3, 4, 5, 6]), (&[], &[])];
 
     /// The (low-nibble, high-nibble) tables of a product list (at most eight products, one bit
     /// each), each repeated in both 128-bit lanes as `vpshufb` wants.
@@ -199,7 +202,7 @@ pub(crate) mod simd {
 
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn half(v: __m256i) -> (u32, u32, u32, u32, u32, u32, u32) {
+    unsafe fn half(v: __m256i) -> (u32, u32, u32, u32, u32, u32, u32, u32) {
         let table = |t: &[u8; 32]| _mm256_loadu_si256(t.as_ptr() as *const __m256i);
         let nib = _mm256_set1_epi8(0x0f);
         let lo = _mm256_and_si256(v, nib);
@@ -211,6 +214,7 @@ pub(crate) mod simd {
         // token byte; the word and split masks join products of both tables.
         let word = _mm256_or_si256(_mm256_and_si256(c1, _mm256_set1_epi8(0b1_1000)), _mm256_and_si256(c2, _mm256_set1_epi8(0b11)));
         let split = _mm256_or_si256(_mm256_and_si256(c1, _mm256_set1_epi8(0b100_0000)), _mm256_and_si256(c2, _mm256_set1_epi8(0b10_0000)));
+        let hex = _mm256_or_si256(_mm256_and_si256(c1, _mm256_set1_epi8(1)), _mm256_and_si256(c2, _mm256_set1_epi8(0b100_0000)));
         (
             any(c1, 0xff),
             // Product 0 is bit 0: shifted to the top bit of its byte (the 16-bit shift moves
@@ -221,6 +225,7 @@ pub(crate) mod simd {
             any(c1, 0b110),
             any(c2, 0b1_1110),
             any(split, 0xff),
+            any(hex, 0xff),
         )
     }
 
@@ -247,8 +252,8 @@ pub(crate) mod simd {
     pub(super) unsafe fn masks_avx2(block: &[u8]) -> Masks {
         let lo = _mm256_loadu_si256(block.as_ptr() as *const __m256i);
         let hi = _mm256_loadu_si256(block.as_ptr().add(32) as *const __m256i);
-        let (t0, d0, w0, h0, a0, n0, s0) = half(lo);
-        let (t1, d1, w1, h1, a1, n1, s1) = half(hi);
+        let (t0, d0, w0, h0, a0, n0, s0, x0) = half(lo);
+        let (t1, d1, w1, h1, a1, n1, s1, x1) = half(hi);
         let join = |a: u32, b: u32| u64::from(a) | u64::from(b) << 32;
         Masks {
             token: join(t0, t1),
@@ -258,6 +263,7 @@ pub(crate) mod simd {
             alpha: join(a0, a1),
             numsep: join(n0, n1),
             split: join(s0, s1),
+            hex: join(x0, x1),
         }
     }
 }
@@ -346,6 +352,18 @@ impl Classes<'_> {
     #[inline]
     pub fn next_split(&self, i: usize, limit: usize) -> usize {
         next_in(self.0, i, limit, |m| m.split).min(limit)
+    }
+
+    /// Whether every byte of `r` is a hex digit. Stops at the first that is not (base64
+    /// runs: within a few bytes), where a byte loop took several instructions a byte.
+    pub fn all_hex(&self, r: Range<usize>) -> bool {
+        next_in(self.0, r.start, r.end, |m| !m.hex) >= r.end
+    }
+
+    /// Whether every byte of `r`, a piece of a token run, is a hex digit or a dash (the only
+    /// numeric separator a token run holds besides `.`, which splits it).
+    pub fn all_hex_or_dash(&self, r: Range<usize>) -> bool {
+        next_in(self.0, r.start, r.end, |m| !(m.hex | m.numsep & !m.split)) >= r.end
     }
 
     /// Whether `r` has none of the bytes that split a token run (`.`, `%`, `=`).

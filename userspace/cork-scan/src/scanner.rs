@@ -470,7 +470,7 @@ impl Compiled {
     #[allow(clippy::too_many_arguments)]
     fn segment(&self, hay: &[u8], classes: &runs::Classes, r: Range<usize>, dir: Direction, no_eq: bool, out: &mut Vec<Hit>, layers: &mut Vec<(Layer, Range<usize>, usize)>) {
         let seg = &hay[r.clone()];
-        let is_hex = seg.iter().all(u8::is_ascii_hexdigit);
+        let is_hex = classes.all_hex(r.clone());
         if dir == Direction::Egress {
             // Alphanumeric words inside the segment: Twilio keys (34 bytes) and WIF keys (51 or
             // 52) are whole words. Word edges come from the walk's class bitmasks, which skip
@@ -505,8 +505,8 @@ impl Compiled {
             // every three decoded bytes a control byte, non-ASCII or `h`..DEL, and the third one
             // of about 30 values, which no random secret of the catalog survives for more than
             // a few bytes (a test checks every rule example in both alphabets).
-            if piece.iter().all(|&b| b.is_ascii_hexdigit() || b == b'-') {
-                if piece.len().is_multiple_of(2) && memchr::memchr(b'-', piece).is_none() {
+            if classes.all_hex_or_dash(pr.clone()) {
+                if piece.len().is_multiple_of(2) && classes.all_hex(pr.clone()) {
                     layers.push((Layer::Hex, pr, 0));
                 }
                 continue;
