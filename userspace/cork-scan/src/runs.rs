@@ -691,74 +691,63 @@ fn numeric_extent(blocks: &[Masks], i: usize) -> (usize, usize, usize) {
 
 fn scan_numeric(hay: &[u8], blocks: &[Masks], from: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
     let n = hay.len();
+    let min = (MIN_DIGITS - 2) as u32;
     let mut i = from;
     let mut done = from;
-    // The stretch of allowed bytes `i` is in, measured once per stretch: in one long stretch
-    // (a token run with digits every few bytes) measuring it again at each digit group made
-    // the walk quadratic in the stretch's length.
-    let mut span_end = 0;
     loop {
         i = next_in(blocks, i, to, |m| m.digit);
         if i >= to {
             break;
         }
-        // A region cannot leave the stretch of allowed bytes it starts in; when that stretch
-        // holds too few digits for any region, skip it whole instead of walking extents.
-        if i >= span_end {
-            // The stretches that end within the 64 bytes from `i` are sized from the bitmasks
-            // alone; those with too few digits (base64 has a `+` or `/` every 32 bytes, JSON a
-            // quote every few) are skipped together, and the walk resumes at the first
-            // stretch that has enough, or at the one the next 64 bytes must finish.
-            let allowed = mask_at(blocks, i, |m| m.alpha | m.digit | m.numsep);
-            let tail = allowed.leading_ones();
-            if tail < 64 {
-                let digit = mask_at(blocks, i, |m| m.digit);
-                let mut spans = allowed & (u64::MAX >> tail);
-                let mut dense = None;
-                // Prose and markup rarely have that many digits in 64 bytes at all.
-                if ((digit & spans).count_ones() as usize) < MIN_DIGITS - 2 {
-                    spans = 0;
+        // A region taken from any digit stops at a byte outside the allowed set and at the
+        // seventh non-digit in a row, so it lies within one *sub-stretch*: allowed bytes with
+        // those stops removed. Sub-stretches that end within the 64 bytes from `i` are sized
+        // from the bitmasks alone; those with too few digits (most of base64, whose digits are
+        // sparse, and all of JSON's short values) are skipped together, and a region is only
+        // measured from the first digit of one that has enough. Bit 0 is a digit, so no
+        // non-digit run reaches in from before `i`.
+        let digit = mask_at(blocks, i, |m| m.digit);
+        let sub = mask_at(blocks, i, |m| m.alpha | m.digit | m.numsep) & !runs_ending(!digit, 0, 7);
+        let tail = sub.leading_ones();
+        let start = if tail == 64 {
+            // One sub-stretch fills the 64 bytes: digits are never 7 apart, so it is dense.
+            Some(i)
+        } else {
+            let spans = sub & (u64::MAX >> tail);
+            let mut dense = None;
+            // Only spans at least that long can hold that many digits.
+            let mut long = if (digit & spans).count_ones() < min { 0 } else { runs_ending(spans, 0, min) };
+            while long != 0 {
+                let e = long.trailing_zeros();
+                let before = !spans & ((1u64 << e) - 1);
+                let at = if before == 0 { 0 } else { 64 - before.leading_zeros() };
+                // Bit `at` is set, so the span has 1 to 64 bytes.
+                let span = u64::MAX >> (64 - (spans >> at).trailing_ones()) << at;
+                if (digit & span).count_ones() >= min {
+                    dense = Some(i + (digit & span).trailing_zeros() as usize);
+                    break;
                 }
-                // Only stretches of at least that many bytes can hold that many digits: JSON's
-                // keys and values mostly are shorter, and are never looked at one by one.
-                let mut long = runs_ending(spans, 0, (MIN_DIGITS - 2) as u32);
-                while long != 0 {
-                    let e = long.trailing_zeros();
-                    let before = !spans & ((1u64 << e) - 1);
-                    let at = if before == 0 { 0 } else { 64 - before.leading_zeros() };
-                    // Bit `at` is set, so the stretch has 1 to 64 bytes.
-                    let span = u64::MAX >> (64 - (spans >> at).trailing_ones()) << at;
-                    if (digit & span).count_ones() as usize >= MIN_DIGITS - 2 {
-                        dense = Some(i + (digit & span).trailing_zeros() as usize);
-                        break;
-                    }
-                    long &= !span;
-                }
-                match dense {
-                    // Too few digits in each: skip them all.
-                    None => {
-                        i += 64 - tail as usize;
-                        done = i;
-                        continue;
-                    }
-                    // A stretch past `to` is the next call's.
-                    Some(first_digit) if first_digit >= to => break,
-                    Some(first_digit) => i = first_digit,
-                }
+                long &= !span;
             }
-            span_end = run_end(blocks, n, i, |m| m.alpha | m.digit | m.numsep);
-            if count_in(blocks, i, span_end, |m| m.digit) < MIN_DIGITS - 2 {
-                i = span_end.max(i + 1);
+            dense
+        };
+        match start {
+            // Too few digits in each: skip them all, up to the span the next 64 bytes finish.
+            None => {
+                i += 64 - tail as usize;
                 done = i;
-                continue;
+            }
+            // A span starting past `to` is the next call's.
+            Some(first_digit) if first_digit >= to => break,
+            Some(first_digit) => {
+                let (stop, count, last) = numeric_extent(blocks, first_digit);
+                if count >= MIN_DIGITS - 2 {
+                    f(Region::Numeric(first_digit.saturating_sub(4)..(last + 1).min(n)));
+                }
+                i = stop.max(first_digit + 1);
+                done = i;
             }
         }
-        let (stop, count, last) = numeric_extent(blocks, i);
-        if count >= MIN_DIGITS - 2 {
-            f(Region::Numeric(i.saturating_sub(4)..(last + 1).min(n)));
-        }
-        i = stop.max(i + 1);
-        done = i;
     }
     done.max(to)
 }
