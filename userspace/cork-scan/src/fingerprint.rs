@@ -222,6 +222,34 @@ impl Fingerprints {
         }
         let n = hay.len();
         let mut p = 0;
+        // Two phases per group of up to 4 KiB: the SIMD steps only record their bits, and the
+        // candidates are visited after. With the callback inside the step loop the nibble
+        // tables did not stay in registers: every step reloaded all eight from the stack.
+        const GROUP: usize = 64;
+        let mut found = [0u64; GROUP];
+        while p + 64 + WIDTH - 1 <= n {
+            let words = ((n - (WIDTH - 1) - p) / 64).min(GROUP);
+            let mut any = 0u64;
+            for (w, slot) in found[..words].iter_mut().enumerate() {
+                let at = hay.as_ptr().add(p + 64 * w);
+                let bits = u64::from(step(&lo, &hi, at))
+                    | u64::from(step(&lo, &hi, at.add(16))) << 16
+                    | u64::from(step(&lo, &hi, at.add(32))) << 32
+                    | u64::from(step(&lo, &hi, at.add(48))) << 48;
+                *slot = bits;
+                any |= bits;
+            }
+            if any != 0 {
+                for (w, &bits) in found[..words].iter().enumerate() {
+                    let mut bits = bits;
+                    while bits != 0 {
+                        f(p + 64 * w + bits.trailing_zeros() as usize);
+                        bits &= bits - 1;
+                    }
+                }
+            }
+            p += 64 * words;
+        }
         while p + 16 + WIDTH - 1 <= n {
             let bits = step(&lo, &hi, hay.as_ptr().add(p));
             if bits != 0 {
@@ -261,9 +289,8 @@ unsafe fn step(lo: &[std::arch::x86_64::__m256i; WIDTH], hi: &[std::arch::x86_64
         let h = _mm256_shuffle_epi8(hi[k], _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib));
         acc = _mm256_and_si256(acc, _mm256_and_si256(l, h));
     }
-    if _mm256_testz_si256(acc, acc) == 1 {
-        return 0;
-    }
+    // No early return for an all-zero step: in the grouped loop a branch per step cost more
+    // in mispredictions (a candidate every dozen steps) than the three instructions it saves.
     let any = _mm_or_si128(_mm256_castsi256_si128(acc), _mm256_extracti128_si256::<1>(acc));
     !(_mm_movemask_epi8(_mm_cmpeq_epi8(any, _mm_setzero_si128())) as u32) & 0xffff
 }
