@@ -277,6 +277,13 @@ fn has_run16(m: u64) -> bool {
     x & (x >> 8) != 0
 }
 
+/// The low `n` bits set (all of them from 64 on): the positions of a 64-bit mask that lie
+/// before a limit `n` bytes away.
+#[inline]
+fn low_bits(n: usize) -> u64 {
+    if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
+}
+
 fn is_delim(b: u8) -> bool {
     b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'<' | b'>' | b'`')
 }
@@ -301,7 +308,7 @@ pub(crate) fn walk(hay: &[u8], mut f: impl FnMut(Region, &Classes)) {
     while block_start < n {
         let end = (block_start + 64).min(n);
         let m = blocks[block_start / 64];
-        let valid = if end - block_start == 64 { u64::MAX } else { (1u64 << (end - block_start)) - 1 };
+        let valid = low_bits(end - block_start);
         // A run of 16 token bytes either lies inside this block, or crosses from the last one.
         let token_here = has_run16(m.token & valid)
             || (prev.token.leading_ones() + (m.token & valid).trailing_ones() >= MIN_TOKEN as u32);
@@ -340,8 +347,8 @@ impl Classes<'_> {
         mask_at(self.0, p, |m| m.alpha | m.digit)
     }
 
-    /// Calls `f` with each maximal run of at least `min` (1..=64) ASCII letters and digits
-    /// that starts in `r` (whose start must not be inside such a run), clipped to `r`.
+    /// Calls `f` with each maximal run of at least `min` ASCII letters and digits that starts
+    /// in `r` (whose start must not be inside such a run), clipped to `r`.
     pub fn alnum_words(&self, r: Range<usize>, min: usize, mut f: impl FnMut(Range<usize>)) {
         // From the bytes between the words: in a token run they are few (base64 has a `+` or
         // `/` every 32 bytes), so one step per gap beats measuring runs 64 bytes at a time.
@@ -349,7 +356,7 @@ impl Classes<'_> {
         let mut p = r.start;
         while p < r.end {
             let left = r.end - p;
-            let valid = if left >= 64 { u64::MAX } else { (1u64 << left) - 1 };
+            let valid = low_bits(left);
             let mut gaps = !mask_at(self.0, p, |m| m.alpha | m.digit) & valid;
             while gaps != 0 {
                 let q = p + gaps.trailing_zeros() as usize;
@@ -410,7 +417,7 @@ impl Classes<'_> {
         let mut carry = 0u32; // joined bytes directly before `p` (at most 63)
         while p < r.end {
             let left = r.end - p;
-            let valid = if left >= 64 { u64::MAX } else { (1u64 << left) - 1 };
+            let valid = low_bits(left);
             let d = mask_at(self.0, p, |m| m.digit);
             let alnum = mask_at(self.0, p, |m| m.digit | m.alpha);
             let d_next = d >> 1 | mask_at(self.0, p + 64, |m| m.digit) << 63;
@@ -440,7 +447,7 @@ impl Classes<'_> {
                     continue;
                 }
                 let ones = rest.trailing_ones();
-                let mut span = if ones >= 64 { u64::MAX } else { ((1u64 << ones) - 1) << k };
+                let mut span = low_bits(ones as usize) << k;
                 if !started {
                     let st = starts & span;
                     if st != 0 {
@@ -475,7 +482,7 @@ impl Classes<'_> {
         let mut p = r.start;
         while p + 4 <= r.end {
             let left = r.end - p - 3;
-            let valid = if left >= 64 { u64::MAX } else { (1u64 << left) - 1 };
+            let valid = low_bits(left);
             // Uppercase: letters that are not in the word class (lowercase and separators).
             let upper = |m: &Masks| m.alpha & !m.word;
             let up = mask_at(self.0, p, upper);
@@ -504,7 +511,7 @@ impl Classes<'_> {
                 0
             } else {
                 let left = r.end - q;
-                self.alnum_at(q) & if left >= 64 { u64::MAX } else { (1u64 << left) - 1 }
+                self.alnum_at(q) & low_bits(left)
             }
         };
         let mut count = 0;
@@ -581,7 +588,7 @@ fn count_in(blocks: &[Masks], from: usize, to: usize, pick: impl Fn(&Masks) -> u
     let mut count = 0;
     while p < to {
         let left = to - p;
-        let valid = if left >= 64 { u64::MAX } else { (1u64 << left) - 1 };
+        let valid = low_bits(left);
         count += (mask_at(blocks, p, &pick) & valid).count_ones() as usize;
         p += 64;
     }
@@ -665,7 +672,7 @@ fn runs_ending(x: u64, carry: u32, len: u32) -> u64 {
         let ones = x.trailing_ones();
         let from = len.saturating_sub(carry + 1);
         if from < ones {
-            let upto = if ones >= 64 { u64::MAX } else { (1u64 << ones) - 1 };
+            let upto = low_bits(ones as usize);
             acc |= upto & (u64::MAX << from);
         }
     }
@@ -844,7 +851,7 @@ mod reference {
         while block_start < n {
             let end = (block_start + 64).min(n);
             let m = masks(&hay[block_start..end]);
-            let valid = if end - block_start == 64 { u64::MAX } else { (1u64 << (end - block_start)) - 1 };
+            let valid = low_bits(end - block_start);
             // A run of 16 token bytes either lies inside this block, or crosses from the last one.
             let token_here = has_run16(m.token & valid)
                 || (prev.token.leading_ones() + (m.token & valid).trailing_ones() >= MIN_TOKEN as u32);

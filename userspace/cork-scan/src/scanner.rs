@@ -473,8 +473,8 @@ impl Compiled {
         let is_hex = classes.all_hex(r.clone());
         if dir == Direction::Egress {
             // Alphanumeric words inside the segment: Twilio keys (34 bytes) and WIF keys (51 or
-            // 52) are whole words. Word edges come from the walk's class bitmasks, which skip
-            // the many shorter words (base64 has a `+` or `/` every 32 bytes) wholesale.
+            // 52) are whole words. Word edges come from the walk's class bitmasks, one step per
+            // byte between words (base64 has a `+` or `/` every 32 bytes).
             classes.alnum_words(r.clone(), 34, |w| {
                 let (at, len) = (w.start, w.len());
                 let w = &hay[w];
