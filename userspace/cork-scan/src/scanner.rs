@@ -474,8 +474,8 @@ impl Compiled {
         if dir == Direction::Egress {
             // Alphanumeric words inside the segment: Twilio keys (34 bytes) and WIF keys (51 or
             // 52) are whole words. Word edges come from the walk's class bitmasks, one step per
-            // byte between words (base64 has a `+` or `/` every 32 bytes).
-            classes.alnum_words(r.clone(), 34, |w| {
+            // byte between words.
+            classes.key_sized_words(r.clone(), |w| {
                 let (at, len) = (w.start, w.len());
                 let w = &hay[w];
                 if len == 34 && w.starts_with(b"SK") && w[2..].iter().all(u8::is_ascii_hexdigit) && self.on(self.idx.twilio) && validate::shannon_entropy(&w[2..]) > 3.0 {
@@ -625,18 +625,13 @@ impl Compiled {
                 }
             }
         }
-        if self.on(self.idx.iban) && classes.iban_start_in(r.clone()) {
-            let mut i = 0;
-            while i + 4 <= region.len() {
-                let starts = region[i].is_ascii_uppercase()
-                    && region[i + 1].is_ascii_uppercase()
-                    && region[i + 2].is_ascii_digit()
-                    && region[i + 3].is_ascii_digit()
-                    && (i == 0 || !region[i - 1].is_ascii_alphanumeric())
-                    && (r.start + i == 0 || !hay[r.start + i - 1].is_ascii_alphanumeric());
-                if !starts {
-                    i += 1;
-                    continue;
+        if self.on(self.idx.iban) {
+            // Only where the masks show two capitals and two digits; IBANs do not overlap.
+            let mut next = 0; // region offset where the next IBAN may start
+            classes.iban_starts(r.clone(), |at| {
+                let i = at - r.start;
+                if i < next || (at > 0 && hay[at - 1].is_ascii_alphanumeric()) {
+                    return;
                 }
                 let mut buf = [0u8; 34];
                 let mut nc = 0;
@@ -658,14 +653,11 @@ impl Compiled {
                         break;
                     }
                 }
-                match found {
-                    Some(end) => {
-                        out.push(Hit { rule: self.idx.iban, span: r.start + i..r.start + end, layers: Vec::new() });
-                        i = end;
-                    }
-                    None => i += 1,
+                if let Some(end) = found {
+                    out.push(Hit { rule: self.idx.iban, span: r.start + i..r.start + end, layers: Vec::new() });
+                    next = end;
                 }
-            }
+            });
         }
     }
 
