@@ -73,9 +73,7 @@ fn hex_val(b: u8) -> Option<u8> {
 
 /// Percent-decoding (and `+` as space). `None` when there is nothing to decode.
 pub(crate) fn url_decode(s: &[u8], base: usize) -> Option<(Vec<u8>, OffsetMap)> {
-    if memchr::memchr2(b'%', b'+', s).is_none() {
-        return None;
-    }
+    memchr::memchr2(b'%', b'+', s)?;
     let mut out = Vec::with_capacity(s.len());
     let mut table = Vec::with_capacity(s.len() + 1);
     let mut i = 0;
@@ -420,7 +418,7 @@ pub(crate) fn base32_decode(s: &[u8], base: usize) -> Option<(Vec<u8>, OffsetMap
             out.push((acc >> nbits) as u8);
         }
     }
-    (out.len() >= 8).then(|| (out, OffsetMap::Bits { base, bits: 5, enc_len: used }))
+    (out.len() >= 8).then_some((out, OffsetMap::Bits { base, bits: 5, enc_len: used }))
 }
 
 /// Plain hex (even run of hex digits).
@@ -440,9 +438,10 @@ pub(crate) fn hex_separated_decode(s: &[u8], base: usize) -> Option<(Vec<u8>, Of
     let mut i = 0;
     while i + 1 < s.len() {
         let mut j = i;
-        if s[j] == b'\\' && s.get(j + 1) == Some(&b'x') {
-            j += 2;
-        } else if s[j] == b'0' && matches!(s.get(j + 1), Some(b'x' | b'X')) && s.get(j + 3).is_some_and(u8::is_ascii_hexdigit) {
+        // A `\x` or `0x` prefix (the latter only before two hex digits) is skipped.
+        let escaped = s[j] == b'\\' && s.get(j + 1) == Some(&b'x');
+        let prefixed = s[j] == b'0' && matches!(s.get(j + 1), Some(b'x' | b'X')) && s.get(j + 3).is_some_and(u8::is_ascii_hexdigit);
+        if escaped || prefixed {
             j += 2;
         }
         match (s.get(j).copied().and_then(hex_val), s.get(j + 1).copied().and_then(hex_val)) {

@@ -19,7 +19,7 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
         sum += d;
         count += 1;
     }
-    count >= 2 && sum % 10 == 0
+    count >= 2 && sum.is_multiple_of(10)
 }
 
 /// Issuer prefixes and lengths of the major card schemes; a Luhn-valid number outside them is
@@ -29,7 +29,7 @@ pub fn card_issuer_known(digits: &[u8]) -> bool {
     let prefix = |k: usize| -> u32 {
         digits[..k.min(n)].iter().fold(0u32, |acc, &b| acc * 10 + u32::from(b - b'0'))
     };
-    if n < 13 || n > 19 {
+    if !(13..=19).contains(&n) {
         return false;
     }
     match digits[0] {
