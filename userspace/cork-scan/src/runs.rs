@@ -441,6 +441,10 @@ impl Classes<'_> {
         // `/` every 32 bytes). Asking for exact lengths, not "at least 34", makes the test at
         // each word end one that almost never holds, which the branch predictor learns; a
         // third of base64's words are 34 bytes or longer.
+        if r.len() < 34 {
+            // Most segments of links and paths.
+            return;
+        }
         let mut word_start = r.start;
         let mut p = r.start;
         while p < r.end {
