@@ -196,7 +196,7 @@ fn base64_decode_into(s: &[u8], out: &mut [MaybeUninit<u8>], text_only: bool) ->
     let mut o = 0;
     let mut alphabets = B64_STD | B64_URL;
     let mut proof = TextProof::default();
-    let mut next_check = (most / 10 + 1).max(64);
+    let mut next_check = proof.bytes_before_possible(most).max(64);
     // Whole quads first (a table lookup per byte, three bytes out per quad); the first quad
     // with a byte outside the alphabet, or that would mix alphabets, goes to the exact
     // byte-at-a-time loop below, which stops where the original decoder stopped.

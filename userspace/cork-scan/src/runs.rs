@@ -15,7 +15,7 @@ use std::ops::Range;
 
 pub(crate) const MIN_TOKEN: usize = 16;
 const MIN_WORDS_REGION: usize = 12 * 3 + 11;
-/// Digits a numeric region needs: card numbers have 13 or more, the shortest IBANs 13.
+/// Digits a numeric region needs: fewer than a card's 13 or a Dutch IBAN's 12.
 const MIN_DIGITS: usize = 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -859,7 +859,8 @@ fn numeric_extent(blocks: &[Masks], i: usize) -> (usize, usize, usize) {
 /// Measuring one region stops where the next begins (a break, or 35 letters and digits in a
 /// row); bytes before that point count as breaks from then on, so the next region is measured
 /// from the first digit after it, as a byte loop would. Every region with enough digits is
-/// reported, wherever the blocks fall.
+/// measured, wherever the blocks fall, and reported if it holds a trigger (see
+/// [`worth_consuming`]).
 #[derive(Default)]
 struct NumericStream {
     /// Non-digits directly before the block (at most 63).
@@ -907,7 +908,6 @@ fn worth_consuming(blocks: &[Masks], r: Range<usize>) -> bool {
             return true;
         }
         let pair_ends = numsep & back(hex, hex_before, 1) & back(hex, hex_before, 2) & !back(hex, hex_before, 3);
-        // Five links need five separators, in these 64 bytes or carried in.
         // Five links need five separators here, or a chain carried in (every level's bits
         // are among the first level's).
         if pair_ends.count_ones() >= 5 || chain_before[0] >> 56 != 0 {
