@@ -654,6 +654,24 @@ pub(crate) fn is_binary_media(s: &[u8]) -> bool {
     MAGIC.iter().any(|m| s.starts_with(m))
 }
 
+/// Separated hex starting anywhere in `s` (the first run of at least eight pairs).
+pub(crate) fn hex_separated_decode_anywhere(s: &[u8], base: usize) -> Option<(Vec<u8>, OffsetMap)> {
+    let mut i = 0;
+    while i + 16 <= s.len() {
+        // Cheap shape check before decoding: a pair (or `\x`/`0x` + pair) then a separator.
+        let pair_then_sep = |k: usize| s.get(k..k + 3).is_some_and(|p| p[0].is_ascii_hexdigit() && p[1].is_ascii_hexdigit() && matches!(p[2], b':' | b' ' | b'-' | b',' | b'\\'));
+        let starts = (i == 0 || matches!(s[i - 1], b' ' | b':' | b',' | b'-' | b'\n' | b'"' | b'\''))
+            && (pair_then_sep(i) || ((s[i] == b'\\' || s[i] == b'0') && matches!(s[i + 1], b'x' | b'X') && s[i + 2].is_ascii_hexdigit()));
+        if starts {
+            if let Some(found) = hex_separated_decode(&s[i..], base + i) {
+                return Some(found);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -815,22 +833,4 @@ mod tests {
         assert_eq!(&dec[..4], b"ghp_");
         assert!(dec.ends_with(b"\\u12"));
     }
-}
-
-/// Separated hex starting anywhere in `s` (the first run of at least eight pairs).
-pub(crate) fn hex_separated_decode_anywhere(s: &[u8], base: usize) -> Option<(Vec<u8>, OffsetMap)> {
-    let mut i = 0;
-    while i + 16 <= s.len() {
-        // Cheap shape check before decoding: a pair (or `\x`/`0x` + pair) then a separator.
-        let pair_then_sep = |k: usize| s.get(k..k + 3).is_some_and(|p| p[0].is_ascii_hexdigit() && p[1].is_ascii_hexdigit() && matches!(p[2], b':' | b' ' | b'-' | b',' | b'\\'));
-        let starts = (i == 0 || matches!(s[i - 1], b' ' | b':' | b',' | b'-' | b'\n' | b'"' | b'\''))
-            && (pair_then_sep(i) || ((s[i] == b'\\' || s[i] == b'0') && matches!(s[i + 1], b'x' | b'X') && s[i + 2].is_ascii_hexdigit()));
-        if starts {
-            if let Some(found) = hex_separated_decode(&s[i..], base + i) {
-                return Some(found);
-            }
-        }
-        i += 1;
-    }
-    None
 }
