@@ -437,32 +437,33 @@ impl Classes<'_> {
     /// ending it) of 34, 51 or 52 bytes: the lengths of a Twilio key and of a WIF key, the
     /// rules that are whole words of a token run. `r` must not start inside a word.
     pub fn key_sized_words(&self, r: Range<usize>, mut f: impl FnMut(Range<usize>)) {
-        // From the bytes between the words: in a token run they are few (base64 has a `+` or
-        // `/` every 32 bytes). Asking for exact lengths, not "at least 34", makes the test at
-        // each word end one that almost never holds, which the branch predictor learns; a
-        // third of base64's words are 34 bytes or longer.
         if r.len() < 34 {
             // Most segments of links and paths.
             return;
         }
-        let mut word_start = r.start;
+        // Per 64 bytes, without a branch per word (a loop over the bytes between words, two
+        // per 64 bytes of base64, mispredicted its exit): bit k of `at_least(w)` says the `w`
+        // bytes ending at k are all alphanumeric (counting the `carry` before the block), so a
+        // word of exactly `w` bytes ends at k where `at_least(w)` holds, `at_least(w + 1)`
+        // does not, and byte k + 1 is no alphanumeric. Such ends are rare; each is visited.
+        let mut carry = 0u32; // alphanumerics directly before `p`, from `r.start` on (at most 63)
         let mut p = r.start;
         while p < r.end {
-            let left = r.end - p;
-            let valid = low_bits(left);
-            let mut gaps = !mask_at(self.0, p, |m| m.alpha | m.digit) & valid;
-            while gaps != 0 {
-                let q = p + gaps.trailing_zeros() as usize;
-                if matches!(q - word_start, 34 | 51 | 52) {
-                    f(word_start..q);
-                }
-                word_start = q + 1;
-                gaps &= gaps - 1;
+            let alnum = self.alnum_at(p) & low_bits(r.end - p);
+            let after = if p + 1 < r.end { self.alnum_at(p + 1) & low_bits(r.end - p - 1) } else { 0 };
+            let at_least = |w: u32| runs_ending(alnum, 0, w) | carried_runs(alnum, carry, w);
+            let ends = !after & alnum;
+            let (w34, w51) = (ends & at_least(34) & !at_least(35), ends & at_least(51) & !at_least(53));
+            let mut found = w34 | w51;
+            while found != 0 {
+                let k = found.trailing_zeros();
+                let len = if w34 >> k & 1 == 1 { 34 } else if at_least(52) >> k & 1 == 1 { 52 } else { 51 };
+                let end = p + k as usize + 1;
+                f(end - len..end);
+                found &= found - 1;
             }
+            carry = alnum.leading_ones().min(63);
             p += 64;
-        }
-        if matches!(r.end.saturating_sub(word_start), 34 | 51 | 52) {
-            f(word_start..r.end);
         }
     }
 }
