@@ -279,6 +279,29 @@ mod simd {
     use super::{B64_STD, B64_URL};
     use std::arch::x86_64::*;
 
+    /// [`super::mostly_text`] of at most 64 bytes (not empty) from one masked load: the counts
+    /// are compares into mask registers, and UTF-8 is validated only when a byte is 0x80 or
+    /// above and the answer depends on it.
+    ///
+    /// # Safety
+    /// Requires AVX-512 F and BW, and `s.len() <= 64`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn mostly_text_short(s: &[u8]) -> bool {
+        let valid = if s.len() == 64 { u64::MAX } else { (1u64 << s.len()) - 1 };
+        let v = _mm512_maskz_loadu_epi8(valid, s.as_ptr() as *const i8);
+        let is = |b: u8| _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(b as i8));
+        let low = _mm512_cmplt_epu8_mask(v, _mm512_set1_epi8(0x20)) & !(is(b'\t') | is(b'\n') | is(b'\r')) & valid;
+        let high = _mm512_movepi8_mask(v) & valid;
+        let control = (low | is(0x7f)) & valid;
+        let non_printable = low | (_mm512_cmpge_epu8_mask(v, _mm512_set1_epi8(0x7f)) & valid);
+        let utf8 = high == 0 || std::str::from_utf8(s).is_ok();
+        if utf8 {
+            control.count_ones() as usize * 50 <= s.len()
+        } else {
+            non_printable.count_ones() as usize * 10 <= s.len()
+        }
+    }
+
     /// Character classes as products of a high-nibble and a low-nibble set (bit `k` of
     /// `LO[c & 15] & HI[c >> 4]`): 0 digits, 1 `A-O a-o`, 2 `P-Z p-z`, 3 `+ /` (standard
     /// alphabet only), 4 `-` and 5 `_` (URL-safe only). Zero: not base64.
@@ -614,6 +637,15 @@ pub(crate) fn json_unescape(s: &[u8], base: usize) -> Option<(Vec<u8>, OffsetMap
 pub(crate) fn mostly_text(s: &[u8]) -> bool {
     if s.is_empty() {
         return false;
+    }
+    // Most candidates are short (URL path parts, UUIDs, hashes), where the counting loops
+    // below cost more than their setup: 64 bytes fit one register.
+    #[cfg(target_arch = "x86_64")]
+    {
+        if s.len() <= 64 && std::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: AVX-512 BW presence was just checked; `s` has at most 64 bytes.
+            return unsafe { simd::mostly_text_short(s) };
+        }
     }
     if std::str::from_utf8(s).is_ok() {
         return byte_counts(s).0 * 50 <= s.len();
