@@ -155,6 +155,15 @@ static B64_TABLE: [u8; 256] = {
 
 fn base64_decode_imp(s: &[u8], base: usize, skip: usize, text_only: bool) -> Option<(Vec<u8>, OffsetMap)> {
     let s = s.get(skip..)?;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if text_only && s.len() <= 64 && std::is_x86_feature_detected!("avx512vbmi") && std::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: AVX-512 VBMI and BW presence was just checked; `s` has at most 64 bytes.
+            if unsafe { simd::surely_not_text(s) } {
+                return None;
+            }
+        }
+    }
     let cap = s.len() * 3 / 4 + 3;
     let map = |used| OffsetMap::Bits { base: base + skip, bits: 6, enc_len: used };
     // Short pieces (UUIDs, URL paths) decode on the stack: nearly all of them fail the text
@@ -300,6 +309,52 @@ mod simd {
         } else {
             non_printable.count_ones() as usize * 10 <= s.len()
         }
+    }
+
+    /// Whether the base64 in `s` (at most 64 characters from the start of a quad) surely
+    /// decodes to bytes that fail [`super::mostly_text`], from the characters alone: `false`
+    /// when unsure, and whenever `s` holds a byte outside both alphabets or characters of both
+    /// (the decoder stops early there).
+    ///
+    /// The top two bits of each output byte are two bits of one character's value (bits 5-4
+    /// of a quad's first character for its first byte, 3-2 of the second for the second, 1-0
+    /// of the third for the third). A byte `10xxxxxx` after a byte below 0x80, or first, is
+    /// invalid UTF-8, which fails the UTF-8 route; bytes of 0x80 and above are non-printable,
+    /// and more than a tenth of them fails the other route. Most URL path parts, UUIDs and
+    /// hashes show both, and are rejected without a decode.
+    ///
+    /// # Safety
+    /// Requires AVX-512 F, BW and VBMI, and `s.len() <= 64`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    pub(super) unsafe fn surely_not_text(s: &[u8]) -> bool {
+        let n = s.len();
+        if n < 2 {
+            return false;
+        }
+        let valid = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+        let c = _mm512_maskz_loadu_epi8(valid, s.as_ptr() as *const i8);
+        let table = super::B64_TABLE.as_ptr();
+        let ascii = !_mm512_movepi8_mask(c) & valid;
+        // `value | alphabets << 6`; bytes of 0x80 and above, and those outside `s`, are 0.
+        let x = _mm512_maskz_permutex2var_epi8(ascii, _mm512_loadu_si512(table as *const _), c, _mm512_loadu_si512(table.add(64) as *const _));
+        let alphabets = _mm512_and_si512(x, _mm512_set1_epi8(0xc0u8 as i8));
+        let is = |a: u8| _mm512_cmpeq_epi8_mask(alphabets, _mm512_set1_epi8(a as i8)) & valid;
+        let (bad, std_only, url_only) = (is(0), is(B64_STD << 6), is(B64_URL << 6));
+        if bad != 0 || (std_only != 0 && url_only != 0) {
+            return false;
+        }
+        // Per character position, the bits of its value that give an output byte's top two
+        // bits, by position in the quad; the fourth character gives none.
+        let by_phase = |bits: [u8; 4]| _mm512_set1_epi32(i32::from_le_bytes(bits));
+        // A byte exists where the next character does.
+        let bytes = 0x7777_7777_7777_7777u64 & (valid >> 1);
+        let top = _mm512_test_epi8_mask(x, by_phase([0x20, 0x08, 0x02, 0])) & bytes;
+        let second = _mm512_test_epi8_mask(x, by_phase([0x10, 0x04, 0x01, 0])) & bytes;
+        // The byte before: one character back within a quad, two back across a quad's edge.
+        let (first_in_quad, rest) = (0x1111_1111_1111_1111u64, 0x6666_6666_6666_6666u64);
+        let top_before = (top << 1 & rest) | (top << 2 & first_in_quad);
+        let stray_continuation = top & !second & !top_before;
+        stray_continuation != 0 && top.count_ones() as usize * 10 > n * 6 / 8
     }
 
     /// Character classes as products of a high-nibble and a low-nibble set (bit `k` of
@@ -715,6 +770,53 @@ mod tests {
         assert_eq!(&dec[..4], b"ghp_");
         let r = map.map(&(0..4));
         assert_eq!(r, 102..108);
+    }
+
+    /// On short pieces (URL path parts, UUIDs, hashes, and base64 of text and of mixes), the
+    /// character-only rejection holds only where a full decode fails the text checks, rejects
+    /// most pieces of random characters, and leaves `base64_decode_text` exact.
+    #[test]
+    fn short_pieces_rejected_exactly() {
+        use base64::Engine as _;
+        let mut rng = crate::template::Rng::new(29);
+        let (mut rejected, mut random) = (0, 0);
+        for round in 0..40_000 {
+            let piece: Vec<u8> = match round % 4 {
+                // Random characters of one alphabet, or of both.
+                0 | 1 => {
+                    let alphabet: &[u8] = match rng.below(3) {
+                        0 => b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+                        1 => b"abcdefghijklmnopqrstuvwxyz0123456789/-_",
+                        _ => b"0123456789abcdef-",
+                    };
+                    (0..rng.below(70)).map(|_| alphabet[rng.below(alphabet.len())]).collect()
+                }
+                // Base64 of text, of text with a few odd bytes, and of UTF-8.
+                r => {
+                    let text = "plain text, \u{e9}t\u{e9} and \u{20ac}\t\n".as_bytes();
+                    let raw: Vec<u8> = (0..rng.below(50)).map(|i| if r == 2 && rng.below(8) == 0 { rng.next_u64() as u8 } else { text[i % text.len()] }).collect();
+                    let engine = if rng.below(2) == 0 { &base64::engine::general_purpose::STANDARD_NO_PAD } else { &base64::engine::general_purpose::URL_SAFE_NO_PAD };
+                    engine.encode(&raw).into_bytes()
+                }
+            };
+            let skip = rng.below(4).min(piece.len());
+            let full = base64_decode(&piece, 0, skip).filter(|(d, _)| mostly_text(d) && !is_binary_media(d));
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx512vbmi") && piece.len() - skip <= 64 {
+                // SAFETY: just checked; the piece has at most 64 bytes after `skip`.
+                if unsafe { simd::surely_not_text(&piece[skip..]) } {
+                    assert!(full.is_none(), "{:?} skip {skip}", String::from_utf8_lossy(&piece));
+                    rejected += usize::from(round % 4 < 2);
+                }
+                random += usize::from(round % 4 < 2 && piece.len() - skip >= 16);
+            }
+            let fast = base64_decode_text(&piece, 0, skip).filter(|(d, _)| mostly_text(d) && !is_binary_media(d));
+            assert_eq!(full.map(|x| x.0), fast.map(|x| x.0), "{:?} skip {skip}", String::from_utf8_lossy(&piece));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512vbmi") {
+            assert!(rejected * 2 > random, "{rejected} of {random} random pieces of 16 or more rejected");
+        }
     }
 
     /// The early-out decoder answers exactly as a full decode followed by the text checks.
