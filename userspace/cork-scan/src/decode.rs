@@ -296,7 +296,7 @@ mod simd {
     /// Requires AVX-512 F and BW, and `s.len() <= 64`.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn mostly_text_short(s: &[u8]) -> bool {
-        let valid = if s.len() == 64 { u64::MAX } else { (1u64 << s.len()) - 1 };
+        let valid = crate::runs::low_bits(s.len());
         let v = _mm512_maskz_loadu_epi8(valid, s.as_ptr() as *const i8);
         let is = |b: u8| _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(b as i8));
         let low = _mm512_cmplt_epu8_mask(v, _mm512_set1_epi8(0x20)) & !(is(b'\t') | is(b'\n') | is(b'\r')) & valid;
@@ -331,7 +331,7 @@ mod simd {
         if n < 2 {
             return false;
         }
-        let valid = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+        let valid = crate::runs::low_bits(n);
         let c = _mm512_maskz_loadu_epi8(valid, s.as_ptr() as *const i8);
         let table = super::B64_TABLE.as_ptr();
         let ascii = !_mm512_movepi8_mask(c) & valid;

@@ -312,8 +312,8 @@ impl Fingerprints {
         let tables: [[__m512i; 4]; WIDTH] = std::array::from_fn(|k| [half(k, 0, 0), half(k, 64, 0), half(k, 0, 8), half(k, 64, 8)]);
         let n = hay.len();
         let p = grouped(n, |at| step_vbmi(&tables, hay.as_ptr().add(at)), f);
-        // The rest from a zero-padded copy, as in `candidates_avx2`.
-        // (fewer than 64 + WIDTH - 1 bytes, so up to two steps).
+        // The rest (fewer than 64 + WIDTH - 1 bytes, so up to two steps) from a zero-padded
+        // copy, as in `candidates_avx2`.
         if p < n {
             let mut buf = [0u8; 128 + WIDTH - 1];
             buf[..n - p].copy_from_slice(&hay[p..]);

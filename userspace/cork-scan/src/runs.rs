@@ -328,7 +328,7 @@ fn has_run16(m: u64) -> bool {
 /// The low `n` bits set (all of them from 64 on): the positions of a 64-bit mask that lie
 /// before a limit `n` bytes away.
 #[inline]
-fn low_bits(n: usize) -> u64 {
+pub(crate) fn low_bits(n: usize) -> u64 {
     if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
 }
 
