@@ -104,9 +104,30 @@ pub fn run_cork(args: &[String]) -> Result<()> {
     Err(cmd.exec()).context("starting cork")
 }
 
+/// Says how much disk the build trees have, so that a run that fills it is easy to explain.
+/// A clean test run writes about 4 GB under target/.
+fn report_free_disk() {
+    let root = repo_root();
+    let Ok(path) = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()) else { return };
+    // SAFETY: statvfs writes only into `stat`, which is sized for it; `path` is NUL-terminated.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return;
+    }
+    let free_gb = stat.f_bavail as f64 * stat.f_frsize as f64 / 1e9;
+    step(&format!("{free_gb:.1} GB free on the disk that holds {}", root.display()));
+    if free_gb < 6.0 {
+        step("warning: a clean test run needs about 4 GB for its build trees");
+    }
+}
+
 /// `cargo xtask test`: installs what the tests need, builds the binaries they run, runs every
 /// test in the workspace, then the benchmark harness's `--quick` smoke run.
 pub fn test_all() -> Result<()> {
+    // A test run builds each tree once; incremental caches would only add gigabytes on disk
+    // (every cargo below inherits this).
+    std::env::set_var("CARGO_INCREMENTAL", "0");
+    report_free_disk();
     step("checking test dependencies");
     ensure_apt(TEST_APT_PACKAGES)?;
     let python = ensure_python_clients()?;
