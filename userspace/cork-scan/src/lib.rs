@@ -56,6 +56,7 @@ pub mod mcp;
 mod media;
 mod runs;
 mod scanner;
+mod secret_names;
 pub mod shell;
 mod stream;
 pub mod template;

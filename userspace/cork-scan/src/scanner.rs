@@ -25,6 +25,7 @@ use crate::catalog::{builtin_idx, Builtin, Detector, RuleIdx, Validator, RULES};
 use crate::decode::{self, Layer, OffsetMap};
 use crate::inject::{InjectionDetector, InjectionKind};
 use crate::runs::{self, Region};
+use crate::secret_names::SecretNames;
 use crate::validate;
 use crate::BuildError;
 
@@ -92,8 +93,7 @@ pub(crate) struct Compiled {
     allow: Vec<Vec<u8>>,
     injection: InjectionDetector,
     discord: Regex,
-    /// [`SECRET_WORDS`], ASCII case-insensitive.
-    secret_words: AhoCorasick,
+    secret_names: SecretNames,
     idx: BuiltinIdx,
     /// Longest span any rule can match; the streaming overlap.
     pub max_match: usize,
@@ -118,12 +118,6 @@ struct BuiltinIdx {
     inj_role: RuleIdx,
     inj_hidden: RuleIdx,
 }
-
-/// Keywords that make a high-entropy value a probable secret when they name it.
-const SECRET_WORDS: &[&[u8]] = &[
-    b"secret", b"token", b"passw", b"api_key", b"apikey", b"api-key", b"access_key", b"accesskey", b"private_key",
-    b"privatekey", b"auth", b"credential", b"client_secret", b"signing_key", b"encryption_key", b"session_key", b"bearer",
-];
 
 impl Compiled {
     pub fn new(enabled: Vec<bool>, canaries: &[String], allow: Vec<Vec<u8>>) -> Result<Self, BuildError> {
@@ -210,10 +204,7 @@ impl Compiled {
             allow,
             injection: InjectionDetector::new(),
             discord,
-            secret_words: AhoCorasickBuilder::new()
-                .ascii_case_insensitive(true)
-                .build(SECRET_WORDS)
-                .map_err(|e| BuildError::Rule { rule: "generic.secret_assignment".into(), reason: e.to_string() })?,
+            secret_names: SecretNames::new().map_err(|e| BuildError::Rule { rule: "generic.secret_assignment".into(), reason: e.to_string() })?,
             idx,
             max_match: max_match.min(8192),
             anchor_reach,
@@ -553,8 +544,7 @@ impl Compiled {
                 r.start - back.len() + name_start..r.start - back.len() + name_end
             }
         };
-        // One case-insensitive automaton instead of a lowercased copy and a memmem per word.
-        if !self.secret_words.is_match(&hay[name]) {
+        if !self.secret_names.is_match(&hay[name]) {
             return;
         }
         if validate::is_uuid(value) || validate::is_placeholder(value) {
