@@ -105,7 +105,7 @@ pub fn run_cork(args: &[String]) -> Result<()> {
 }
 
 /// Says how much disk the build trees have, so that a run that fills it is easy to explain.
-/// A clean test run writes about 4 GB under target/.
+/// A clean test run writes about 3.5 GB under target/.
 fn report_free_disk() {
     let root = repo_root();
     let Ok(path) = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()) else { return };
@@ -117,7 +117,7 @@ fn report_free_disk() {
     let free_gb = stat.f_bavail as f64 * stat.f_frsize as f64 / 1e9;
     step(&format!("{free_gb:.1} GB free on the disk that holds {}", root.display()));
     if free_gb < 6.0 {
-        step("warning: a clean test run needs about 4 GB for its build trees");
+        step("warning: a clean test run needs about 3.5 GB for its build trees");
     }
 }
 
