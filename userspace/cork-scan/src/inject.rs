@@ -91,6 +91,13 @@ pub(crate) fn normalize(s: &[u8], out: &mut Vec<u8>, map: &mut Vec<u32>) {
 /// [`normalize`] without the offset map. Searching needs only the text; the map (four bytes per
 /// kept byte) is built once a phrase is found.
 pub(crate) fn normalize_text(s: &[u8], out: &mut Vec<u8>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd::available() {
+            // SAFETY: `available` checked the CPU features `fold_text` needs.
+            return unsafe { simd::fold_text(s, out) };
+        }
+    }
     fold::<false>(s, out, &mut Vec::new());
 }
 
@@ -189,6 +196,70 @@ fn fold_char<const MAP: bool>(s: &[u8], at: usize, out: &mut Vec<u8>, map: &mut 
         }
     }
     len
+}
+
+/// The text fold 64 bytes a step: every response byte goes through it, and the scalar loop
+/// (a table lookup and a store per byte) was a quarter of a response scan.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// AVX-512 with VBMI (a 128-entry byte lookup) and VBMI2 (byte compression): Ice Lake and
+    /// later Intel cores, Zen 4 and later.
+    pub(super) fn available() -> bool {
+        static YES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *YES.get_or_init(|| {
+            std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vbmi")
+                && std::is_x86_feature_detected!("avx512vbmi2")
+        })
+    }
+
+    /// [`super::fold`] without the map, the same output: per 64 bytes, the ASCII bytes before
+    /// the first non-ASCII one are looked up in [`super::ASCII_FOLD`] (`vpermi2b`), the kept
+    /// letters packed together (`vpcompressb` into a register; its memory form is slow on Zen 4)
+    /// and stored whole, the next step writing over the unused part. A non-ASCII character
+    /// goes to [`super::fold_char`].
+    ///
+    /// # Safety
+    /// Requires the features [`available`] checks.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vbmi2")]
+    pub(super) unsafe fn fold_text(s: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        let table = super::ASCII_FOLD.as_ptr();
+        let (lo, hi) = (_mm512_loadu_si512(table as *const _), _mm512_loadu_si512(table.add(64) as *const _));
+        let mut i = 0;
+        while i < s.len() {
+            // Room for a whole store past what is kept; a folded character may write more
+            // bytes than it reads, so this is renewed after each.
+            out.reserve(s.len() - i + 64);
+            let dst = out.as_mut_ptr();
+            let mut n = out.len();
+            let mut high = 0;
+            while i < s.len() {
+                let valid = crate::runs::low_bits(s.len() - i);
+                let v = _mm512_maskz_loadu_epi8(valid, s.as_ptr().add(i) as *const i8);
+                high = _mm512_movepi8_mask(v) & valid;
+                let ascii = if high == 0 { valid } else { crate::runs::low_bits(high.trailing_zeros() as usize) };
+                let folded = _mm512_maskz_permutex2var_epi8(ascii, lo, v, hi);
+                let keep = _mm512_test_epi8_mask(folded, folded);
+                // SAFETY: each step keeps at most the bytes it reads, so `n - out.len()` is at
+                // most the bytes read since the `reserve`, and 64 bytes from `n` lie inside it.
+                _mm512_storeu_si512(dst.add(n) as *mut _, _mm512_maskz_compress_epi8(keep, folded));
+                n += keep.count_ones() as usize;
+                i += ascii.count_ones() as usize;
+                if high != 0 {
+                    break;
+                }
+            }
+            // SAFETY: bytes up to `n` were written by the stores above.
+            out.set_len(n);
+            if high != 0 {
+                i += super::fold_char::<false>(&s[i..], i, out, &mut Vec::new());
+            }
+        }
+    }
 }
 
 pub(crate) struct InjectionDetector {
@@ -329,12 +400,25 @@ mod tests {
                 }
             }
         }
-        let pieces: [&[u8]; 8] = [b"Ign0rE ", b"a-l-l ", b"\xe2\x80\x8b", "ｉｇｎｏｒｅ".as_bytes(), b"\xff\xfe", "précédentes".as_bytes(), b"$5|!@ 1234567", b"\n\t<p>"];
+        // The long ASCII pieces fill whole 64-byte steps of the vector fold; the ligature
+        // folds to more bytes than it has, which the vector fold must make room for.
+        let long = "The Quick brown FOX, 1gn0r3s <b>all</b> of it: $100 @ 5% | 7 8 9!\r\n".repeat(3);
+        let pieces: [&[u8]; 11] = [b"Ign0rE ", b"a-l-l ", b"\xe2\x80\x8b", "ｉｇｎｏｒｅ".as_bytes(), b"\xff\xfe", "précédentes".as_bytes(), b"$5|!@ 1234567", b"\n\t<p>", long.as_bytes(), "\u{fdfa}".as_bytes(), b"\x7f\x00x"];
         let mut rng = crate::template::Rng::new(9);
-        for _ in 0..300 {
+        for round in 0..3000 {
             let mut s = Vec::new();
-            for _ in 0..rng.below(40) {
+            for _ in 0..rng.below(if round < 300 { 40 } else { 8 }) {
                 s.extend_from_slice(pieces[rng.below(pieces.len())]);
+            }
+            // Every start offset within a step, for the steps' masked loads and tails.
+            s.drain(..rng.below(64).min(s.len()));
+            #[cfg(target_arch = "x86_64")]
+            if simd::available() {
+                let (mut scalar, mut vector) = (Vec::new(), vec![b'?'; 5]);
+                fold::<false>(&s, &mut scalar, &mut Vec::new());
+                // SAFETY: the features were just checked.
+                unsafe { simd::fold_text(&s, &mut vector) };
+                assert_eq!(vector, scalar, "vector fold, input {:?}", String::from_utf8_lossy(&s));
             }
             let (mut a, mut am, mut b, mut bm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             normalize(&s, &mut a, &mut am);
