@@ -337,19 +337,20 @@ fn is_delim(b: u8) -> bool {
 }
 
 /// Walks `hay` and calls `f` once per region. Regions of one kind come in order of their
-/// start; regions of different kinds may overlap, and each region is reported once.
+/// start; regions of different kinds may overlap, and each region is reported once. Word
+/// regions are looked for only if `words` (their one use is egress's seed phrase rule).
 // Always inlined into its one caller: when `Compiled::scan_with_tail` grew (a packed role
 // search), LLVM stopped inlining it and request scans took 4% more instructions.
 #[inline(always)]
-pub(crate) fn walk(hay: &[u8], f: impl FnMut(Region, &Classes)) {
+pub(crate) fn walk(hay: &[u8], words: bool, f: impl FnMut(Region, &Classes)) {
     #[cfg(target_arch = "x86_64")]
     {
         if fast_pext() {
             // SAFETY: `fast_pext` checked that the CPU has BMI2.
-            return unsafe { walk_bmi2(hay, f) };
+            return unsafe { walk_bmi2(hay, words, f) };
         }
     }
-    walk_with::<false>(hay, f)
+    walk_with::<false>(hay, words, f)
 }
 
 /// [`walk_with`] compiled with BMI2, whose `pext` and `pdep` count a block's numeric stretches
@@ -359,8 +360,8 @@ pub(crate) fn walk(hay: &[u8], f: impl FnMut(Region, &Classes)) {
 /// Requires BMI2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "bmi2")]
-unsafe fn walk_bmi2(hay: &[u8], f: impl FnMut(Region, &Classes)) {
-    walk_with::<true>(hay, f)
+unsafe fn walk_bmi2(hay: &[u8], words: bool, f: impl FnMut(Region, &Classes)) {
+    walk_with::<true>(hay, words, f)
 }
 
 /// Whether `pext` and `pdep` are single instructions here: BMI2 is present and is not the
@@ -382,7 +383,7 @@ fn fast_pext() -> bool {
 
 /// The walk, with `PEXT` telling how [`NumericStream`] counts stretches (see [`fast_pext`]).
 #[inline(always)]
-fn walk_with<const PEXT: bool>(hay: &[u8], mut f: impl FnMut(Region, &Classes)) {
+fn walk_with<const PEXT: bool>(hay: &[u8], words: bool, mut f: impl FnMut(Region, &Classes)) {
     let n = hay.len();
     let mut token_done = 0; // token regions have been reported up to here
     let mut words_done = 0;
@@ -406,8 +407,8 @@ fn walk_with<const PEXT: bool>(hay: &[u8], mut f: impl FnMut(Region, &Classes)) 
             token_done = scan_token_runs(hay, &blocks, from, token_done, end, &mut f);
         }
         numeric.block::<PEXT>(&blocks, n, block_start, &m, valid, &mut f);
-        let word_here = prev.word.leading_ones() + (m.word & valid).trailing_ones() >= MIN_WORDS_REGION as u32
-            || has_run32(m.word & valid);
+        let word_here = words
+            && (prev.word.leading_ones() + (m.word & valid).trailing_ones() >= MIN_WORDS_REGION as u32 || has_run32(m.word & valid));
         if word_here && end > words_done {
             let from = block_start.saturating_sub(64).max(words_done);
             words_done = scan_words(hay, &blocks, from, words_done, end, &mut f);
@@ -1312,7 +1313,7 @@ mod tests {
 
     fn regions(s: &[u8]) -> Vec<Region> {
         let mut v = Vec::new();
-        walk(s, |r, _| v.push(r));
+        walk(s, true, |r, _| v.push(r));
         v
     }
 
@@ -1381,11 +1382,11 @@ mod tests {
         {
             if pext {
                 // SAFETY: `modes` only asks for `pext` where the CPU has BMI2.
-                return unsafe { walk_bmi2(hay, f) };
+                return unsafe { walk_bmi2(hay, true, f) };
             }
         }
         assert!(!pext);
-        walk_with::<false>(hay, f)
+        walk_with::<false>(hay, true, f)
     }
 
     /// The mask-driven walk, counting numeric stretches either way, reports exactly the
@@ -1498,7 +1499,7 @@ mod tests {
             // Words of 20 to 60 bytes on average: every length that matters, longer runs too.
             let gap = 20 + rng.below(40);
             let s: Vec<u8> = (0..len).map(|_| if rng.below(gap) == 0 { b"+/-_"[rng.below(4)] } else { b"aZ7"[rng.below(3)] }).collect();
-            walk(&s, |_, c| {
+            walk(&s, true, |_, c| {
                 for start in (0..=s.len()).filter(|&k| k == 0 || !s[k - 1].is_ascii_alphanumeric()) {
                     let end = start + rng.below(s.len() - start + 1);
                     let mut got = Vec::new();
@@ -1536,7 +1537,7 @@ mod tests {
                 let odd = rng.below(8) == 0;
                 s.push(b" \n,.A7"[rng.below(if odd { 6 } else { 3 })]);
             }
-            walk(&s, |r, c| {
+            walk(&s, true, |r, c| {
                 if let Region::Words(w) = r {
                     let want = crate::bip39::has_twelve_word_shapes(&s[w.clone()]);
                     assert_eq!(c.twelve_word_shapes(w.clone()), want, "{:?}", String::from_utf8_lossy(&s[w]));

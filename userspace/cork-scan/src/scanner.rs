@@ -251,7 +251,8 @@ impl Compiled {
             }
         }
         let mut layers: Vec<(Layer, Range<usize>, usize)> = Vec::new();
-        runs::walk(hay, |region, classes| {
+        let words = dir == Direction::Egress && self.on(self.idx.seed);
+        runs::walk(hay, words, |region, classes| {
             if let Some(t) = tail.as_deref_mut() {
                 match &region {
                     // A non-ASCII region joins the next word (up to 512 bytes) if it has a
@@ -277,7 +278,7 @@ impl Compiled {
                 // A word region holds only lowercase letters and separators (see `runs`), so the
                 // word shapes come from the letter mask, a few instructions per word.
                 Region::Words(r) => {
-                    if dir == Direction::Egress && self.on(self.idx.seed) && classes.twelve_word_shapes(r.clone()) {
+                    if classes.twelve_word_shapes(r.clone()) {
                         let mut found = Vec::new();
                         crate::bip39::find_phrases(&hay[r.clone()], &mut found);
                         for f in found {
