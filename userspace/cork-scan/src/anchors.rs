@@ -8,12 +8,13 @@
 //!
 //! The result is exactly what a leftmost-first, non-overlapping Aho-Corasick search over the
 //! anchors in catalog order reports: matches are taken left to right, at each position the
-//! earliest-listed anchor that matches wins, and the search resumes after its end.
+//! earliest-listed anchor that matches wins, and the search resumes after its end. Listed
+//! longest first, the same literals give a leftmost-longest search (the injection phrases).
 
 use crate::fingerprint::{Fingerprints, WIDTH};
 
 pub(crate) struct AnchorSet {
-    lits: Vec<&'static [u8]>,
+    lits: Vec<Box<[u8]>>,
     /// Anchor indices by first byte, in catalog order, each with its first four bytes (little
     /// endian, zero-padded) and the mask of those it has: most candidates fail that one
     /// compare.
@@ -26,9 +27,9 @@ pub(crate) struct AnchorSet {
 
 impl AnchorSet {
     /// `None` when there are no anchors.
-    pub fn new(lits: &[&'static str]) -> Option<AnchorSet> {
+    pub fn new<L: AsRef<[u8]>>(lits: &[L]) -> Option<AnchorSet> {
         // Indices stay those of `lits` (the caller's anchor numbers); empty ones never match.
-        let lits: Vec<&'static [u8]> = lits.iter().map(|l| l.as_bytes()).collect();
+        let lits: Vec<Box<[u8]>> = lits.iter().map(|l| l.as_ref().into()).collect();
         if lits.iter().all(|l| l.is_empty()) {
             return None;
         }
@@ -68,12 +69,17 @@ impl AnchorSet {
             let (word, _) = head_of(rest);
             let found = self.by_first[rest[0] as usize]
                 .iter()
-                .find(|&&(a, head, mask)| word & mask == head && rest.starts_with(self.lits[a as usize]));
+                .find(|&&(a, head, mask)| word & mask == head && rest.starts_with(&self.lits[a as usize]));
             if let Some(&(a, _, _)) = found {
                 f(p, a);
                 resume = p + self.lits[a as usize].len();
             }
         });
+    }
+
+    /// The literal numbered `a`.
+    pub fn lit(&self, a: u16) -> &[u8] {
+        &self.lits[a as usize]
     }
 }
 

@@ -9,9 +9,9 @@
 //! Chat-template role tokens are matched on the raw bytes, and a phrase found inside an HTML
 //! comment, a `display:none` element, `<script>` or `<style>` is reported as hidden.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use std::ops::Range;
 
+use crate::anchors::AnchorSet;
 use crate::decode::{confusable_ascii, decode_char, is_invisible};
 
 /// Instruction-override phrases. Kept long enough that, once spaces are gone, they do not occur
@@ -263,7 +263,10 @@ mod simd {
 }
 
 pub(crate) struct InjectionDetector {
-    phrases: AhoCorasick,
+    /// The normalised phrases, longest first, so that the anchor set's leftmost-first search
+    /// is leftmost-longest. Its four-byte fingerprint pass drops nearly every position of
+    /// the folded text (all letters), where a Teddy searcher's three-byte one did not.
+    phrases: AnchorSet,
     /// A packed (SIMD Teddy) searcher, not an automaton: the automaton's own prefilter stops
     /// at every `<` and newline of a page (the role tokens' first bytes).
     roles: aho_corasick::packed::Searcher,
@@ -278,16 +281,7 @@ pub(crate) enum InjectionKind {
 
 impl InjectionDetector {
     pub fn new() -> Self {
-        let mut norm = Vec::new();
-        let mut map = Vec::new();
-        let phrases: Vec<Vec<u8>> = PHRASES
-            .iter()
-            .map(|p| {
-                normalize(p.as_bytes(), &mut norm, &mut map);
-                norm.clone()
-            })
-            .collect();
-        let phrases = AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(&phrases).expect("static phrases build");
+        let phrases = phrase_set(PHRASES);
         let roles = aho_corasick::packed::Config::new()
             .match_kind(aho_corasick::packed::MatchKind::LeftmostLongest)
             .builder()
@@ -305,20 +299,34 @@ impl InjectionDetector {
         // hidden regions a dozen passes over the bytes.
         let mut map: Option<Vec<u32>> = None;
         let mut hidden: Option<Vec<Range<usize>>> = None;
-        for m in self.phrases.find_iter(&norm) {
+        self.phrases.find(&norm, |at, phrase| {
             let map = map.get_or_insert_with(|| {
                 let (mut again, mut map) = (Vec::with_capacity(norm.len()), Vec::with_capacity(norm.len()));
                 normalize(hay, &mut again, &mut map);
                 map
             });
-            let start = map[m.start()] as usize;
-            let last = map[m.end() - 1] as usize;
+            let start = map[at] as usize;
+            let last = map[at + self.phrases.lit(phrase).len() - 1] as usize;
             let end = (last + crate::decode::decode_char(&hay[last..]).1).min(hay.len());
             let hidden = hidden.get_or_insert_with(|| hidden_regions(hay));
             let kind = if hidden.iter().any(|h| h.start <= start && end <= h.end) { InjectionKind::Hidden } else { InjectionKind::Override };
             out.push((kind, start..end));
-        }
+        });
     }
+}
+
+/// The phrases, normalised, as a set whose search is leftmost-longest (longest listed first).
+fn phrase_set(phrases: &[&str]) -> AnchorSet {
+    let (mut norm, mut map) = (Vec::new(), Vec::new());
+    let mut folded: Vec<Vec<u8>> = phrases
+        .iter()
+        .map(|p| {
+            normalize(p.as_bytes(), &mut norm, &mut map);
+            norm.clone()
+        })
+        .collect();
+    folded.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    AnchorSet::new(&folded).expect("static phrases are not empty")
 }
 
 /// Regions of HTML that a person looking at the page does not see.
@@ -348,6 +356,47 @@ pub(crate) fn hidden_regions(hay: &[u8]) -> Vec<Range<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aho_corasick::{AhoCorasickBuilder, MatchKind};
+
+    /// The phrase search on folded text reports what a leftmost-longest automaton over the
+    /// folded phrases does, with phrases that are prefixes of others added.
+    #[test]
+    fn phrase_search_matches_the_automaton() {
+        let mut phrases = PHRASES.to_vec();
+        phrases.extend(["ignore all", "ignore all previous", "you are now", "forget"]);
+        let set = phrase_set(&phrases);
+        let (mut norm, mut map) = (Vec::new(), Vec::new());
+        let folded: Vec<Vec<u8>> = phrases
+            .iter()
+            .map(|p| {
+                normalize(p.as_bytes(), &mut norm, &mut map);
+                norm.clone()
+            })
+            .collect();
+        let automaton = AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(&folded).unwrap();
+        let mut rng = crate::template::Rng::new(11);
+        let mut found = 0;
+        for _ in 0..3000 {
+            let mut hay = Vec::new();
+            for _ in 0..rng.below(12) {
+                match rng.below(4) {
+                    // A whole phrase, a cut one (a prefix of another, or of nothing), letters.
+                    0 => hay.extend_from_slice(&folded[rng.below(folded.len())]),
+                    1 => {
+                        let p = &folded[rng.below(folded.len())];
+                        hay.extend_from_slice(&p[..rng.below(p.len())]);
+                    }
+                    _ => hay.extend((0..rng.below(20)).map(|_| b"ignoreallpvusntc"[rng.below(16)])),
+                }
+            }
+            let want: Vec<_> = automaton.find_iter(&hay).map(|m| m.range()).collect();
+            let mut got = Vec::new();
+            set.find(&hay, |at, p| got.push(at..at + set.lit(p).len()));
+            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&hay));
+            found += want.len();
+        }
+        assert!(found > 1000, "the inputs hold phrases ({found})");
+    }
 
     /// The packed role search reports what a leftmost-longest automaton does.
     #[test]
