@@ -54,6 +54,14 @@ impl AnchorSet {
         Some(AnchorSet { keys: Fingerprints::new(&keys), lits, by_first, pairs })
     }
 
+    /// A set whose search is leftmost-longest: the literals listed longest first (the numbers
+    /// [`AnchorSet::find`] reports are of that order; [`AnchorSet::lit`] gives the literal).
+    pub fn longest_first<L: AsRef<[u8]>>(lits: &[L]) -> Option<AnchorSet> {
+        let mut sorted: Vec<&[u8]> = lits.iter().map(AsRef::as_ref).collect();
+        sorted.sort_by_key(|l| std::cmp::Reverse(l.len()));
+        AnchorSet::new(&sorted)
+    }
+
     /// Calls `f(start, anchor)` for each match, left to right, non-overlapping.
     pub fn find(&self, hay: &[u8], mut f: impl FnMut(usize, u16)) {
         let mut resume = 0;

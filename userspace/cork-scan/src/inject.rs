@@ -263,13 +263,14 @@ mod simd {
 }
 
 pub(crate) struct InjectionDetector {
-    /// The normalised phrases, longest first, so that the anchor set's leftmost-first search
-    /// is leftmost-longest. Its four-byte fingerprint pass drops nearly every position of
-    /// the folded text (all letters), where a Teddy searcher's three-byte one did not.
+    /// The normalised phrases. The anchor set's four-byte fingerprint pass drops nearly every
+    /// position of the folded text (all letters), where a Teddy searcher's three-byte one did
+    /// not.
     phrases: AnchorSet,
-    /// A packed (SIMD Teddy) searcher, not an automaton: the automaton's own prefilter stops
-    /// at every `<` and newline of a page (the role tokens' first bytes).
-    roles: aho_corasick::packed::Searcher,
+    /// The role tokens, on the raw bytes; also an anchor set, not an automaton: the
+    /// automaton's own prefilter stops at every `<` and newline of a page (the tokens' first
+    /// bytes), and a Teddy searcher was 7% of a response scan.
+    roles: AnchorSet,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,17 +283,12 @@ pub(crate) enum InjectionKind {
 impl InjectionDetector {
     pub fn new() -> Self {
         let phrases = phrase_set(PHRASES);
-        let roles = aho_corasick::packed::Config::new()
-            .match_kind(aho_corasick::packed::MatchKind::LeftmostLongest)
-            .builder()
-            .extend(ROLE_TOKENS)
-            .build()
-            .expect("static role tokens build");
+        let roles = AnchorSet::longest_first(ROLE_TOKENS).expect("static role tokens are not empty");
         InjectionDetector { phrases, roles }
     }
 
     pub fn scan(&self, hay: &[u8], out: &mut Vec<(InjectionKind, Range<usize>)>) {
-        out.extend(self.roles.find_iter(hay).map(|m| (InjectionKind::RoleToken, m.range())));
+        self.roles.find(hay, |at, role| out.push((InjectionKind::RoleToken, at..at + self.roles.lit(role).len())));
         let mut norm = Vec::with_capacity(hay.len());
         normalize_text(hay, &mut norm);
         // Both built on the first phrase found: the map costs four bytes per kept byte, the
@@ -315,18 +311,17 @@ impl InjectionDetector {
     }
 }
 
-/// The phrases, normalised, as a set whose search is leftmost-longest (longest listed first).
+/// The phrases, normalised, as a set whose search is leftmost-longest.
 fn phrase_set(phrases: &[&str]) -> AnchorSet {
     let (mut norm, mut map) = (Vec::new(), Vec::new());
-    let mut folded: Vec<Vec<u8>> = phrases
+    let folded: Vec<Vec<u8>> = phrases
         .iter()
         .map(|p| {
             normalize(p.as_bytes(), &mut norm, &mut map);
             norm.clone()
         })
         .collect();
-    folded.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    AnchorSet::new(&folded).expect("static phrases are not empty")
+    AnchorSet::longest_first(&folded).expect("static phrases are not empty")
 }
 
 /// Regions of HTML that a person looking at the page does not see.
@@ -398,9 +393,9 @@ mod tests {
         assert!(found > 1000, "the inputs hold phrases ({found})");
     }
 
-    /// The packed role search reports what a leftmost-longest automaton does.
+    /// The role search reports what a leftmost-longest automaton does.
     #[test]
-    fn packed_roles_match_the_automaton() {
+    fn role_search_matches_the_automaton() {
         let d = InjectionDetector::new();
         let automaton = AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(ROLE_TOKENS).unwrap();
         let mut rng = crate::template::Rng::new(3);
@@ -408,7 +403,8 @@ mod tests {
         for _ in 0..2000 {
             let s: String = (0..rng.below(30)).map(|_| bits[rng.below(bits.len())]).collect();
             let a: Vec<_> = automaton.find_iter(s.as_bytes()).map(|m| m.range()).collect();
-            let b: Vec<_> = d.roles.find_iter(s.as_bytes()).map(|m| m.range()).collect();
+            let mut b = Vec::new();
+            d.roles.find(s.as_bytes(), |at, r| b.push(at..at + d.roles.lit(r).len()));
             assert_eq!(a, b, "{s:?}");
         }
     }
