@@ -390,11 +390,13 @@ fn walk_with<const PEXT: bool>(hay: &[u8], words: bool, mut f: impl FnMut(Region
     let mut high_done = 0;
     let mut high_floor = 0; // where the last non-ASCII region ended
     let mut numeric = NumericStream::default();
+    let mut phrases = PhraseStream::default();
     let blocks = block_masks(hay);
     let classes = Classes(&blocks, PEXT);
     let mut f = |r: Region| f(r, &classes);
     let mut prev = Masks::default();
     let mut block_start = 0;
+    let mut words_before = false;
     while block_start < n {
         let end = (block_start + 64).min(n);
         let m = blocks[block_start / 64];
@@ -407,17 +409,32 @@ fn walk_with<const PEXT: bool>(hay: &[u8], words: bool, mut f: impl FnMut(Region
             token_done = scan_token_runs(hay, &blocks, from, token_done, end, &mut f);
         }
         numeric.block::<PEXT>(&blocks, n, block_start, &m, valid, &mut f);
-        let word_here = words
-            && (prev.word.leading_ones() + (m.word & valid).trailing_ones() >= MIN_WORDS_REGION as u32 || has_run32(m.word & valid));
-        if word_here && end > words_done {
-            let from = block_start.saturating_sub(64).max(words_done);
-            words_done = scan_words(hay, &blocks, from, words_done, end, &mut f);
+        if words && ungated() {
+            if long_word_run(&prev, &m) && end > words_done {
+                let from = block_start.saturating_sub(64).max(words_done);
+                words_done = scan_words(hay, &blocks, from, words_done, end, &mut f);
+            }
+        } else if words {
+            // A phrase lies in a run of the class long enough for this test. The count of a
+            // block whose last block failed it starts over with that block's words (a run
+            // may begin there); nothing else before can reach this block.
+            let here = long_word_run(&prev, &m);
+            if here {
+                if !words_before {
+                    phrases.restart(&blocks, n, block_start, &mut f);
+                }
+                phrases.block(&blocks, n, block_start, &m, valid, &mut f);
+            }
+            words_before = here;
         }
         if m.high & valid != 0 && end > high_done {
             high_done = scan_high(hay, &blocks, &mut high_floor, block_start.max(high_done), end, &mut f);
         }
         prev = m;
         block_start = end;
+    }
+    if words && !ungated() {
+        phrases.finish(hay, &blocks, &mut f);
     }
 }
 
@@ -437,6 +454,9 @@ impl Classes<'_> {
     /// Calls `f` with each word of `r` (a maximal run of ASCII letters and digits, `r`'s ends
     /// ending it) of 34, 51 or 52 bytes: the lengths of a Twilio key and of a WIF key, the
     /// rules that are whole words of a token run. `r` must not start inside a word.
+    // Inlined into its one caller whatever the size of the walk around it (see
+    // `PhraseStream::stretches`).
+    #[inline(always)]
     pub fn key_sized_words(&self, r: Range<usize>, mut f: impl FnMut(Range<usize>)) {
         if r.len() < 34 {
             // Most segments of links and paths.
@@ -518,6 +538,9 @@ impl Classes<'_> {
     /// after a byte that is not alphanumeric). The loop consumes digits and single space or
     /// dash separators flanked by digits from such a start, so without this (counted from the
     /// masks, separators being any of `` -:,.\``) it cannot report a card.
+    // Inlined into its one caller whatever the size of the walk around it (see
+    // `PhraseStream::stretches`).
+    #[inline(always)]
     pub fn card_digits_possible(&self, r: Range<usize>) -> bool {
         let mut p = r.start;
         let mut before = if p > 0 { mask_at(self.0, p - 1, |m| m.digit) & 1 } else { 0 };
@@ -590,6 +613,9 @@ impl Classes<'_> {
 
     /// Calls `f`, in increasing order, with each `k` in `r` (with `k + 3` in `r`) that starts
     /// two uppercase letters and two digits, the only places an IBAN can start.
+    // Inlined into its one caller whatever the size of the walk around it (see
+    // `PhraseStream::stretches`).
+    #[inline(always)]
     pub fn iban_starts(&self, r: Range<usize>, mut f: impl FnMut(usize)) {
         // Uppercase: letters that are not in the word class (lowercase and separators).
         let upper = |m: &Masks| m.alpha & !m.word;
@@ -1101,6 +1127,129 @@ fn dense_first_loop(d: u64, brk: u64, open: u32, min: u32) -> Option<u32> {
     }
 }
 
+/// Whether a run of [`MIN_WORDS_REGION`] word-class bytes crosses from `prev` into `m`, or
+/// one of 32 lies in `m` (bytes past the end of the slice are in no class): every run of
+/// [`MIN_WORDS_REGION`] has a block that passes, and so does each block it covers after it.
+#[inline(always)]
+fn long_word_run(prev: &Masks, m: &Masks) -> bool {
+    prev.word.leading_ones() + m.word.trailing_ones() >= MIN_WORDS_REGION as u32 || has_run32(m.word)
+}
+
+/// Finds the word regions that may hold a seed phrase, one block at a time, instead of every
+/// run of the word class of [`MIN_WORDS_REGION`] bytes (most of prose; handing each on cost
+/// two thirds of a prose scan). A phrase is twelve words of three to eight letters with only
+/// separators between (see [`Classes::twelve_word_shapes`]); the stream counts words of at
+/// least three letters since the last shorter word or byte outside the class, so it counts
+/// at least as many as that check in every stretch, and a region is reported where the count
+/// reaches twelve: every region the check passes, and a few it does not (long words). In
+/// ordinary prose the short words (`to`, `of`, `a`) and punctuation keep the count low.
+///
+/// Regions reported are whole runs of the class (as before), so the streaming layer's
+/// quiet point (`stream::quiet_point`) still never cuts one that can hold a phrase. A run
+/// without twelve such words in a row is no longer reported, and a later window that starts
+/// inside it finds no phrase starting after the cut either (that phrase would be twelve such
+/// words of the run). The runs at the end of the slice, which the next bytes may extend, are
+/// reported as before ([`PhraseStream::finish`]).
+#[derive(Default)]
+struct PhraseStream {
+    /// Words of three or more letters since the last break, before this block (< 12).
+    count: u32,
+    /// Bit 0: the byte before this block is a lowercase letter.
+    letter_before: u64,
+    /// Regions have been reported up to here.
+    done: usize,
+}
+
+impl PhraseStream {
+    #[inline(always)]
+    fn block(&mut self, blocks: &[Masks], n: usize, base: usize, m: &Masks, valid: u64, f: &mut impl FnMut(Region)) {
+        // Lowercase letters are the letters of the word class; the next block (the walk pads
+        // the blocks) tells how the words at this block's end go on.
+        let letters = m.word & m.alpha & valid;
+        let next = blocks[base / 64 + 1];
+        let next_letters = next.word & next.alpha;
+        let starts = letters & !(letters << 1 | self.letter_before);
+        self.letter_before = letters >> 63;
+        let long = starts & (letters >> 1 | next_letters << 63) & (letters >> 2 | next_letters << 62);
+        let breaks = (starts & !long) | (!m.word & valid);
+        if self.count + long.count_ones() < 12 && self.done <= base {
+            self.carry(long, breaks);
+        } else {
+            self.stretches(blocks, n, base, long, breaks, f);
+        }
+    }
+
+    /// Carries the count of the words after the block's last break.
+    #[inline(always)]
+    fn carry(&mut self, long: u64, breaks: u64) {
+        self.count = if breaks == 0 { self.count + long.count_ones() } else { (long & !low_bits(64 - breaks.leading_zeros() as usize)).count_ones() };
+    }
+
+    /// The rare blocks where the count may reach twelve, or a reported region ends: out of
+    /// line, so that the walk's loop stays small (when it grew, LLVM stopped inlining other
+    /// class-mask helpers into the region callbacks, and JSON scans lost 5%).
+    #[inline(never)]
+    fn stretches(&mut self, blocks: &[Masks], n: usize, base: usize, mut long: u64, mut breaks: u64, f: &mut impl FnMut(Region)) {
+        loop {
+            if self.done > base {
+                // Inside a reported region: its bytes count as breaks.
+                let reported = low_bits(self.done - base);
+                (breaks, long) = (breaks | reported, long & !reported);
+            }
+            if self.count + long.count_ones() < 12 {
+                self.carry(long, breaks);
+                return;
+            }
+            // Some stretch between breaks may reach twelve: one step per break.
+            let (mut count, mut from, mut rest) = (self.count, 0usize, breaks);
+            let hit = loop {
+                let to = if rest == 0 { 64 } else { rest.trailing_zeros() as usize };
+                let here = long & low_bits(to) & !low_bits(from);
+                if count + here.count_ones() >= 12 {
+                    break Some(here.trailing_zeros() as usize);
+                }
+                if rest == 0 {
+                    self.count = count + here.count_ones();
+                    break None;
+                }
+                (count, from) = (0, to + 1);
+                rest &= rest - 1;
+            };
+            let Some(k) = hit else { return };
+            // A word of the stretch: report the run of the class around it, once.
+            let at = base + k;
+            let start = run_start(blocks, at, self.done, |m| m.word);
+            let end = run_end(blocks, n, at, |m| m.word);
+            f(Region::Words(start..end));
+            (self.done, self.count) = (end, 0);
+            if end >= base + 64 {
+                return;
+            }
+        }
+    }
+
+    /// Starts the count over at the block before `base`, which failed [`long_word_run`]: a
+    /// run reaching into it from further back is shorter than a phrase and ends in it, so
+    /// only its own words can count, and none of its stretches can reach twelve.
+    #[inline(never)]
+    fn restart(&mut self, blocks: &[Masks], n: usize, base: usize, f: &mut impl FnMut(Region)) {
+        (self.count, self.letter_before) = (0, 0);
+        if base >= 64 {
+            self.block(blocks, n, base - 64, &blocks[base / 64 - 1], u64::MAX, f);
+        }
+    }
+
+    /// Reports the runs of the class that end within 64 bytes of the end and were not
+    /// reported: the next bytes may make them a phrase, and the streaming layer must see them.
+    fn finish(&self, hay: &[u8], blocks: &[Masks], f: &mut impl FnMut(Region)) {
+        let n = hay.len();
+        let from = n.saturating_sub(64).max(self.done);
+        if from < n {
+            scan_words(hay, blocks, from, self.done, n, f);
+        }
+    }
+}
+
 fn scan_words(hay: &[u8], blocks: &[Masks], from: usize, floor: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
     let i = run_start(blocks, from, floor, |m| m.word);
     long_runs(blocks, hay.len(), i, to, MIN_WORDS_REGION, |m| m.word, |r| f(Region::Words(r))).max(to)
@@ -1524,6 +1673,8 @@ mod tests {
     /// The mask-driven word-shape check equals the byte-wise one on every word region.
     #[test]
     fn word_shapes_match_bytewise() {
+        // Every run of the class, not only those the phrase stream reports.
+        UNGATED.with(|u| u.set(true));
         let mut rng = crate::template::Rng::new(13);
         let (mut yes, mut no) = (0, 0);
         for _ in 0..2000 {
@@ -1546,6 +1697,72 @@ mod tests {
             });
         }
         assert!(yes > 20 && no > 50, "{yes} {no}");
+    }
+
+    /// Lowercase words of every length between separators, now and then a byte that ends a
+    /// run of the class, and seed phrases (one checksum-valid, one not) in between.
+    fn word_soup(rng: &mut crate::template::Rng, n: usize) -> Vec<u8> {
+        let phrases: [&[u8]; 2] = [
+            b"legal winner thank year wave sausage worth useful legal winner thank yellow",
+            b"abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon",
+        ];
+        let short = rng.below(10); // how often a word has one or two letters
+        let breaks = 2 + rng.below(40); // and how often a byte ends the run
+        let mut s = Vec::with_capacity(n + 100);
+        while s.len() < n {
+            match rng.below(breaks) {
+                0 if rng.below(4) == 0 => s.extend_from_slice(phrases[rng.below(2)]),
+                0 => s.push(b".A7\\"[rng.below(4)]),
+                _ => {
+                    let most = if rng.below(8) == 0 { 10 } else { 6 };
+                    let len = if rng.below(20) < short { 1 + rng.below(2) } else { 3 + rng.below(most) };
+                    s.extend((0..len).map(|_| b'a' + rng.below(26) as u8));
+                }
+            }
+            s.extend_from_slice([&b" "[..], b" ", b"\n", b", ", b"\t", b"  "][rng.below(6)]);
+        }
+        s.truncate(n);
+        s
+    }
+
+    /// The phrase stream reports whole runs of the class, among them every run with twelve
+    /// word shapes in a row and every run that ends within 64 bytes of the end, and the
+    /// scanner finds the same seed phrases as with every run reported.
+    #[test]
+    fn phrase_stream_misses_no_phrase() {
+        let engine = crate::Engine::new(&crate::ScanConfig::default()).unwrap();
+        let mut rng = crate::template::Rng::new(17);
+        let (mut kept, mut dropped, mut phrases) = (0, 0, 0);
+        for round in 0..2000 {
+            let n = 1 + rng.below(if round % 10 == 0 { 3000 } else { 400 });
+            let s = word_soup(&mut rng, n);
+            let words = |ungated: bool| {
+                UNGATED.with(|u| u.set(ungated));
+                let mut v = Vec::new();
+                walk(&s, true, |r, _| if let Region::Words(w) = r { v.push(w) });
+                v
+            };
+            let (all, gated) = (words(true), words(false));
+            for w in &gated {
+                assert!(all.contains(w), "round {round}: {w:?} is no run of the class: {:?}", String::from_utf8_lossy(&s));
+            }
+            for w in &all {
+                let needed = crate::bip39::has_twelve_word_shapes(&s[w.clone()]) || w.end + 64 >= s.len();
+                assert!(!needed || gated.contains(w), "round {round}: {w:?} missing: {:?}", String::from_utf8_lossy(&s));
+                if gated.contains(w) { kept += 1 } else { dropped += 1 }
+            }
+            let found = |ungated: bool| {
+                UNGATED.with(|u| u.set(ungated));
+                let mut hits: Vec<_> = engine.inner.scan_slice(&s, crate::scanner::Direction::Egress).into_iter().map(|h| (h.rule, h.span)).collect();
+                hits.sort_by_key(|h| (h.1.start, h.1.end, h.0));
+                hits
+            };
+            let (with_all, with_gated) = (found(true), found(false));
+            assert_eq!(with_gated, with_all, "round {round}: {:?}", String::from_utf8_lossy(&s));
+            phrases += with_all.iter().filter(|h| crate::catalog::RULES[h.0 as usize].id == "crypto.bip39_seed").count();
+        }
+        // Not vacuous: phrases are found, and the stream drops runs that cannot hold one.
+        assert!(phrases > 300 && kept > 1000 && dropped > 300, "phrases {phrases}, kept {kept}, dropped {dropped}");
     }
 
     #[test]

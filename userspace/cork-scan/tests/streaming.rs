@@ -146,6 +146,19 @@ fn mixed_body(seed: u64, len: usize) -> (Vec<u8>, Vec<(&'static str, std::ops::R
             }
             4 => body.extend_from_slice("Grüße aus Köln, naïve café déjà vu — 東京 ".as_bytes()),
             5 => body.extend_from_slice(b"order 1234 5678 90 shipped 2024-01-11 ref 998877 item 42 qty 7 "),
+            6 => {
+                // Lowercase words, long runs of them (which may hold a seed phrase) crossing
+                // window ends; now and then a seed phrase in the run.
+                let end = body.len() + 200 + rng.below(4000);
+                while body.len() < end {
+                    if rng.below(60) == 0 {
+                        body.extend_from_slice(b"legal winner thank year wave sausage worth useful legal winner thank yellow ");
+                    }
+                    let len = [2, 3, 4, 5, 6, 7, 9][rng.below(7)];
+                    body.extend((0..len).map(|_| b'a' + rng.below(26) as u8));
+                    body.push(if rng.below(30) == 0 { b'.' } else { b' ' });
+                }
+            }
             _ => {
                 let pick = rng.below(examples.len() + 3);
                 let (id, text) = match pick.checked_sub(examples.len()) {
