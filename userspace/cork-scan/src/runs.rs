@@ -1148,8 +1148,8 @@ fn long_word_run(prev: &Masks, m: &Masks) -> bool {
 /// quiet point (`stream::quiet_point`) still never cuts one that can hold a phrase. A run
 /// without twelve such words in a row is no longer reported, and a later window that starts
 /// inside it finds no phrase starting after the cut either (that phrase would be twelve such
-/// words of the run). The runs at the end of the slice, which the next bytes may extend, are
-/// reported as before ([`PhraseStream::finish`]).
+/// words of the run). The run that reaches the end of the slice, which the next bytes may
+/// extend, is reported as before ([`PhraseStream::finish`]).
 #[derive(Default)]
 struct PhraseStream {
     /// Words of three or more letters since the last break, before this block (< 12).
@@ -1172,7 +1172,10 @@ impl PhraseStream {
         self.letter_before = letters >> 63;
         let long = starts & (letters >> 1 | next_letters << 63) & (letters >> 2 | next_letters << 62);
         let breaks = (starts & !long) | (!m.word & valid);
-        if self.count + long.count_ones() < 12 && self.done <= base {
+        // No stretch reaches twelve if neither the first (with the count carried in) nor all
+        // the words after its end do: most blocks of prose, whose sentences end in a break.
+        let first = long & low_bits(breaks.trailing_zeros() as usize);
+        if self.count + first.count_ones() < 12 && (long & !first).count_ones() < 12 && self.done <= base {
             self.carry(long, breaks);
         } else {
             self.stretches(blocks, n, base, long, breaks, f);
@@ -1239,13 +1242,18 @@ impl PhraseStream {
         }
     }
 
-    /// Reports the runs of the class that end within 64 bytes of the end and were not
-    /// reported: the next bytes may make them a phrase, and the streaming layer must see them.
+    /// Reports the run of the class that reaches the end of the slice, if it is long enough
+    /// and was not reported: the next bytes may make it a phrase, and the streaming layer
+    /// must see it. (Any other run ends at a byte outside the class, and more bytes cannot
+    /// change it.)
     fn finish(&self, hay: &[u8], blocks: &[Masks], f: &mut impl FnMut(Region)) {
         let n = hay.len();
-        let from = n.saturating_sub(64).max(self.done);
-        if from < n {
-            scan_words(hay, blocks, from, self.done, n, f);
+        if self.done >= n {
+            return;
+        }
+        let start = run_start(blocks, n, self.done, |m| m.word);
+        if n - start >= MIN_WORDS_REGION {
+            f(Region::Words(start..n));
         }
     }
 }
@@ -1700,18 +1708,20 @@ mod tests {
     }
 
     /// Lowercase words of every length between separators, now and then a byte that ends a
-    /// run of the class, and seed phrases (one checksum-valid, one not) in between.
+    /// run of the class, and seed phrases (one checksum-valid, one not) in between, and twelve
+    /// short words after a break (which fit in one block).
     fn word_soup(rng: &mut crate::template::Rng, n: usize) -> Vec<u8> {
-        let phrases: [&[u8]; 2] = [
+        let phrases: [&[u8]; 3] = [
             b"legal winner thank year wave sausage worth useful legal winner thank yellow",
             b"abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon",
+            b". cat dog owl bee ant elk emu fox gnu hen yak eel",
         ];
         let short = rng.below(10); // how often a word has one or two letters
         let breaks = 2 + rng.below(40); // and how often a byte ends the run
         let mut s = Vec::with_capacity(n + 100);
         while s.len() < n {
             match rng.below(breaks) {
-                0 if rng.below(4) == 0 => s.extend_from_slice(phrases[rng.below(2)]),
+                0 if rng.below(4) == 0 => s.extend_from_slice(phrases[rng.below(3)]),
                 0 => s.push(b".A7\\"[rng.below(4)]),
                 _ => {
                     let most = if rng.below(8) == 0 { 10 } else { 6 };
@@ -1726,8 +1736,8 @@ mod tests {
     }
 
     /// The phrase stream reports whole runs of the class, among them every run with twelve
-    /// word shapes in a row and every run that ends within 64 bytes of the end, and the
-    /// scanner finds the same seed phrases as with every run reported.
+    /// word shapes in a row and the run that reaches the end, and the scanner finds the same
+    /// seed phrases as with every run reported.
     #[test]
     fn phrase_stream_misses_no_phrase() {
         let engine = crate::Engine::new(&crate::ScanConfig::default()).unwrap();
@@ -1747,7 +1757,7 @@ mod tests {
                 assert!(all.contains(w), "round {round}: {w:?} is no run of the class: {:?}", String::from_utf8_lossy(&s));
             }
             for w in &all {
-                let needed = crate::bip39::has_twelve_word_shapes(&s[w.clone()]) || w.end + 64 >= s.len();
+                let needed = crate::bip39::has_twelve_word_shapes(&s[w.clone()]) || w.end == s.len();
                 assert!(!needed || gated.contains(w), "round {round}: {w:?} missing: {:?}", String::from_utf8_lossy(&s));
                 if gated.contains(w) { kept += 1 } else { dropped += 1 }
             }
