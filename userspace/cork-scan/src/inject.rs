@@ -313,15 +313,19 @@ impl InjectionDetector {
 
 /// The phrases, normalised, as a set whose search is leftmost-longest.
 fn phrase_set(phrases: &[&str]) -> AnchorSet {
+    AnchorSet::longest_first(&fold_phrases(phrases)).expect("static phrases are not empty")
+}
+
+/// Each phrase as the fold leaves it.
+fn fold_phrases(phrases: &[&str]) -> Vec<Vec<u8>> {
     let (mut norm, mut map) = (Vec::new(), Vec::new());
-    let folded: Vec<Vec<u8>> = phrases
+    phrases
         .iter()
         .map(|p| {
             normalize(p.as_bytes(), &mut norm, &mut map);
             norm.clone()
         })
-        .collect();
-    AnchorSet::longest_first(&folded).expect("static phrases are not empty")
+        .collect()
 }
 
 /// Regions of HTML that a person looking at the page does not see.
@@ -360,14 +364,7 @@ mod tests {
         let mut phrases = PHRASES.to_vec();
         phrases.extend(["ignore all", "ignore all previous", "you are now", "forget"]);
         let set = phrase_set(&phrases);
-        let (mut norm, mut map) = (Vec::new(), Vec::new());
-        let folded: Vec<Vec<u8>> = phrases
-            .iter()
-            .map(|p| {
-                normalize(p.as_bytes(), &mut norm, &mut map);
-                norm.clone()
-            })
-            .collect();
+        let folded = fold_phrases(&phrases);
         let automaton = AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(&folded).unwrap();
         let mut rng = crate::template::Rng::new(11);
         let mut found = 0;
