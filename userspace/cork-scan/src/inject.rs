@@ -237,6 +237,20 @@ mod simd {
             let dst = out.as_mut_ptr();
             let mut n = out.len();
             let mut high = 0;
+            // Whole ASCII steps first: there the next step's start does not wait for this
+            // step's masks (`i` moves by 64), so steps overlap.
+            while i + 64 <= s.len() {
+                let v = _mm512_loadu_si512(s.as_ptr().add(i) as *const _);
+                if _mm512_movepi8_mask(v) != 0 {
+                    break;
+                }
+                let folded = _mm512_permutex2var_epi8(lo, v, hi);
+                let keep = _mm512_test_epi8_mask(folded, folded);
+                // SAFETY: as below.
+                _mm512_storeu_si512(dst.add(n) as *mut _, _mm512_maskz_compress_epi8(keep, folded));
+                n += keep.count_ones() as usize;
+                i += 64;
+            }
             while i < s.len() {
                 let valid = crate::runs::low_bits(s.len() - i);
                 let v = _mm512_maskz_loadu_epi8(valid, s.as_ptr().add(i) as *const i8);
