@@ -237,6 +237,10 @@ mod simd {
             let dst = out.as_mut_ptr();
             let mut n = out.len();
             let mut high = 0;
+            // SAFETY (the `store_letters` calls): each step keeps at most the bytes it reads,
+            // so `n - out.len()` is at most the bytes read since the `reserve`, and the 64
+            // bytes each stores from `n` lie inside it.
+            //
             // Whole ASCII steps first: there the next step's start does not wait for this
             // step's masks (`i` moves by 64), so steps overlap.
             while i + 64 <= s.len() {
@@ -244,11 +248,7 @@ mod simd {
                 if _mm512_movepi8_mask(v) != 0 {
                     break;
                 }
-                let folded = _mm512_permutex2var_epi8(lo, v, hi);
-                let keep = _mm512_test_epi8_mask(folded, folded);
-                // SAFETY: as below.
-                _mm512_storeu_si512(dst.add(n) as *mut _, _mm512_maskz_compress_epi8(keep, folded));
-                n += keep.count_ones() as usize;
+                n += store_letters(dst.add(n), _mm512_permutex2var_epi8(lo, v, hi));
                 i += 64;
             }
             while i < s.len() {
@@ -256,12 +256,7 @@ mod simd {
                 let v = _mm512_maskz_loadu_epi8(valid, s.as_ptr().add(i) as *const i8);
                 high = _mm512_movepi8_mask(v) & valid;
                 let ascii = if high == 0 { valid } else { crate::runs::low_bits(high.trailing_zeros() as usize) };
-                let folded = _mm512_maskz_permutex2var_epi8(ascii, lo, v, hi);
-                let keep = _mm512_test_epi8_mask(folded, folded);
-                // SAFETY: each step keeps at most the bytes it reads, so `n - out.len()` is at
-                // most the bytes read since the `reserve`, and 64 bytes from `n` lie inside it.
-                _mm512_storeu_si512(dst.add(n) as *mut _, _mm512_maskz_compress_epi8(keep, folded));
-                n += keep.count_ones() as usize;
+                n += store_letters(dst.add(n), _mm512_maskz_permutex2var_epi8(ascii, lo, v, hi));
                 i += ascii.count_ones() as usize;
                 if high != 0 {
                     break;
@@ -273,6 +268,19 @@ mod simd {
                 i += super::fold_char::<false>(&s[i..], i, out, &mut Vec::new());
             }
         }
+    }
+
+    /// Stores the nonzero bytes of `folded` packed at `dst` (writing 64 bytes); returns how
+    /// many there are.
+    ///
+    /// # Safety
+    /// Requires the features [`available`] checks, and 64 writable bytes at `dst`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi2")]
+    unsafe fn store_letters(dst: *mut u8, folded: __m512i) -> usize {
+        let keep = _mm512_test_epi8_mask(folded, folded);
+        _mm512_storeu_si512(dst as *mut _, _mm512_maskz_compress_epi8(keep, folded));
+        keep.count_ones() as usize
     }
 }
 

@@ -434,7 +434,7 @@ fn walk_with<const PEXT: bool>(hay: &[u8], words: bool, mut f: impl FnMut(Region
         block_start = end;
     }
     if words && !ungated() {
-        phrases.finish(hay, &blocks, &mut f);
+        phrases.finish(n, &blocks, &mut f);
     }
 }
 
@@ -667,30 +667,10 @@ impl Classes<'_> {
                 run9 &= shift(k);
             }
             let good = starts & shift(1) & shift(2) & !run9;
-            let bad = starts & !good;
-            // The count restarts at every bad word, so it only matters how many good words
-            // follow each bad one: one step per bad word, and none for the usual 64 bytes
-            // of prose that cannot complete twelve.
-            if count + good.count_ones() < 12 {
-                count = match bad {
-                    0 => count + good.count_ones(),
-                    _ => (good & (u64::MAX << (63 - bad.leading_zeros())) << 1).count_ones(),
-                };
-            } else {
-                let (mut rest, mut from) = (bad, u64::MAX);
-                loop {
-                    let upto = if rest == 0 { u64::MAX } else { (rest & rest.wrapping_neg()) - 1 };
-                    count += (good & from & upto).count_ones();
-                    if count >= 12 {
-                        return true;
-                    }
-                    if rest == 0 {
-                        break;
-                    }
-                    count = 0;
-                    from = !upto << 1;
-                    rest &= rest - 1;
-                }
+            // The count restarts at every bad word.
+            match twelve_in_a_row(count, good, starts & !good) {
+                Ok(_) => return true,
+                Err(after) => count = after,
             }
             carry = l >> 63;
             p += 64;
@@ -1127,6 +1107,37 @@ fn dense_first_loop(d: u64, brk: u64, open: u32, min: u32) -> Option<u32> {
     }
 }
 
+/// Words in a row across blocks, for the seed phrase checks: the count after a block's last
+/// break, from the `count` carried in, the block's counted word starts `words` and its
+/// `breaks` (positions that end a row; disjoint from `words`).
+#[inline(always)]
+fn row_after(count: u32, words: u64, breaks: u64) -> u32 {
+    if breaks == 0 { count + words.count_ones() } else { (words & !low_bits(64 - breaks.leading_zeros() as usize)).count_ones() }
+}
+
+/// As [`row_after`], but first whether a row reaches twelve words in this block: `Ok` with
+/// the bit of a word of the first row that does, else `Err` with the count after the block.
+/// One step per break, and none for the usual block that cannot complete twelve.
+#[inline]
+fn twelve_in_a_row(count: u32, words: u64, breaks: u64) -> Result<u32, u32> {
+    if count + words.count_ones() < 12 {
+        return Err(row_after(count, words, breaks));
+    }
+    let (mut count, mut from, mut rest) = (count, 0usize, breaks);
+    loop {
+        let to = if rest == 0 { 64 } else { rest.trailing_zeros() as usize };
+        let here = words & low_bits(to) & !low_bits(from);
+        if count + here.count_ones() >= 12 {
+            return Ok(here.trailing_zeros());
+        }
+        if rest == 0 {
+            return Err(count + here.count_ones());
+        }
+        (count, from) = (0, to + 1);
+        rest &= rest - 1;
+    }
+}
+
 /// Whether a run of [`MIN_WORDS_REGION`] word-class bytes crosses from `prev` into `m`, or
 /// one of 32 lies in `m` (bytes past the end of the slice are in no class): every run of
 /// [`MIN_WORDS_REGION`] has a block that passes, and so does each block it covers after it.
@@ -1176,16 +1187,10 @@ impl PhraseStream {
         // the words after its end do: most blocks of prose, whose sentences end in a break.
         let first = long & low_bits(breaks.trailing_zeros() as usize);
         if self.count + first.count_ones() < 12 && (long & !first).count_ones() < 12 && self.done <= base {
-            self.carry(long, breaks);
+            self.count = row_after(self.count, long, breaks);
         } else {
             self.stretches(blocks, n, base, long, breaks, f);
         }
-    }
-
-    /// Carries the count of the words after the block's last break.
-    #[inline(always)]
-    fn carry(&mut self, long: u64, breaks: u64) {
-        self.count = if breaks == 0 { self.count + long.count_ones() } else { (long & !low_bits(64 - breaks.leading_zeros() as usize)).count_ones() };
     }
 
     /// The rare blocks where the count may reach twelve, or a reported region ends: out of
@@ -1199,28 +1204,15 @@ impl PhraseStream {
                 let reported = low_bits(self.done - base);
                 (breaks, long) = (breaks | reported, long & !reported);
             }
-            if self.count + long.count_ones() < 12 {
-                self.carry(long, breaks);
-                return;
-            }
-            // Some stretch between breaks may reach twelve: one step per break.
-            let (mut count, mut from, mut rest) = (self.count, 0usize, breaks);
-            let hit = loop {
-                let to = if rest == 0 { 64 } else { rest.trailing_zeros() as usize };
-                let here = long & low_bits(to) & !low_bits(from);
-                if count + here.count_ones() >= 12 {
-                    break Some(here.trailing_zeros() as usize);
+            let k = match twelve_in_a_row(self.count, long, breaks) {
+                Ok(k) => k,
+                Err(after) => {
+                    self.count = after;
+                    return;
                 }
-                if rest == 0 {
-                    self.count = count + here.count_ones();
-                    break None;
-                }
-                (count, from) = (0, to + 1);
-                rest &= rest - 1;
             };
-            let Some(k) = hit else { return };
             // A word of the stretch: report the run of the class around it, once.
-            let at = base + k;
+            let at = base + k as usize;
             let start = run_start(blocks, at, self.done, |m| m.word);
             let end = run_end(blocks, n, at, |m| m.word);
             f(Region::Words(start..end));
@@ -1242,12 +1234,11 @@ impl PhraseStream {
         }
     }
 
-    /// Reports the run of the class that reaches the end of the slice, if it is long enough
-    /// and was not reported: the next bytes may make it a phrase, and the streaming layer
-    /// must see it. (Any other run ends at a byte outside the class, and more bytes cannot
-    /// change it.)
-    fn finish(&self, hay: &[u8], blocks: &[Masks], f: &mut impl FnMut(Region)) {
-        let n = hay.len();
+    /// Reports the run of the class that reaches the end of the slice (`n` bytes), if it is
+    /// long enough and was not reported: the next bytes may make it a phrase, and the
+    /// streaming layer must see it. (Any other run ends at a byte outside the class, and more
+    /// bytes cannot change it.)
+    fn finish(&self, n: usize, blocks: &[Masks], f: &mut impl FnMut(Region)) {
         if self.done >= n {
             return;
         }
