@@ -316,15 +316,6 @@ pub(crate) mod simd {
     }
 }
 
-/// Whether `m` has a run of at least 16 set bits (within the 64-bit word).
-#[inline]
-fn has_run16(m: u64) -> bool {
-    let x = m & (m >> 1);
-    let x = x & (x >> 2);
-    let x = x & (x >> 4);
-    x & (x >> 8) != 0
-}
-
 /// The low `n` bits set (all of them from 64 on): the positions of a 64-bit mask that lie
 /// before a limit `n` bytes away.
 #[inline]
@@ -385,7 +376,7 @@ fn fast_pext() -> bool {
 #[inline(always)]
 fn walk_with<const PEXT: bool>(hay: &[u8], words: bool, mut f: impl FnMut(Region, &Classes)) {
     let n = hay.len();
-    let mut token_done = 0; // token regions have been reported up to here
+    let mut tokens = TokenStream::default();
     let mut words_done = 0;
     let mut high_done = 0;
     let mut high_floor = 0; // where the last non-ASCII region ended
@@ -401,13 +392,7 @@ fn walk_with<const PEXT: bool>(hay: &[u8], words: bool, mut f: impl FnMut(Region
         let end = (block_start + 64).min(n);
         let m = blocks[block_start / 64];
         let valid = low_bits(end - block_start);
-        // A run of 16 token bytes either lies inside this block, or crosses from the last one.
-        let token_here = has_run16(m.token & valid)
-            || (prev.token.leading_ones() + (m.token & valid).trailing_ones() >= MIN_TOKEN as u32);
-        if token_here && block_start + 64 > token_done {
-            let from = (block_start.saturating_sub(64)).max(token_done);
-            token_done = scan_token_runs(hay, &blocks, from, token_done, end, &mut f);
-        }
+        tokens.block(&blocks, n, block_start, m.token & valid, &mut f);
         numeric.block::<PEXT>(&blocks, block_start, &m, valid, &mut f);
         if words && ungated() {
             if long_word_run(&prev, &m) && end > words_done {
@@ -752,14 +737,42 @@ fn run_start(blocks: &[Masks], mut i: usize, floor: usize, pick: impl Fn(&Masks)
     i
 }
 
-/// Reports token runs that start in `[from, to)`; returns where reporting is complete.
-fn scan_token_runs(hay: &[u8], blocks: &[Masks], from: usize, floor: usize, to: usize, f: &mut impl FnMut(Region)) -> usize {
-    // Back up to the start of a run we are inside of (runs before `floor` were reported).
-    let i = run_start(blocks, from, floor, |m| m.token);
-    // Only runs of MIN_TOKEN bytes matter, and most runs (words, numbers, JSON keys) are
-    // shorter; `long_runs` skips those wholesale.
-    let end = long_runs(blocks, hay.len(), i, to, MIN_TOKEN, |m| m.token, |r| f(Region::Token(r)));
-    end.max(to.min(hay.len()))
+/// The token pass, streamed block by block: a run is reported where it first reaches
+/// [`MIN_TOKEN`] bytes, whole (its end looked up ahead in the masks). Most runs (words,
+/// numbers, JSON keys) are shorter and cost nothing each; a block costs a few shifts, with a
+/// branch only where a long run begins (before, each block with a long run called a search
+/// that backed up to the run's start and walked forward to it, two loops whose exits
+/// mispredicted on every UUID and link).
+#[derive(Default)]
+struct TokenStream {
+    /// Token bytes directly before the block (at most 63).
+    carry: u32,
+    /// Bit 63: the run open at the end of the last block had reached `MIN_TOKEN` bytes.
+    long_before: u64,
+}
+
+impl TokenStream {
+    #[inline(always)]
+    fn block(&mut self, blocks: &[Masks], n: usize, base: usize, token: u64, f: &mut impl FnMut(Region)) {
+        if token == u64::MAX && self.carry == 63 {
+            // Inside a long run (base64, `/bytes`): nothing starts here.
+            self.long_before = u64::MAX;
+            return;
+        }
+        let min = MIN_TOKEN as u32;
+        // Bit k: the `MIN_TOKEN` bytes ending at k are token bytes; a run's first such bit is
+        // where it becomes long.
+        let long = runs_ending(token, 0, min) | carried_runs(token, self.carry, min);
+        let mut firsts = long & !(long << 1 | self.long_before >> 63);
+        self.carry = token.leading_ones().min(63);
+        self.long_before = long;
+        while firsts != 0 {
+            let k = base + firsts.trailing_zeros() as usize;
+            let end = run_end(blocks, n, k, |m| m.token);
+            f(Region::Token(k + 1 - MIN_TOKEN..end));
+            firsts &= firsts - 1;
+        }
+    }
 }
 
 /// Calls `f` with each maximal run of at least `min` (1..=64) bytes of the class `pick`
@@ -1395,6 +1408,14 @@ mod reference {
             prev = m;
             block_start = end;
         }
+    }
+
+    /// Whether `m` has a run of at least 16 set bits.
+    fn has_run16(m: u64) -> bool {
+        let x = m & (m >> 1);
+        let x = x & (x >> 2);
+        let x = x & (x >> 4);
+        x & (x >> 8) != 0
     }
 
     /// Whether `m` has a run of at least 32 set bits.
