@@ -423,6 +423,34 @@ fn walk_with<const PEXT: bool>(hay: &[u8], words: bool, mut f: impl FnMut(Region
     }
 }
 
+/// The split bytes of a range (see [`Classes::splits`]).
+#[derive(Clone)]
+pub(crate) struct Splits<'a> {
+    blocks: &'a [Masks],
+    /// Bit `k` of `bits` is the byte at `base + k`; none at or past `end`.
+    base: usize,
+    end: usize,
+    bits: u64,
+}
+
+impl Iterator for Splits<'_> {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        while self.bits == 0 {
+            self.base += 64;
+            if self.base >= self.end {
+                return None;
+            }
+            self.bits = mask_at(self.blocks, self.base, |m| m.split) & low_bits(self.end - self.base);
+        }
+        let k = self.bits.trailing_zeros() as usize;
+        self.bits &= self.bits - 1;
+        Some(self.base + k)
+    }
+}
+
 /// The walk's class bitmasks, handed to the region callback so it can split a region further
 /// (into words, segments) without another pass over its bytes.
 /// The second field says `pext` is fast here (see [`fast_pext`]).
@@ -481,10 +509,12 @@ impl Classes<'_> {
 }
 
 impl Classes<'_> {
-    /// The first position in `[i, limit)` holding `.`, `%` or `=`, else `limit`.
+    /// The positions of `.`, `%` and `=` in `r`, in order: the bytes that split a token run.
+    /// One mask load per 64 bytes (a search from each split byte for the next one loaded
+    /// the masks again per byte).
     #[inline]
-    pub fn next_split(&self, i: usize, limit: usize) -> usize {
-        next_in(self.0, i, limit, |m| m.split).min(limit)
+    pub fn splits(&self, r: Range<usize>) -> Splits<'_> {
+        Splits { blocks: self.0, base: r.start, end: r.end, bits: mask_at(self.0, r.start, |m| m.split) & low_bits(r.len()) }
     }
 
     /// Whether every byte of `r` is a hex digit. Stops at the first that is not (base64
@@ -497,11 +527,6 @@ impl Classes<'_> {
     /// numeric separator a token run holds besides `.`, which splits it).
     pub fn all_hex_or_dash(&self, r: Range<usize>) -> bool {
         next_in(self.0, r.start, r.end, |m| !(m.hex | m.numsep & !m.split)) >= r.end
-    }
-
-    /// Whether `r` has none of the bytes that split a token run (`.`, `%`, `=`).
-    pub fn split_free(&self, r: Range<usize>) -> bool {
-        count_in(self.0, r.start, r.end, |m| m.split) == 0
     }
 
     /// Bytes of `r` in `` -:,.\`` (the numeric separators).
@@ -709,12 +734,23 @@ fn count_in(blocks: &[Masks], from: usize, to: usize, pick: impl Fn(&Masks) -> u
 
 /// First position at or after `i` whose byte is not in the class (at most `hay.len()`).
 #[inline]
-fn run_end(blocks: &[Masks], n: usize, mut i: usize, pick: impl Fn(&Masks) -> u64) -> usize {
+fn run_end(blocks: &[Masks], n: usize, i: usize, pick: impl Fn(&Masks) -> u64) -> usize {
+    // The rest of `i`'s block, then whole blocks: each block's load does not wait on the last
+    // one's count, as a step from the end found in the last 64 bytes did (a base64 blob took
+    // a load and a count in a chain per 64 bytes).
+    let (mut b, o) = (i / 64, i % 64);
+    let Some(m) = blocks.get(b) else { return n };
+    let ones = (pick(m) >> o).trailing_ones() as usize;
+    if o + ones < 64 {
+        return (i + ones).min(n);
+    }
     loop {
-        let ones = mask_at(blocks, i, &pick).trailing_ones() as usize;
-        i += ones;
-        if ones < 64 || i >= n {
-            return i.min(n);
+        b += 1;
+        // Blocks past the end are empty; past the last block the run has reached the end.
+        let Some(m) = blocks.get(b) else { return n };
+        let m = pick(m);
+        if m != u64::MAX {
+            return (b * 64 + m.trailing_ones() as usize).min(n);
         }
     }
 }
@@ -1655,7 +1691,8 @@ mod tests {
                     }
                 }
                 if let Region::Token(t) = &r {
-                    assert_eq!(c.split_free(t.clone()), !s[t.clone()].iter().any(|b| matches!(b, b'.' | b'%' | b'=')));
+                    let want: Vec<usize> = t.clone().filter(|&k| matches!(s[k], b'.' | b'%' | b'=')).collect();
+                    assert_eq!(c.splits(t.clone()).collect::<Vec<_>>(), want);
                 }
                 // The count helpers the numeric confirmation uses agree with the bytes.
                 if let Region::Numeric(t) = &r {

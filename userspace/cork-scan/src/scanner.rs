@@ -412,38 +412,31 @@ impl Compiled {
         // Most runs (UUIDs, paths, unpadded base64) have no `.`, `%` or `=`: then there is no
         // URL layer, the run is one segment and one piece, and no Discord token (two dots),
         // which the class masks tell without the `memchr` calls below.
-        if classes.split_free(r.clone()) {
+        let splits = classes.splits(r.clone());
+        if splits.clone().next().is_none() {
             self.segment(hay, classes, r, dir, true, out, layers);
             return;
         }
         // The split bytes are few: visit them from the masks instead of `memchr` over the run.
         let (mut pct, mut dots) = (false, 0);
-        let mut p = classes.next_split(r.start, r.end);
-        while p < r.end {
+        for p in splits.clone() {
             pct |= hay[p] == b'%';
             dots += usize::from(hay[p] == b'.');
-            p = classes.next_split(p + 1, r.end);
         }
         if pct {
             layers.push((Layer::Url, r.clone(), 0));
         }
         // Segments of the base64 alphabets: dots and percent signs split them.
         let (mut seg_start, mut eq) = (r.start, false);
-        let mut p = classes.next_split(r.start, r.end);
-        loop {
-            let end = p.min(r.end);
-            if end == r.end || hay[p] != b'=' {
-                if end - seg_start >= runs::MIN_TOKEN {
-                    self.segment(hay, classes, seg_start..end, dir, !eq, out, layers);
-                }
-                if end == r.end {
-                    break;
+        for p in splits.chain([r.end]) {
+            if p == r.end || hay[p] != b'=' {
+                if p - seg_start >= runs::MIN_TOKEN {
+                    self.segment(hay, classes, seg_start..p, dir, !eq, out, layers);
                 }
                 (seg_start, eq) = (p + 1, false);
             } else {
                 eq = true;
             }
-            p = classes.next_split(p + 1, r.end);
         }
         // A Discord token is one piece of 59 to 72 bytes with two dots.
         if dir == Direction::Egress && self.on(self.idx.discord) && dots >= 2 && run.len() >= 59 {
