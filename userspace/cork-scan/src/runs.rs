@@ -388,12 +388,27 @@ fn walk_with<const PEXT: bool>(hay: &[u8], words: bool, mut f: impl FnMut(Region
     let mut prev = Masks::default();
     let mut block_start = 0;
     let mut words_before = false;
+    let (mut ends_before, mut ends_here) = (0, trigger_ends(&prev, &blocks[0], &blocks[1]));
     while block_start < n {
         let end = (block_start + 64).min(n);
         let m = blocks[block_start / 64];
         let valid = low_bits(end - block_start);
         tokens.block(&blocks, n, block_start, m.token & valid, &mut f);
-        numeric.block::<PEXT>(&blocks, block_start, &m, valid, &mut f);
+        // The numeric stream runs only next to a block where a trigger ends, and on while a
+        // stretch with digits is open: a reported region holds a trigger end, at most four
+        // bytes before its first digit, so it is measured in a run of blocks the stream goes
+        // through, from the last break before (regions never cross one). Most blocks of
+        // JSON and base64 are dense with digits, and hold no trigger.
+        let ends_next = trigger_ends(&m, &blocks[block_start / 64 + 1], &blocks[block_start / 64 + 2]);
+        if ends_before | ends_here | ends_next != 0 || numeric.carries() || ungated() {
+            if !numeric.live {
+                numeric.resync(&blocks, block_start);
+            }
+            numeric.block::<PEXT>(&blocks, block_start, &m, valid, [ends_before, ends_here, ends_next], &mut f);
+        } else {
+            numeric.live = false;
+        }
+        (ends_before, ends_here) = (ends_here, ends_next);
         if words && ungated() {
             if long_word_run(&prev, &m) && end > words_done {
                 let from = block_start.saturating_sub(64).max(words_done);
@@ -933,65 +948,85 @@ struct NumericStream {
     open_first: usize,
     /// Regions have been measured up to here.
     done: usize,
+    /// The last block went through [`NumericStream::block`], so the fields above hold for
+    /// this one; else [`NumericStream::resync`] sets them first.
+    live: bool,
 }
 
-/// Whether a numeric region holds what any of its consumers needs in it (each a necessary
-/// condition of one consumer, from the class masks of the region's own bytes: the consumers
-/// look at nothing outside it but to reject):
+/// Whether a numeric region holds what any of its consumers needs in it: whether a
+/// trigger ends in it (see [`trigger_ends`]).
+fn worth_consuming(blocks: &[Masks], r: Range<usize>) -> bool {
+    (r.start / 64..r.end.div_ceil(64)).any(|b| {
+        let prev = if b == 0 { &Masks::default() } else { &blocks[b - 1] };
+        let p = b * 64;
+        trigger_ends(prev, &blocks[b], &blocks[b + 1]) & !low_bits(r.start.saturating_sub(p)) & low_bits(r.end - p) != 0
+    })
+}
+
+/// Where the numeric regions' consumers may find something in block `m` (after `prev`,
+/// before `next`): the bytes where one of these ends, each a necessary condition of one
+/// consumer, from the class masks:
 /// - a card (the scanner's card loop) is 13 digits joined by single separators: 13 bytes in
 ///   a row of digits and separators that follow a digit;
-/// - an IBAN starts with two capitals and two digits;
-/// - separated hex (`hex_separated_decode` on the region) is eight pairs of exactly two hex
-///   digits (in the region), each pair but the last followed by a separator. Only the first
-///   pair may lie in the region's four bytes before its first digit (and be followed by a
-///   newline there), so pairs three to seven are each followed by a separator of the set
-///   `` :-,\`` or a space, and start 3 to 8 bytes after the one before: two hex digits, then at
-///   most six non-digits, as a seventh would have stopped the region. So the region has five
-///   separators in a chain, each 3 to 8 bytes after the last, that follow two hex digits after
-///   a byte that is not one.
+/// - an IBAN starts with two capitals and two digits after a byte that is no letter or digit
+///   (or at the start), as the scanner's IBAN loop requires; in base64, two capitals and two
+///   digits come about once in four blocks, after a `+` or `/` 32 times less often;
+/// - separated hex (`hex_separated_decode` on a region) is eight pairs of exactly two hex
+///   digits, each pair but the last followed by a separator. Only the first pair may lie in
+///   the region's four bytes before its first digit (and be followed by a newline there), so
+///   pairs three to seven are each followed by a separator of the set `` :-,\`` or a space,
+///   and start 3 to 8 bytes after the one before: two hex digits, then at most six
+///   non-digits, as a seventh would have stopped the region. So there are five separators
+///   in a chain, each 3 to 8 bytes after the last, that follow two hex digits after a byte
+///   that is not one.
 ///
-/// JSON's UUIDs and timestamps have none of these, and are not reported.
-fn worth_consuming(blocks: &[Masks], r: Range<usize>) -> bool {
-    let (mut digit_before, mut upper_before, mut hex_before, mut joined_before) = (0u64, 0u64, 0u64, 0u32);
-    let mut chain_before = [0u64; 4];
-    let mut p = r.start;
-    while p < r.end {
-        let valid = low_bits(r.end - p);
-        let digit = mask_at(blocks, p, |m| m.digit) & valid;
-        let upper = mask_at(blocks, p, |m| m.alpha & !m.word) & valid;
-        let hex = mask_at(blocks, p, |m| m.hex) & valid;
-        let numsep = mask_at(blocks, p, |m| m.numsep) & valid;
-        let (card_or_iban, joined, pair_ends) = card_iban_pairs([digit, upper, hex, numsep], [digit_before, upper_before, hex_before], joined_before);
-        if card_or_iban {
-            return true;
-        }
-        // Five links need five separators here, or a chain carried in (every level's bits
-        // are among the first level's).
-        if pair_ends.count_ones() >= 5 || chain_before[0] >> 56 != 0 {
-            let mut chain = pair_ends;
-            for before in &mut chain_before {
-                // Bits with a chain bit 3 to 8 bytes before: spread over 0..=5, then shifted.
-                let spread = |c: u64| {
-                    let a = c | c << 1;
-                    let b = a | a << 2;
-                    (b | a << 4) << 3
-                };
-                let near = spread(chain) | spread(*before >> 56) >> 8;
-                *before = chain;
-                chain = pair_ends & near;
-            }
-            if chain != 0 {
-                return true;
-            }
-        } else {
-            // No chain completes here; each level is among these separators.
-            chain_before = [pair_ends; 4];
-        }
-        (digit_before, upper_before, hex_before) = (digit, upper, hex);
-        joined_before = joined.leading_ones().min(63);
-        p += 64;
+/// JSON's UUIDs and timestamps have none of these. Each is found where it ends, from the
+/// bytes before it too (a region reports it if it ends inside), and spans at most 40 bytes,
+/// so this block and the last hold it. In a block without digits (most of prose) only a
+/// chain can end, and it matters only in its last four bytes and before a digit in the next
+/// block's first four: a region holds a trigger end at most four bytes before its first
+/// digit, and holds no 64 bytes without a digit.
+#[inline(always)]
+fn trigger_ends(prev: &Masks, m: &Masks, next: &Masks) -> u64 {
+    // `cur` shifted up by `k` (1..=63), with the previous 64 bytes' top bits below it.
+    let back = |cur: u64, prev: u64, k: u32| cur << k | prev >> (64 - k);
+    // Separators after exactly two hex digits (the last block's first three bytes count as
+    // having none before, which no chain ending here reaches back to).
+    let pairs = |m: &Masks, hex_before: u64| m.numsep & back(m.hex, hex_before, 1) & back(m.hex, hex_before, 2) & !back(m.hex, hex_before, 3);
+    // Five links within 33 bytes: five pairs here and in the last 32 bytes first (most of
+    // JSON and prose has fewer).
+    let chain = |before: u64, here: u64| if here != 0 && here.count_ones() + (before >> 32).count_ones() >= 5 { hex_chain_ends(before, here) } else { 0 };
+    let (digit, upper) = (m.digit, m.alpha & !m.word);
+    if digit | prev.digit >> 63 == 0 {
+        return if next.digit & 0xf == 0 { 0 } else { chain(pairs(prev, 0), pairs(m, prev.hex)) & !low_bits(60) };
     }
-    false
+    // Each test first asks for what it needs, which most blocks lack: 13 joined digits with
+    // those before, two capitals in a row, five pairs.
+    let joined = digit | (m.numsep & back(digit, prev.digit, 1));
+    let joined_before = (prev.digit | (prev.numsep & prev.digit << 1)).leading_ones().min(63);
+    let card = if joined.count_ones() + joined_before >= 13 { runs_ending(joined, 0, 13) | carried_runs(joined, joined_before, 13) } else { 0 };
+    let prev_upper = prev.alpha & !prev.word;
+    let capitals = back(upper, prev_upper, 2) & back(upper, prev_upper, 3);
+    let iban = if capitals != 0 { digit & back(digit, prev.digit, 1) & capitals & !back(m.alpha | m.digit, prev.alpha | prev.digit, 4) } else { 0 };
+    card | iban | chain(pairs(prev, 0), pairs(m, prev.hex))
+}
+
+/// The ends among `pairs` of chains of five pairs, each 3 to 8 bytes after the one before
+/// (with the last 64 bytes' pairs `before`: a chain spans at most 32 bytes).
+#[cold]
+fn hex_chain_ends(before: u64, pairs: u64) -> u64 {
+    let all = u128::from(before) | u128::from(pairs) << 64;
+    // Bits with a bit of `c` 3 to 8 bytes before: spread over 0..=5, then shifted.
+    let spread = |c: u128| {
+        let a = c | c << 1;
+        let b = a | a << 2;
+        (b | a << 4) << 3
+    };
+    let mut chain = all;
+    for _ in 0..4 {
+        chain = all & spread(chain);
+    }
+    (chain >> 64) as u64
 }
 
 #[cfg(test)]
@@ -1012,28 +1047,11 @@ fn ungated() -> bool {
     false
 }
 
-/// The card and IBAN tests of [`worth_consuming`] on the 64 bytes whose `[digit, upper, hex,
-/// numsep]` masks are given, after the 64 bytes of `before` (`[digit, upper, hex]`) and
-/// `joined_before` joined digits: whether either holds, the joined digits and the hex pairs
-/// followed by a separator, for the chain test.
+/// [`numeric_extent`] for a region whose stop lies within the 64 bytes from four bytes before
+/// its first digit (UUIDs, timestamps, most numbers), from one load of each mask and without
+/// its loop, whose exit mispredicted; `None` for a longer region.
 #[inline(always)]
-fn card_iban_pairs([digit, upper, hex, numsep]: [u64; 4], [digit_before, upper_before, hex_before]: [u64; 3], joined_before: u32) -> (bool, u64, u64) {
-    // `cur` shifted up by `k` (1..=63), with the previous 64 bytes' top bits below it.
-    let back = |cur: u64, prev: u64, k: u32| cur << k | prev >> (64 - k);
-    let joined = digit | (numsep & back(digit, digit_before, 1));
-    let card = runs_ending(joined, 0, 13) | carried_runs(joined, joined_before, 13);
-    let iban = digit & back(digit, digit_before, 1) & back(upper, upper_before, 2) & back(upper, upper_before, 3);
-    let pair_ends = numsep & back(hex, hex_before, 1) & back(hex, hex_before, 2) & !back(hex, hex_before, 3);
-    (card | iban != 0, joined, pair_ends)
-}
-
-/// [`numeric_extent`] and [`worth_consuming`] at once for a region whose stop lies within the
-/// 64 bytes from four bytes before its first digit (UUIDs, timestamps, most numbers), from one
-/// load of each mask and without their loops: `(stop, region, report)`, or `None` for a
-/// longer region. Two thirds of the regions measured in JSON are UUIDs and timestamps, none
-/// of them reported; the loops' exits mispredicted.
-#[inline(always)]
-fn short_region(blocks: &[Masks], first: usize) -> Option<(usize, Range<usize>, bool)> {
+fn short_extent(blocks: &[Masks], first: usize) -> Option<(usize, usize, usize)> {
     let p = first.saturating_sub(4);
     // From the first digit on, as `numeric_extent` counts.
     let from = !low_bits(first - p);
@@ -1046,29 +1064,72 @@ fn short_region(blocks: &[Masks], first: usize) -> Option<(usize, Range<usize>, 
     }
     let taken = digit & from & low_bits(stop.trailing_zeros() as usize);
     // `first` is a digit before the stop, so `taken` is not empty.
-    let last = p + 63 - taken.leading_zeros() as usize;
-    let r = p..last + 1;
-    if taken.count_ones() < MIN_DIGITS as u32 {
-        return Some((p + stop.trailing_zeros() as usize, r, false));
+    Some((p + stop.trailing_zeros() as usize, taken.count_ones() as usize, p + 63 - taken.leading_zeros() as usize))
+}
+
+/// Whether a trigger of `ends` (the trigger ends of the blocks before, at and after `base`)
+/// lies in `r`, or `None` if `r` reaches outside those blocks.
+#[inline(always)]
+fn trigger_in(ends: [u64; 3], base: usize, r: &Range<usize>) -> Option<bool> {
+    if r.start + 64 < base || r.end > base + 128 {
+        return None;
     }
-    if ungated() {
-        return Some((p + stop.trailing_zeros() as usize, r, true));
-    }
-    let valid = low_bits(r.len());
-    let upper = mask_at(blocks, p, |m| m.alpha & !m.word);
-    let hex = mask_at(blocks, p, |m| m.hex);
-    let (card_or_iban, _, pair_ends) = card_iban_pairs([digit & valid, upper & valid, hex & valid, numsep & valid], [0; 3], 0);
-    // A chain of five pairs is rare: the loop decides it.
-    let report = card_or_iban || (pair_ends.count_ones() >= 5 && worth_consuming(blocks, r.clone()));
-    Some((p + stop.trailing_zeros() as usize, r, report))
+    // Offsets from 64 bytes before `base`.
+    let (lo, hi) = (r.start + 64 - base, r.end + 64 - base);
+    let bits = |i: usize| ends[i] & !low_bits(lo.saturating_sub(64 * i)) & low_bits(hi.saturating_sub(64 * i));
+    Some(bits(0) | bits(1) | bits(2) != 0)
 }
 
 /// [`dense_first`]'s answer for a stretch that began in an earlier block.
 const CARRIED: u32 = 64;
 
 impl NumericStream {
+    /// Whether a stretch with digits is open at the end of the last block, which later
+    /// blocks can make dense.
     #[inline(always)]
-    fn block<const PEXT: bool>(&mut self, blocks: &[Masks], base: usize, m: &Masks, valid: u64, f: &mut impl FnMut(Region)) {
+    fn carries(&self) -> bool {
+        self.live && self.open > 0
+    }
+
+    /// Sets the carried state for the block at `base` from the blocks before it, after a pause
+    /// (see the walk): the stretch open there begins after the last break, or at `done` if
+    /// the last region measured stopped inside it.
+    fn resync(&mut self, blocks: &[Masks], base: usize) {
+        self.live = true;
+        self.open = 0;
+        if base == 0 {
+            return;
+        }
+        self.gap = blocks[base / 64 - 1].digit.leading_zeros().min(63);
+        if self.done >= base {
+            return;
+        }
+        let mut j = base / 64;
+        let from = loop {
+            j -= 1;
+            let m = &blocks[j];
+            let gap = if j == 0 { 0 } else { blocks[j - 1].digit.leading_zeros().min(63) };
+            let gaps = runs_ending(!m.digit, 0, 7) | carried_runs(!m.digit, gap, 7);
+            let mut breaks = !(m.alpha | m.digit | m.numsep) | gaps;
+            if j == self.done / 64 {
+                breaks &= !low_bits(self.done % 64);
+            }
+            if breaks != 0 {
+                break j * 64 + 64 - breaks.leading_zeros() as usize;
+            }
+            if j == self.done / 64 {
+                break self.done;
+            }
+        };
+        self.open = count_in(blocks, from, base, |m| m.digit).min(63) as u32;
+        self.open_first = next_in(blocks, from, base, |m| m.digit);
+    }
+
+    /// Counts the block at `base`, whose masks are `m`, and measures the regions that become
+    /// dense in it; `ends` are the trigger ends of the blocks before, at and after it.
+    #[inline(always)]
+    fn block<const PEXT: bool>(&mut self, blocks: &[Masks], base: usize, m: &Masks, valid: u64, ends: [u64; 3], f: &mut impl FnMut(Region)) {
+
         let min = MIN_DIGITS as u32;
         let digit = m.digit & valid;
         if digit == 0 && self.open == 0 {
@@ -1106,15 +1167,9 @@ impl NumericStream {
                 return;
             };
             let first = if k == CARRIED { self.open_first } else { base + k as usize };
-            let (stop, r, report) = match short_region(blocks, first) {
-                Some(short) => short,
-                None => {
-                    let (stop, count, last) = numeric_extent(blocks, first);
-                    let r = first.saturating_sub(4)..last + 1;
-                    (stop, r.clone(), count >= min as usize && (ungated() || worth_consuming(blocks, r)))
-                }
-            };
-            if report {
+            let (stop, count, last) = short_extent(blocks, first).unwrap_or_else(|| numeric_extent(blocks, first));
+            let r = first.saturating_sub(4)..last + 1;
+            if count >= min as usize && (ungated() || trigger_in(ends, base, &r).unwrap_or_else(|| worth_consuming(blocks, r.clone()))) {
                 f(Region::Numeric(r));
             }
             // `first` is at or after `done`, so this moves on; the last term keeps it so.
@@ -1751,19 +1806,37 @@ mod tests {
         assert!(seen > 1000, "{seen}");
     }
 
-    /// The numeric regions reported are exactly those of the ungated walk that hold a
-    /// trigger, as `worth_consuming` tells over the region's own masks: the one-window
-    /// measure of short regions (`short_region`) neither drops nor adds one.
+    /// The numeric regions reported are exactly those of the ungated walk (every block
+    /// counted, every dense region measured) that `worth_consuming` keeps: the pauses of the
+    /// numeric stream between triggers, its restarts from the last break and the one-window
+    /// measure of short regions neither drop nor add one. Base64 with cards and IBANs in it
+    /// has long pauses with dense stretches in them, and restarts in the middle of stretches.
     #[test]
     fn gated_numeric_regions_are_the_triggered_ones() {
         let mut rng = crate::template::Rng::new(47);
         let mut kept = 0;
         for round in 0..3000 {
             let n = 1 + rng.below(if round % 10 == 0 { 1500 } else { 300 });
-            let s = match round % 3 {
+            let s = match round % 4 {
                 0 => digits_between_letters(&mut rng, n),
                 1 => random_input(&mut rng, n, b"0123456789abcdefABCDEF -:,.\\x"),
-                _ => random_input(&mut rng, n, b"0123456789DEGBWST -+"),
+                2 => random_input(&mut rng, n, b"0123456789DEGBWST -+"),
+                _ => {
+                    let mut s = Vec::new();
+                    while s.len() < n {
+                        let noise = rng.below(400);
+                        s.extend(random_input(&mut rng, noise, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"));
+                        let (k, sep) = ([13, 16, 19][rng.below(3)], ["", " ", "-"][rng.below(3)]);
+                        let secret = match rng.below(3) {
+                            0 => card(&mut rng, k, sep),
+                            1 => iban(&mut rng, &sep.replace('-', " ")),
+                            _ => digits_between_letters(&mut rng, 40).into_iter().map(char::from).collect(),
+                        };
+                        s.push(b"+/ 7"[rng.below(4)]);
+                        s.extend_from_slice(secret.as_bytes());
+                    }
+                    s
+                }
             };
             let blocks = block_masks(&s);
             let numeric = |ungated: bool| {
@@ -1775,7 +1848,26 @@ mod tests {
             assert_eq!(numeric(false), want, "round {round}: {:?}", String::from_utf8_lossy(&s));
             kept += want.len();
         }
-        assert!(kept > 1000, "{kept}");
+        assert!(kept > 500, "{kept}");
+    }
+
+    /// A trigger may end just before a region's first digit (a chain of hex pairs of letters,
+    /// then sparse digits): at every alignment the stream runs where the region starts, and on
+    /// until its tenth digit, two blocks after the trigger's.
+    #[test]
+    fn trigger_before_the_first_digit() {
+        for pad in 0..192 {
+            let mut s = vec![b'z'; pad];
+            s.extend_from_slice(b"ab:cd:ef:ab:cd:ggg1------2------3------4------5------6------7------8------9------0 end");
+            let blocks = block_masks(&s);
+            let numeric = |ungated: bool| {
+                UNGATED.with(|u| u.set(ungated));
+                by_kind(&regions(&s))[1].clone()
+            };
+            let want: Vec<Region> = numeric(true).into_iter().filter(|r| matches!(r, Region::Numeric(r) if worth_consuming(&blocks, r.clone()))).collect();
+            assert_eq!(want.len(), 1, "pad {pad}");
+            assert_eq!(numeric(false), want, "pad {pad}");
+        }
     }
 
     /// The key-sized words of a segment are its maximal runs of letters and digits of 34, 51
@@ -1789,22 +1881,30 @@ mod tests {
             // Words of 20 to 60 bytes on average: every length that matters, longer runs too.
             let gap = 20 + rng.below(40);
             let s: Vec<u8> = (0..len).map(|_| if rng.below(gap) == 0 { b"+/-_"[rng.below(4)] } else { b"aZ7"[rng.below(3)] }).collect();
+            // The classes are the whole slice's: checked once per walk, at its first region,
+            // with a few ends per start.
+            let mut checked = false;
             walk(&s, true, |_, c| {
+                if std::mem::replace(&mut checked, true) {
+                    return;
+                }
                 for start in (0..=s.len()).filter(|&k| k == 0 || !s[k - 1].is_ascii_alphanumeric()) {
-                    let end = start + rng.below(s.len() - start + 1);
-                    let mut got = Vec::new();
-                    c.key_sized_words(start..end, |w| got.push(w));
-                    let mut want = Vec::new();
-                    let mut k = start;
-                    while k < end {
-                        let e = (k..end).find(|&j| !s[j].is_ascii_alphanumeric()).unwrap_or(end);
-                        if matches!(e - k, 34 | 51 | 52) {
-                            want.push(k..e);
+                    for _ in 0..4 {
+                        let end = start + rng.below(s.len() - start + 1);
+                        let mut got = Vec::new();
+                        c.key_sized_words(start..end, |w| got.push(w));
+                        let mut want = Vec::new();
+                        let mut k = start;
+                        while k < end {
+                            let e = (k..end).find(|&j| !s[j].is_ascii_alphanumeric()).unwrap_or(end);
+                            if matches!(e - k, 34 | 51 | 52) {
+                                want.push(k..e);
+                            }
+                            k = e + 1;
                         }
-                        k = e + 1;
+                        assert_eq!(got, want, "{start}..{end}");
+                        reported += got.len();
                     }
-                    assert_eq!(got, want, "{start}..{end}");
-                    reported += got.len();
                 }
             });
         }
