@@ -811,6 +811,11 @@ impl TokenStream {
             return;
         }
         let min = MIN_TOKEN as u32;
+        if self.carry + token.trailing_ones() < min && !has_run16(token) {
+            // No long run here (most blocks of prose and markup).
+            (self.carry, self.long_before) = (token.leading_ones(), 0);
+            return;
+        }
         // Bit k: the `MIN_TOKEN` bytes ending at k are token bytes; a run's first such bit is
         // where it becomes long.
         let long = runs_ending(token, 0, min) | carried_runs(token, self.carry, min);
@@ -1459,6 +1464,15 @@ fn scan_high(hay: &[u8], blocks: &[Masks], floor: &mut usize, from: usize, to: u
     (*floor).max(to)
 }
 
+/// Whether `m` has a run of at least 16 set bits.
+#[inline(always)]
+fn has_run16(m: u64) -> bool {
+    let x = m & (m >> 1);
+    let x = x & (x >> 2);
+    let x = x & (x >> 4);
+    x & (x >> 8) != 0
+}
+
 #[cfg(test)]
 mod reference {
     //! The byte-at-a-time walk the mask-driven one replaced, kept to test that both report the
@@ -1499,14 +1513,6 @@ mod reference {
             prev = m;
             block_start = end;
         }
-    }
-
-    /// Whether `m` has a run of at least 16 set bits.
-    fn has_run16(m: u64) -> bool {
-        let x = m & (m >> 1);
-        let x = x & (x >> 2);
-        let x = x & (x >> 4);
-        x & (x >> 8) != 0
     }
 
     /// Whether `m` has a run of at least 32 set bits.
