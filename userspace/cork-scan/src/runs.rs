@@ -710,6 +710,15 @@ impl Classes<'_> {
     }
 }
 
+/// Whether `m` has a run of at least 16 set bits.
+#[inline(always)]
+fn has_run16(m: u64) -> bool {
+    let x = m & (m >> 1);
+    let x = x & (x >> 2);
+    let x = x & (x >> 4);
+    x & (x >> 8) != 0
+}
+
 /// Whether `m` has a run of at least 32 set bits.
 #[inline]
 fn has_run32(m: u64) -> bool {
@@ -897,6 +906,18 @@ fn carried_runs(x: u64, carry: u32, len: u32) -> u64 {
 /// between digits; contiguous alphanumerics longer than the longest IBAN (34) stop it, as
 /// they are a token (base64, hashes), which the token pass owns.
 fn numeric_extent(blocks: &[Masks], i: usize) -> (usize, usize, usize) {
+    // Most regions (UUIDs, timestamps, most numbers) stop within the 64 bytes from four bytes
+    // before `i`: one load of each mask there, and no loop, whose exit mispredicted. Letters
+    // and digits before `i` do not count; no run of non-digits crosses `i`, a digit.
+    let p = i.saturating_sub(4);
+    let from = !low_bits(i - p);
+    let digit = mask_at(blocks, p, |m| m.digit);
+    let stop = region_stops(digit, mask_at(blocks, p, |m| m.alpha | m.digit) & from, mask_at(blocks, p, |m| m.numsep), 0, 0) & from;
+    if stop != 0 {
+        let taken = digit & from & low_bits(stop.trailing_zeros() as usize);
+        // `i` is a digit before the stop, so `taken` is not empty.
+        return (p + stop.trailing_zeros() as usize, taken.count_ones() as usize, p + 63 - taken.leading_zeros() as usize);
+    }
     let mut p = i;
     let mut count = 0usize;
     let mut last = i;
@@ -905,8 +926,7 @@ fn numeric_extent(blocks: &[Masks], i: usize) -> (usize, usize, usize) {
     loop {
         let digit = mask_at(blocks, p, |m| m.digit);
         let alnum = mask_at(blocks, p, |m| m.alpha | m.digit);
-        let allowed = alnum | mask_at(blocks, p, |m| m.numsep);
-        let stop = !allowed | runs_ending(!digit, gap_carry, 7) | runs_ending(alnum, alnum_carry, 35);
+        let stop = region_stops(digit, alnum, mask_at(blocks, p, |m| m.numsep), gap_carry, alnum_carry);
         let (take, stop_at) = if stop != 0 {
             let k = stop.trailing_zeros();
             ((1u64 << k) - 1, Some(p + k as usize))
@@ -926,6 +946,28 @@ fn numeric_extent(blocks: &[Masks], i: usize) -> (usize, usize, usize) {
         gap_carry = (!digit).leading_ones();
         p += 64;
     }
+}
+
+/// The bytes that stop a numeric region among 64 bytes with these masks: bytes outside its
+/// set (letters, digits and numeric separators), the seventh non-digit in a row and the 35th
+/// letter or digit in a row, counting the `gap` non-digits and `alnum_run` letters or digits
+/// directly before them.
+#[inline(always)]
+fn region_stops(digit: u64, alnum: u64, numsep: u64, gap: u32, alnum_run: u32) -> u64 {
+    !(alnum | numsep) | runs_ending(!digit, gap, 7) | runs_ending(alnum, alnum_run, 35)
+}
+
+/// The breaks of a block with masks `m` (its bytes in `valid`) after `gap` non-digits (at
+/// most 63): bytes outside a region's set and the seventh non-digit in a row, where every
+/// region stops whatever digit it was taken from (see [`NumericStream`]).
+#[inline(always)]
+fn stretch_breaks(m: &Masks, valid: u64, gap: u32) -> u64 {
+    let digit = m.digit & valid;
+    // The carry without a branch: it changes from block to block, and the branch in
+    // `runs_ending` mispredicted.
+    let gaps = runs_ending(!digit, 0, 7) | carried_runs(!digit, gap, 7);
+    // Bytes past the end are outside the allowed set: breaks.
+    !((m.alpha | m.digit | m.numsep) & valid) | gaps
 }
 
 /// The numeric pass, streamed block by block with carries.
@@ -1052,26 +1094,6 @@ fn ungated() -> bool {
     false
 }
 
-/// [`numeric_extent`] for a region whose stop lies within the 64 bytes from four bytes before
-/// its first digit (UUIDs, timestamps, most numbers), from one load of each mask and without
-/// its loop, whose exit mispredicted; `None` for a longer region.
-#[inline(always)]
-fn short_extent(blocks: &[Masks], first: usize) -> Option<(usize, usize, usize)> {
-    let p = first.saturating_sub(4);
-    // From the first digit on, as `numeric_extent` counts.
-    let from = !low_bits(first - p);
-    let digit = mask_at(blocks, p, |m| m.digit);
-    let alnum = mask_at(blocks, p, |m| m.alpha | m.digit);
-    let numsep = mask_at(blocks, p, |m| m.numsep);
-    let stop = (!(alnum | numsep) | runs_ending(!digit & from, 0, 7) | runs_ending(alnum & from, 0, 35)) & from;
-    if stop == 0 {
-        return None;
-    }
-    let taken = digit & from & low_bits(stop.trailing_zeros() as usize);
-    // `first` is a digit before the stop, so `taken` is not empty.
-    Some((p + stop.trailing_zeros() as usize, taken.count_ones() as usize, p + 63 - taken.leading_zeros() as usize))
-}
-
 /// Whether a trigger of `ends` (the trigger ends of the blocks before, at and after `base`)
 /// lies in `r`, or `None` if `r` reaches outside those blocks.
 #[inline(always)]
@@ -1112,10 +1134,8 @@ impl NumericStream {
         let mut j = base / 64;
         let from = loop {
             j -= 1;
-            let m = &blocks[j];
             let gap = if j == 0 { 0 } else { blocks[j - 1].digit.leading_zeros().min(63) };
-            let gaps = runs_ending(!m.digit, 0, 7) | carried_runs(!m.digit, gap, 7);
-            let mut breaks = !(m.alpha | m.digit | m.numsep) | gaps;
+            let mut breaks = stretch_breaks(&blocks[j], u64::MAX, gap);
             if j == self.done / 64 {
                 breaks &= !low_bits(self.done % 64);
             }
@@ -1134,7 +1154,6 @@ impl NumericStream {
     /// dense in it; `ends` are the trigger ends of the blocks before, at and after it.
     #[inline(always)]
     fn block<const PEXT: bool>(&mut self, blocks: &[Masks], base: usize, m: &Masks, valid: u64, ends: [u64; 3], f: &mut impl FnMut(Region)) {
-
         let min = MIN_DIGITS as u32;
         let digit = m.digit & valid;
         if digit == 0 && self.open == 0 {
@@ -1142,11 +1161,7 @@ impl NumericStream {
             self.gap = 63;
             return;
         }
-        // The seventh non-digit in a row, counting the carry without a branch: the carry
-        // changes from block to block, and the branch in `runs_ending` mispredicted.
-        let gaps = runs_ending(!digit, 0, 7) | carried_runs(!digit, self.gap, 7);
-        // Bytes past the end are outside the allowed set: breaks.
-        let breaks = !((m.alpha | m.digit | m.numsep) & valid) | gaps;
+        let breaks = stretch_breaks(m, valid, self.gap);
         self.gap = digit.leading_zeros().min(63);
         loop {
             let (d, brk, open) = if self.done >= base {
@@ -1172,7 +1187,7 @@ impl NumericStream {
                 return;
             };
             let first = if k == CARRIED { self.open_first } else { base + k as usize };
-            let (stop, count, last) = short_extent(blocks, first).unwrap_or_else(|| numeric_extent(blocks, first));
+            let (stop, count, last) = numeric_extent(blocks, first);
             let r = first.saturating_sub(4)..last + 1;
             if count >= min as usize && (ungated() || trigger_in(ends, base, &r).unwrap_or_else(|| worth_consuming(blocks, r.clone()))) {
                 f(Region::Numeric(r));
@@ -1462,15 +1477,6 @@ fn scan_high(hay: &[u8], blocks: &[Masks], floor: &mut usize, from: usize, to: u
         *floor = i;
     }
     (*floor).max(to)
-}
-
-/// Whether `m` has a run of at least 16 set bits.
-#[inline(always)]
-fn has_run16(m: u64) -> bool {
-    let x = m & (m >> 1);
-    let x = x & (x >> 2);
-    let x = x & (x >> 4);
-    x & (x >> 8) != 0
 }
 
 #[cfg(test)]
@@ -1812,6 +1818,18 @@ mod tests {
         assert!(seen > 1000, "{seen}");
     }
 
+    /// The numeric regions of the walk of `s`, and those of the ungated walk (every block
+    /// counted, every dense region measured) that `worth_consuming` keeps.
+    fn gated_and_triggered(s: &[u8]) -> (Vec<Region>, Vec<Region>) {
+        let blocks = block_masks(s);
+        let numeric = |ungated: bool| {
+            UNGATED.with(|u| u.set(ungated));
+            by_kind(&regions(s))[1].clone()
+        };
+        let want = numeric(true).into_iter().filter(|r| matches!(r, Region::Numeric(r) if worth_consuming(&blocks, r.clone()))).collect();
+        (numeric(false), want)
+    }
+
     /// The numeric regions reported are exactly those of the ungated walk (every block
     /// counted, every dense region measured) that `worth_consuming` keeps: the pauses of the
     /// numeric stream between triggers, its restarts from the last break and the one-window
@@ -1844,14 +1862,8 @@ mod tests {
                     s
                 }
             };
-            let blocks = block_masks(&s);
-            let numeric = |ungated: bool| {
-                UNGATED.with(|u| u.set(ungated));
-                by_kind(&regions(&s))[1].clone()
-            };
-            let all = numeric(true);
-            let want: Vec<Region> = all.into_iter().filter(|r| matches!(r, Region::Numeric(r) if worth_consuming(&blocks, r.clone()))).collect();
-            assert_eq!(numeric(false), want, "round {round}: {:?}", String::from_utf8_lossy(&s));
+            let (gated, want) = gated_and_triggered(&s);
+            assert_eq!(gated, want, "round {round}: {:?}", String::from_utf8_lossy(&s));
             kept += want.len();
         }
         assert!(kept > 500, "{kept}");
@@ -1865,14 +1877,9 @@ mod tests {
         for pad in 0..192 {
             let mut s = vec![b'z'; pad];
             s.extend_from_slice(b"ab:cd:ef:ab:cd:ggg1------2------3------4------5------6------7------8------9------0 end");
-            let blocks = block_masks(&s);
-            let numeric = |ungated: bool| {
-                UNGATED.with(|u| u.set(ungated));
-                by_kind(&regions(&s))[1].clone()
-            };
-            let want: Vec<Region> = numeric(true).into_iter().filter(|r| matches!(r, Region::Numeric(r) if worth_consuming(&blocks, r.clone()))).collect();
+            let (gated, want) = gated_and_triggered(&s);
             assert_eq!(want.len(), 1, "pad {pad}");
-            assert_eq!(numeric(false), want, "pad {pad}");
+            assert_eq!(gated, want, "pad {pad}");
         }
     }
 
