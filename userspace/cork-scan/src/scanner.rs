@@ -460,16 +460,7 @@ impl Compiled {
             // Alphanumeric words inside the segment: Twilio keys (34 bytes) and WIF keys (51 or
             // 52) are whole words. Word edges come from the walk's class bitmasks, one step per
             // byte between words.
-            classes.key_sized_words(r.clone(), |w| {
-                let (at, len) = (w.start, w.len());
-                let w = &hay[w];
-                if len == 34 && w.starts_with(b"SK") && w[2..].iter().all(u8::is_ascii_hexdigit) && self.on(self.idx.twilio) && validate::shannon_entropy(&w[2..]) > 3.0 {
-                    out.push(Hit { rule: self.idx.twilio, span: at..at + len, layers: Vec::new() });
-                }
-                if (len == 51 || len == 52) && matches!(w[0], b'5' | b'K' | b'L' | b'9' | b'c') && self.on(self.idx.wif) && validate::bitcoin_wif_valid(w) {
-                    out.push(Hit { rule: self.idx.wif, span: at..at + len, layers: Vec::new() });
-                }
-            });
+            classes.key_sized_words(r.clone(), |w| self.key_word(hay, w, out));
             if self.on(self.idx.generic) {
                 self.generic(hay, r.clone(), is_hex, no_eq, out);
             }
@@ -506,6 +497,21 @@ impl Compiled {
             for skip in 0..aligns {
                 layers.push((Layer::Base64, pr.clone(), skip));
             }
+        }
+    }
+
+    /// A Twilio key (34 bytes) or a WIF key (51 or 52) in a word of that size. Kept out of
+    /// line: the word search around it runs once per 64 bytes of every long segment, and the
+    /// checks (a Base58Check decode) would take registers and stack from it.
+    #[inline(never)]
+    fn key_word(&self, hay: &[u8], w: Range<usize>, out: &mut Vec<Hit>) {
+        let (at, len) = (w.start, w.len());
+        let w = &hay[w];
+        if len == 34 && w.starts_with(b"SK") && w[2..].iter().all(u8::is_ascii_hexdigit) && self.on(self.idx.twilio) && validate::shannon_entropy(&w[2..]) > 3.0 {
+            out.push(Hit { rule: self.idx.twilio, span: at..at + len, layers: Vec::new() });
+        }
+        if (len == 51 || len == 52) && matches!(w[0], b'5' | b'K' | b'L' | b'9' | b'c') && self.on(self.idx.wif) && validate::bitcoin_wif_valid(w) {
+            out.push(Hit { rule: self.idx.wif, span: at..at + len, layers: Vec::new() });
         }
     }
 
