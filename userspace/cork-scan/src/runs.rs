@@ -6,7 +6,9 @@
 //! - *numeric regions*: digits with short gaps, where card numbers, IBANs and separated hex are;
 //! - *word regions*: lowercase words and whitespace, long enough to hold a seed phrase;
 //! - *non-ASCII regions*: whitespace-delimited words with non-ASCII bytes, which may hide a
-//!   token behind invisible characters or homoglyphs.
+//!   token behind invisible characters or homoglyphs;
+//! - *key-sized words*: runs of letters and digits of exactly the lengths of the keys that have
+//!   no literal of their own to anchor on (Twilio, Bitcoin WIF).
 //!
 //! The walk works on 64-byte blocks turned into bitmasks, so blocks with nothing interesting
 //! (the bulk of prose and markup) cost a few instructions each.
@@ -24,6 +26,9 @@ pub(crate) enum Region {
     Numeric(Range<usize>),
     Words(Range<usize>),
     NonAscii(Range<usize>),
+    /// A maximal run of letters and digits of 34, 51 or 52 bytes: the length of a Twilio key
+    /// or a Bitcoin WIF key, which are whole words of a token run.
+    KeyWord(Range<usize>),
 }
 
 const T: u8 = 1; // token byte
@@ -443,6 +448,53 @@ pub(crate) mod simd {
             b += 8;
         }
     }
+
+    /// Appends [`super::key_word_ends`] of blocks `0..` to `out` (empty), eight blocks a step
+    /// as [`trigger_ends_avx512`]: the run doubling over a block and the one before is a pair
+    /// of 64-bit lanes, shifted together with `vpshldq`.
+    ///
+    /// # Safety
+    /// Requires the features of [`has_trigger_features`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512cd,avx512vpopcntdq,avx512vbmi2")]
+    pub(super) unsafe fn key_word_ends_avx512(blocks: &Blocks, out: &mut Vec<u64>) {
+        use super::{ALPHA, DIGIT};
+        let n = blocks.len();
+        out.reserve(n.saturating_sub(1));
+        // SAFETY (of the loads): steps read blocks `b..b + 9`, with `b + 8 < n`.
+        let row = |f: usize, b: usize| _mm512_loadu_si512(blocks.row(f).as_ptr().add(b) as *const _);
+        let and = |a, b| _mm512_and_si512(a, b);
+        let mut last = _mm512_setzero_si512();
+        let mut b = 0;
+        while b + 8 < n {
+            let x = _mm512_or_si512(row(ALPHA, b), row(DIGIT, b));
+            let next = _mm512_or_si512(row(ALPHA, b + 1), row(DIGIT, b + 1));
+            let px = _mm512_alignr_epi64::<7>(x, last);
+            last = x;
+            let ends = _mm512_andnot_si512(_mm512_or_si512(_mm512_srli_epi64::<1>(x), _mm512_slli_epi64::<63>(next)), x);
+            // 128-bit values as (high: this block, low: the block before), shifted left by s.
+            macro_rules! shl {
+                ($v:expr, $s:literal) => {
+                    (_mm512_shldi_epi64::<$s>($v.0, $v.1), _mm512_slli_epi64::<$s>($v.1))
+                };
+            }
+            let both = |a: (__m512i, __m512i), b: (__m512i, __m512i)| (and(a.0, b.0), and(a.1, b.1));
+            let y1 = (x, px);
+            let y2 = both(y1, shl!(y1, 1));
+            let y4 = both(y2, shl!(y2, 2));
+            let y8 = both(y4, shl!(y4, 4));
+            let y16 = both(y8, shl!(y8, 8));
+            let y32 = and(y16.0, shl!(y16, 16).0);
+            let r34 = and(y32, shl!(y2, 32).0);
+            let r51 = and(and(y32, shl!(y16, 32).0), and(shl!(y2, 48).0, shl!(y1, 50).0));
+            let sep_51_or_52 = _mm512_andnot_si512(and(shl!(y1, 51).0, shl!(y1, 52).0), _mm512_set1_epi64(-1));
+            let exact = _mm512_or_si512(_mm512_andnot_si512(shl!(y1, 34).0, r34), and(r51, sep_51_or_52));
+            let at = out.len();
+            _mm512_storeu_si512(out.spare_capacity_mut().as_mut_ptr() as *mut _, and(ends, exact));
+            // SAFETY: `n - 1 >= b + 8` words were reserved above, and these eight just written.
+            out.set_len(at + 8);
+            b += 8;
+        }
+    }
 }
 
 /// The low `n` bits set (all of them from 64 on): the positions of a 64-bit mask that lie
@@ -458,19 +510,20 @@ fn is_delim(b: u8) -> bool {
 
 /// Walks `hay` and calls `f` once per region. Regions of one kind come in order of their
 /// start; regions of different kinds may overlap, and each region is reported once. Word
-/// regions are looked for only if `words` (their one use is egress's seed phrase rule).
+/// regions are looked for only if `words` (their one use is egress's seed phrase rule), and
+/// key-sized words only if `key_words` (egress's Twilio and WIF rules).
 // Always inlined into its one caller: when `Compiled::scan_with_tail` grew (a packed role
 // search), LLVM stopped inlining it and request scans took 4% more instructions.
 #[inline(always)]
-pub(crate) fn walk(hay: &[u8], words: bool, f: impl FnMut(Region, &Classes)) {
+pub(crate) fn walk(hay: &[u8], words: bool, key_words: bool, f: impl FnMut(Region, &Classes)) {
     #[cfg(target_arch = "x86_64")]
     {
         if fast_pext() {
             // SAFETY: `fast_pext` checked that the CPU has BMI2.
-            return unsafe { walk_bmi2(hay, words, f) };
+            return unsafe { walk_bmi2(hay, words, key_words, f) };
         }
     }
-    walk_with::<false>(hay, words, f)
+    walk_with::<false>(hay, words, key_words, f)
 }
 
 /// [`walk_with`] compiled with BMI2, whose `pext` and `pdep` count a block's numeric stretches
@@ -480,8 +533,8 @@ pub(crate) fn walk(hay: &[u8], words: bool, f: impl FnMut(Region, &Classes)) {
 /// Requires BMI2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "bmi2")]
-unsafe fn walk_bmi2(hay: &[u8], words: bool, f: impl FnMut(Region, &Classes)) {
-    walk_with::<true>(hay, words, f)
+unsafe fn walk_bmi2(hay: &[u8], words: bool, key_words: bool, f: impl FnMut(Region, &Classes)) {
+    walk_with::<true>(hay, words, key_words, f)
 }
 
 /// Whether `pext` and `pdep` are single instructions here: BMI2 is present and is not the
@@ -503,7 +556,7 @@ fn fast_pext() -> bool {
 
 /// The walk, with `PEXT` telling how [`NumericStream`] counts stretches (see [`fast_pext`]).
 #[inline(always)]
-fn walk_with<const PEXT: bool>(hay: &[u8], words: bool, mut f: impl FnMut(Region, &Classes)) {
+fn walk_with<const PEXT: bool>(hay: &[u8], words: bool, key_words: bool, mut f: impl FnMut(Region, &Classes)) {
     let n = hay.len();
     let mut tokens = TokenStream::default();
     let mut words_done = 0;
@@ -512,6 +565,7 @@ fn walk_with<const PEXT: bool>(hay: &[u8], words: bool, mut f: impl FnMut(Region
     let mut numeric = NumericStream::default();
     let mut phrases = PhraseStream::default();
     let (blocks, triggers) = masks_and_triggers(hay);
+    let key_ends = if key_words { all_key_word_ends(&blocks) } else { Vec::new() };
     let classes = Classes(&blocks, PEXT);
     let mut f = |r: Region| f(r, &classes);
     let mut prev = Masks::default();
@@ -523,6 +577,9 @@ fn walk_with<const PEXT: bool>(hay: &[u8], words: bool, mut f: impl FnMut(Region
         let m = blocks.at(block_start / 64);
         let valid = low_bits(end - block_start);
         tokens.block(&blocks, n, block_start, m.token & valid, &mut f);
+        if key_words && key_ends[block_start / 64] != 0 {
+            key_words_ending(&blocks, block_start, key_ends[block_start / 64], &mut f);
+        }
         // The numeric stream runs only next to a block where a trigger ends, and on while a
         // stretch with digits is open: a reported region holds a trigger end, at most four
         // bytes before its first digit, so it is measured in a run of blocks the stream goes
@@ -608,51 +665,6 @@ impl Classes<'_> {
         mask_at(self.0, p, |m| m.alpha | m.digit)
     }
 
-    /// Calls `f` with each word of `r` (a maximal run of ASCII letters and digits, `r`'s ends
-    /// ending it) of 34, 51 or 52 bytes: the lengths of a Twilio key and of a WIF key, the
-    /// rules that are whole words of a token run. `r` must not start inside a word.
-    // Inlined into its one caller whatever the size of the walk around it (see
-    // `PhraseStream::stretches`).
-    #[inline(always)]
-    pub fn key_sized_words(&self, r: Range<usize>, mut f: impl FnMut(Range<usize>)) {
-        if r.len() < 34 {
-            // Most segments of links and paths.
-            return;
-        }
-        // Per 64 bytes, without a branch per word (a loop over the bytes between words, two
-        // per 64 bytes of base64, mispredicted its exit). A word of `w` bytes ending at k has
-        // separators (bytes that are no letter or digit, or outside `r`) at k + 1 and k - w,
-        // and none at k: these few candidate ends are found with shifts, and each is measured
-        // back to the separator before it.
-        let sep_at = |p: usize| !(self.alnum_at(p) & low_bits(r.end.saturating_sub(p)));
-        // The 64 bytes before `p`; before `r`, only the byte next to it counts (as a
-        // separator): no word reaches further back.
-        let mut before = 1 << 63;
-        let mut sep = sep_at(r.start);
-        let mut p = r.start;
-        while p < r.end {
-            let next = sep_at(p + 64);
-            let sep_after = sep >> 1 | next << 63;
-            let sep_back = |w: u32| sep << w | before >> (64 - w);
-            let mut found = !sep & sep_after & (sep_back(34) | sep_back(51) | sep_back(52));
-            while found != 0 {
-                let k = found.trailing_zeros() as usize;
-                // The last separator at or before k, in the 128 bytes from `p - 64`.
-                let seps = (u128::from(sep) << 64 | u128::from(before)) & u128::MAX >> (63 - k);
-                let len = k + 64 - (127 - seps.leading_zeros() as usize);
-                if matches!(len, 34 | 51 | 52) {
-                    let end = p + k + 1;
-                    f(end - len..end);
-                }
-                found &= found - 1;
-            }
-            (before, sep) = (sep, next);
-            p += 64;
-        }
-    }
-}
-
-impl Classes<'_> {
     /// The positions of `.`, `%` and `=` in `r`, in order: the bytes that split a token run.
     /// One mask load per 64 bytes (a search from each split byte for the next one loaded
     /// the masks again per byte).
@@ -924,6 +936,70 @@ fn run_start(blocks: &Blocks, mut i: usize, floor: usize, pick: impl Fn(&Masks) 
         }
     }
     i
+}
+
+/// Bits `k` of block `m` where a key-sized word ends: a maximal run of letters and digits of
+/// exactly 34, 51 or 52 bytes (with the block before, and the next block's first byte; bytes
+/// outside the slice are in no run). The run ends at k (the next byte is no letter or digit),
+/// the `w` bytes to k are letters or digits (run doubling over the two blocks), and the byte
+/// `w` back is not. Every such word lies in a token run and in one segment of it (the bytes
+/// that split a run are no letters or digits).
+#[inline(always)]
+fn key_word_ends(prev: &Masks, m: &Masks, next: &Masks) -> u64 {
+    let alnum = |m: &Masks| m.alpha | m.digit;
+    let (x, px) = (alnum(m), alnum(prev));
+    let ends = x & !(x >> 1 | alnum(next) << 63);
+    let y1 = u128::from(x) << 64 | u128::from(px);
+    let y2 = y1 & y1 << 1;
+    let y4 = y2 & y2 << 2;
+    let y8 = y4 & y4 << 4;
+    let y16 = y8 & y8 << 8;
+    let y32 = y16 & y16 << 16;
+    let r34 = y32 & y2 << 32;
+    let r51 = y32 & y16 << 32 & y2 << 48 & y1 << 50;
+    // A run of 51 or more with a separator 51 or 52 bytes back is one of 51 or 52.
+    let sep_back = |w: u32| !(y1 << w);
+    let exact = (r34 & sep_back(34)) | (r51 & (sep_back(51) | sep_back(52)));
+    ends & (exact >> 64) as u64
+}
+
+/// [`key_word_ends`] of every block but the last (with AVX-512 eight blocks at a time).
+fn all_key_word_ends(blocks: &Blocks) -> Vec<u64> {
+    let mut out = Vec::with_capacity(blocks.len() - 1);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd::has_trigger_features() {
+            // SAFETY: the features were just checked.
+            unsafe { simd::key_word_ends_avx512(blocks, &mut out) };
+        }
+    }
+    key_word_ends_from(blocks, &mut out);
+    out
+}
+
+/// Appends [`key_word_ends`] of blocks `out.len()..` to all but the last block.
+fn key_word_ends_from(blocks: &Blocks, out: &mut Vec<u64>) {
+    for b in out.len()..blocks.len() - 1 {
+        let prev = if b == 0 { Masks::default() } else { blocks.at(b - 1) };
+        out.push(key_word_ends(&prev, &blocks.at(b), &blocks.at(b + 1)));
+    }
+}
+
+/// Reports the key-sized words ending at the bits of `ends` in the block at `base`, each
+/// measured back to the byte before it that is no letter or digit.
+#[cold]
+fn key_words_ending(blocks: &Blocks, base: usize, mut ends: u64, f: &mut impl FnMut(Region)) {
+    let alnum = |m: &Masks| m.alpha | m.digit;
+    let prev = if base == 0 { 0 } else { alnum(&blocks.at(base / 64 - 1)) };
+    let seps = !(u128::from(alnum(&blocks.at(base / 64))) << 64 | u128::from(prev));
+    while ends != 0 {
+        let k = ends.trailing_zeros();
+        // The last separator before k (there is one, 34 to 52 bytes back).
+        let len = (k + 64 - (127 - (seps & u128::MAX >> (63 - k)).leading_zeros())) as usize;
+        let end = base + k as usize + 1;
+        f(Region::KeyWord(end - len..end));
+        ends &= ends - 1;
+    }
 }
 
 /// The token pass, streamed block by block: a run is reported where it first reaches
@@ -1797,7 +1873,7 @@ mod tests {
 
     fn regions(s: &[u8]) -> Vec<Region> {
         let mut v = Vec::new();
-        walk(s, true, |r, _| v.push(r));
+        walk(s, true, false, |r, _| v.push(r));
         v
     }
 
@@ -1838,7 +1914,7 @@ mod tests {
     }
 
     fn kind(r: &Region) -> usize {
-        match r { Region::Token(_) => 0, Region::Numeric(_) => 1, Region::Words(_) => 2, Region::NonAscii(_) => 3 }
+        match r { Region::Token(_) => 0, Region::Numeric(_) => 1, Region::Words(_) => 2, Region::NonAscii(_) => 3, Region::KeyWord(_) => unreachable!("not asked for") }
     }
 
     /// The regions of each kind, in the order reported.
@@ -1861,16 +1937,16 @@ mod tests {
         vec![false]
     }
 
-    fn walk_mode(hay: &[u8], pext: bool, f: impl FnMut(Region, &Classes)) {
+    fn walk_mode(hay: &[u8], pext: bool, key_words: bool, f: impl FnMut(Region, &Classes)) {
         #[cfg(target_arch = "x86_64")]
         {
             if pext {
                 // SAFETY: `modes` only asks for `pext` where the CPU has BMI2.
-                return unsafe { walk_bmi2(hay, true, f) };
+                return unsafe { walk_bmi2(hay, true, key_words, f) };
             }
         }
         assert!(!pext);
-        walk_with::<false>(hay, true, f)
+        walk_with::<false>(hay, true, key_words, f)
     }
 
     /// The mask-driven walk, counting numeric stretches either way, reports exactly the
@@ -1904,7 +1980,7 @@ mod tests {
             reference::walk(&s, |r| slow.push(r));
             for pext in modes() {
             let mut fast = Vec::new();
-            walk_mode(&s, pext, |r, c| {
+            walk_mode(&s, pext, false, |r, c| {
                 // The classes handed out agree with the bytes.
                 if let Region::Token(t) = &r {
                     let m = c.alnum_at(t.start);
@@ -1965,7 +2041,7 @@ mod tests {
             reference::walk(&s, |r| slow.push(r));
             for pext in modes() {
                 let mut fast = Vec::new();
-                walk_mode(&s, pext, |r, _| fast.push(r));
+                walk_mode(&s, pext, false, |r, _| fast.push(r));
                 assert_eq!(by_kind(&fast)[1], by_kind(&slow)[1], "round {round}, pext {pext}: {:?}", String::from_utf8_lossy(&s));
             }
             seen += by_kind(&slow)[1].len();
@@ -2038,45 +2114,69 @@ mod tests {
         }
     }
 
-    /// The key-sized words of a segment are its maximal runs of letters and digits of 34, 51
-    /// or 52 bytes, as a byte loop finds them, at every start that is not inside one.
+    /// The walk's key-sized words are the maximal runs of letters and digits of 34, 51 or 52
+    /// bytes, as a byte loop finds them, with words at the slice's ends and across blocks.
     #[test]
-    fn key_sized_words_match_bytewise() {
+    fn key_words_match_bytewise() {
         let mut rng = crate::template::Rng::new(21);
         let mut reported = 0;
-        for round in 0..400 {
-            let len = rng.below(if round % 4 == 0 { 1500 } else { 400 });
+        for round in 0..3000 {
+            let len = rng.below(if round % 2 == 0 { 1500 } else { 300 });
             // Words of 20 to 60 bytes on average: every length that matters, longer runs too.
             let gap = 20 + rng.below(40);
-            let s: Vec<u8> = (0..len).map(|_| if rng.below(gap) == 0 { b"+/-_"[rng.below(4)] } else { b"aZ7"[rng.below(3)] }).collect();
-            // The classes are the whole slice's: checked once per walk, at its first region,
-            // with a few ends per start.
-            let mut checked = false;
-            walk(&s, true, |_, c| {
-                if std::mem::replace(&mut checked, true) {
-                    return;
+            let s: Vec<u8> = (0..len).map(|_| if rng.below(gap) == 0 { b"+/-_. \n"[rng.below(7)] } else { b"aZ7"[rng.below(3)] }).collect();
+            let mut want = Vec::new();
+            let mut k = 0;
+            while k < s.len() {
+                let e = (k..s.len()).find(|&j| !s[j].is_ascii_alphanumeric()).unwrap_or(s.len());
+                if matches!(e - k, 34 | 51 | 52) {
+                    want.push(k..e);
                 }
-                for start in (0..=s.len()).filter(|&k| k == 0 || !s[k - 1].is_ascii_alphanumeric()) {
-                    for _ in 0..4 {
-                        let end = start + rng.below(s.len() - start + 1);
-                        let mut got = Vec::new();
-                        c.key_sized_words(start..end, |w| got.push(w));
-                        let mut want = Vec::new();
-                        let mut k = start;
-                        while k < end {
-                            let e = (k..end).find(|&j| !s[j].is_ascii_alphanumeric()).unwrap_or(end);
-                            if matches!(e - k, 34 | 51 | 52) {
-                                want.push(k..e);
-                            }
-                            k = e + 1;
-                        }
-                        assert_eq!(got, want, "{start}..{end}");
-                        reported += got.len();
-                    }
-                }
-            });
+                k = e + 1;
+            }
+            for pext in modes() {
+                let mut got = Vec::new();
+                walk_mode(&s, pext, true, |r, _| if let Region::KeyWord(w) = r { got.push(w) });
+                assert_eq!(got, want, "round {round}: {:?}", String::from_utf8_lossy(&s));
+            }
+            // Not looked for unless asked.
+            walk(&s, true, false, |r, _| assert!(!matches!(r, Region::KeyWord(_))));
+            reported += want.len();
         }
-        assert!(reported > 1000, "{reported}");
+        assert!(reported > 500, "{reported}");
+    }
+
+    /// The eight-block key-word test answers as the one-block test for every block.
+    #[test]
+    fn vector_key_words_match_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !simd::has_trigger_features() {
+                return;
+            }
+            let mut rng = crate::template::Rng::new(43);
+            let mut found = 0;
+            for round in 0..3000 {
+                let n = 2 + rng.below(40);
+                // Letters and digits with a byte that is neither every `gap` bytes on average.
+                let gap = 20 + rng.below(50);
+                let blocks = Blocks::build(n, |_| {
+                    let alnum = (0..64).fold(0u64, |w, k| w | u64::from(rng.below(gap) != 0) << k);
+                    // Letters only, or letters and digits.
+                    let digits = if round % 2 == 0 { 0 } else { rng.next_u64() };
+                    Masks { alpha: alnum & !digits, digit: alnum & digits, ..Masks::default() }
+                });
+                let mut fast = Vec::new();
+                // SAFETY: the features were checked above.
+                unsafe { simd::key_word_ends_avx512(&blocks, &mut fast) };
+                key_word_ends_from(&blocks, &mut fast);
+                let mut slow = Vec::new();
+                key_word_ends_from(&blocks, &mut slow);
+                assert_eq!(fast, slow, "round {round}");
+                found += slow.iter().map(|e| e.count_ones() as usize).sum::<usize>();
+            }
+            assert!(found > 1000, "{found}");
+        }
     }
 
     /// The mask-driven word-shape check equals the byte-wise one on every word region.
@@ -2097,7 +2197,7 @@ mod tests {
                 let odd = rng.below(8) == 0;
                 s.push(b" \n,.A7"[rng.below(if odd { 6 } else { 3 })]);
             }
-            walk(&s, true, |r, c| {
+            walk(&s, true, false, |r, c| {
                 if let Region::Words(w) = r {
                     let want = crate::bip39::has_twelve_word_shapes(&s[w.clone()]);
                     assert_eq!(c.twelve_word_shapes(w.clone()), want, "{:?}", String::from_utf8_lossy(&s[w]));
@@ -2150,7 +2250,7 @@ mod tests {
             let words = |ungated: bool| {
                 UNGATED.with(|u| u.set(ungated));
                 let mut v = Vec::new();
-                walk(&s, true, |r, _| if let Region::Words(w) = r { v.push(w) });
+                walk(&s, true, false, |r, _| if let Region::Words(w) = r { v.push(w) });
                 v
             };
             let (all, gated) = (words(true), words(false));

@@ -252,7 +252,8 @@ impl Compiled {
         }
         let mut layers: Vec<(Layer, Range<usize>, usize)> = Vec::new();
         let words = dir == Direction::Egress && self.on(self.idx.seed);
-        runs::walk(hay, words, |region, classes| {
+        let key_words = dir == Direction::Egress && (self.on(self.idx.twilio) || self.on(self.idx.wif));
+        runs::walk(hay, words, key_words, |region, classes| {
             if let Some(t) = tail.as_deref_mut() {
                 match &region {
                     // A non-ASCII region joins the next word (up to 512 bytes) if it has a
@@ -260,6 +261,8 @@ impl Compiled {
                     // past their last digit.
                     Region::NonAscii(r) => t.region(r, n, 520),
                     Region::Token(r) | Region::Numeric(r) | Region::Words(r) => t.region(r, n, 64),
+                    // Inside a token run, which is reported too.
+                    Region::KeyWord(_) => {}
                 }
             }
             match region {
@@ -287,6 +290,7 @@ impl Compiled {
                     }
                 }
                 Region::NonAscii(r) => layers.push((Layer::Unicode, r, 0)),
+                Region::KeyWord(r) => self.key_word(hay, r, out),
             }
         });
         if depth < budget.max_depth {
@@ -456,14 +460,8 @@ impl Compiled {
     fn segment(&self, hay: &[u8], classes: &runs::Classes, r: Range<usize>, dir: Direction, no_eq: bool, out: &mut Vec<Hit>, layers: &mut Vec<(Layer, Range<usize>, usize)>) {
         let seg = &hay[r.clone()];
         let is_hex = classes.all_hex(r.clone());
-        if dir == Direction::Egress {
-            // Alphanumeric words inside the segment: Twilio keys (34 bytes) and WIF keys (51 or
-            // 52) are whole words. Word edges come from the walk's class bitmasks, one step per
-            // byte between words.
-            classes.key_sized_words(r.clone(), |w| self.key_word(hay, w, out));
-            if self.on(self.idx.generic) {
-                self.generic(hay, r.clone(), is_hex, no_eq, out);
-            }
+        if dir == Direction::Egress && self.on(self.idx.generic) {
+            self.generic(hay, r.clone(), is_hex, no_eq, out);
         }
         // Decoding candidates: `name=value` pieces are split at `=` (padding ends a piece too).
         let mut next = 0;
@@ -500,9 +498,9 @@ impl Compiled {
         }
     }
 
-    /// A Twilio key (34 bytes) or a WIF key (51 or 52) in a word of that size. Kept out of
-    /// line: the word search around it runs once per 64 bytes of every long segment, and the
-    /// checks (a Base58Check decode) would take registers and stack from it.
+    /// A Twilio key (34 bytes) or a WIF key (51 or 52) in a word of that size (the walk's
+    /// key-sized words). Out of line: the checks (a Base58Check decode) would take registers
+    /// and stack from the walk's loop.
     #[inline(never)]
     fn key_word(&self, hay: &[u8], w: Range<usize>, out: &mut Vec<Hit>) {
         let (at, len) = (w.start, w.len());
