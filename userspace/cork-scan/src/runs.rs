@@ -362,8 +362,9 @@ pub(crate) mod simd {
         }
     }
 
-    /// Whether [`trigger_ends_avx512`] can run here.
-    pub(super) fn has_trigger_features() -> bool {
+    /// Whether the passes that take eight blocks at a time ([`trigger_ends_avx512`],
+    /// [`key_word_ends_avx512`], [`busy_blocks_avx512`]) can run here.
+    pub(super) fn has_eight_block_features() -> bool {
         std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512cd")
@@ -379,7 +380,7 @@ pub(crate) mod simd {
     /// five hex pairs are measured per lane.
     ///
     /// # Safety
-    /// Requires the features of [`has_trigger_features`].
+    /// Requires the features of [`has_eight_block_features`].
     #[target_feature(enable = "avx512f,avx512bw,avx512cd,avx512vpopcntdq,avx512vbmi2")]
     pub(super) unsafe fn trigger_ends_avx512(blocks: &Blocks, triggers: &mut Vec<u64>) {
         use super::{ALPHA, DIGIT, HEX, NUMSEP, WORD};
@@ -454,7 +455,7 @@ pub(crate) mod simd {
     /// of 64-bit lanes, shifted together with `vpshldq`.
     ///
     /// # Safety
-    /// Requires the features of [`has_trigger_features`].
+    /// Requires the features of [`has_eight_block_features`].
     #[target_feature(enable = "avx512f,avx512bw,avx512cd,avx512vpopcntdq,avx512vbmi2")]
     pub(super) unsafe fn key_word_ends_avx512(blocks: &Blocks, out: &mut Vec<u64>) {
         use super::{ALPHA, DIGIT};
@@ -500,7 +501,7 @@ pub(crate) mod simd {
     /// it can test eight at a time: steps read the trigger ends of the block after the step.
     ///
     /// # Safety
-    /// Requires the features of [`has_trigger_features`]; `triggers` (and `key_ends`, when not
+    /// Requires the features of [`has_eight_block_features`]; `triggers` (and `key_ends`, when not
     /// empty) hold a word for every block but the last, and `busy` a bit for every block.
     #[target_feature(enable = "avx512f,avx512bw,avx512cd,avx512vpopcntdq,avx512vbmi2")]
     pub(super) unsafe fn busy_blocks_avx512(blocks: &Blocks, triggers: &[u64], key_ends: &[u64], words: bool, busy: &mut [u64]) {
@@ -1042,7 +1043,7 @@ fn all_key_word_ends(blocks: &Blocks) -> Vec<u64> {
     let mut out = Vec::with_capacity(blocks.len() - 1);
     #[cfg(target_arch = "x86_64")]
     {
-        if simd::has_trigger_features() {
+        if simd::has_eight_block_features() {
             // SAFETY: the features were just checked.
             unsafe { simd::key_word_ends_avx512(blocks, &mut out) };
         }
@@ -1295,14 +1296,14 @@ struct NumericStream {
 
 /// The walk's inputs: [`block_masks`], and [`trigger_ends`] of every block but the last
 /// empty one, with the block before (none before the first) and the one after. With AVX-512
-/// the test runs on eight blocks at a time (see `simd::masks_and_triggers`); a block's own
+/// the test runs on eight blocks at a time (see `simd::trigger_ends_avx512`); a block's own
 /// test took a fifth of a request scan.
 fn masks_and_triggers(hay: &[u8]) -> (Blocks, Vec<u64>) {
     let blocks = block_masks(hay);
     let mut triggers = Vec::with_capacity(blocks.len() - 1);
     #[cfg(target_arch = "x86_64")]
     {
-        if simd::has_trigger_features() {
+        if simd::has_eight_block_features() {
             // SAFETY: the features were just checked.
             unsafe { simd::trigger_ends_avx512(&blocks, &mut triggers) };
         }
@@ -1336,7 +1337,7 @@ fn busy_blocks(n: usize, blocks: &Blocks, triggers: &[u64], key_ends: &[u64], wo
     let mut busy = vec![u64::MAX; count.div_ceil(64).max(1)];
     #[cfg(target_arch = "x86_64")]
     {
-        if simd::has_trigger_features() {
+        if simd::has_eight_block_features() {
             // SAFETY: the features were just checked.
             unsafe { simd::busy_blocks_avx512(blocks, triggers, key_ends, words, &mut busy) };
         }
@@ -2338,7 +2339,7 @@ mod tests {
             blocks_seen += count;
         }
         #[cfg(target_arch = "x86_64")]
-        if simd::has_trigger_features() {
+        if simd::has_eight_block_features() {
             assert!(quiet * 8 > blocks_seen, "{quiet} of {blocks_seen} blocks quiet");
         }
     }
@@ -2348,7 +2349,7 @@ mod tests {
     fn vector_key_words_match_scalar() {
         #[cfg(target_arch = "x86_64")]
         {
-            if !simd::has_trigger_features() {
+            if !simd::has_eight_block_features() {
                 return;
             }
             let mut rng = crate::template::Rng::new(43);
@@ -2481,7 +2482,7 @@ mod tests {
     fn vector_triggers_match_scalar() {
         #[cfg(target_arch = "x86_64")]
         {
-            if !simd::has_trigger_features() {
+            if !simd::has_eight_block_features() {
                 return;
             }
             let mut rng = crate::template::Rng::new(41);
