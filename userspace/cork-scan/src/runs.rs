@@ -521,8 +521,8 @@ pub(crate) mod simd {
         let trailing_ones = |x: __m512i| _mm512_popcnt_epi64(_mm512_and_si512(x, _mm512_add_epi64(_mm512_andnot_si512(x, ones), ones)));
         let (mut last_token, mut last_word, mut last_trigger) = (_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512());
         let mut b = 0;
-        // SAFETY (of the loads): rows have `n` words, triggers `n - 1`; steps read up to
-        // `b + 9 <= n - 2`.
+        // SAFETY (of the loads): rows have `n` words, triggers and key ends `n - 1`; a step
+        // reads rows up to `b + 7` and the others up to `b + 8 <= n - 2`.
         while b + 10 <= n {
             let token = load(blocks.row(TOKEN), b);
             let token_before = _mm512_alignr_epi64::<7>(token, last_token);
