@@ -320,8 +320,8 @@ mod simd {
     ///
     /// From the top bits of the output bytes ([`top_bits`]): a byte `10xxxxxx` after a byte
     /// below 0x80, or first, is invalid UTF-8, which fails the UTF-8 route; bytes of 0x80 and
-    /// above are non-printable, and more than a tenth of them fails the other route. Most URL path parts, UUIDs and
-    /// hashes show both, and are rejected without a decode.
+    /// above are non-printable, and more than a tenth of them fails the other route. Most URL
+    /// path parts, UUIDs and hashes show both, and are rejected without a decode.
     ///
     /// # Safety
     /// Requires AVX-512 F, BW and VBMI, and `s.len() <= 64`.

@@ -130,6 +130,12 @@ impl Blocks {
         Masks { token: f(TOKEN), digit: f(DIGIT), word: f(WORD), high: f(HIGH), alpha: f(ALPHA), numsep: f(NUMSEP), split: f(SPLIT), hex: f(HEX) }
     }
 
+    /// The masks of the block before `b` (none before the first).
+    #[inline(always)]
+    fn before(&self, b: usize) -> Masks {
+        if b == 0 { Masks::default() } else { self.at(b - 1) }
+    }
+
     #[inline(always)]
     fn get(&self, b: usize) -> Option<Masks> {
         (b < self.n).then(|| self.at(b))
@@ -362,6 +368,21 @@ pub(crate) mod simd {
         }
     }
 
+    /// Words `b..b + 8` of `a` (the caller checks they exist).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn eight(a: &[u64], b: usize) -> __m512i {
+        debug_assert!(b + 8 <= a.len());
+        _mm512_loadu_si512(a.as_ptr().add(b) as *const _)
+    }
+
+    /// Per 64-bit lane, the count of set bits from the top down to the first clear one.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512cd")]
+    unsafe fn leading_ones(x: __m512i) -> __m512i {
+        _mm512_lzcnt_epi64(_mm512_andnot_si512(x, _mm512_set1_epi64(-1)))
+    }
+
     /// Whether the passes that take eight blocks at a time ([`trigger_ends_avx512`],
     /// [`key_word_ends_avx512`], [`busy_blocks_avx512`]) can run here.
     pub(super) fn has_eight_block_features() -> bool {
@@ -387,7 +408,7 @@ pub(crate) mod simd {
         let n = blocks.len();
         triggers.reserve(n.saturating_sub(1));
         // SAFETY (of the loads): steps read blocks `b..b + 9`, with `b + 8 < n`.
-        let row = |f: usize, b: usize| _mm512_loadu_si512(blocks.row(f).as_ptr().add(b) as *const _);
+        let row = |f: usize, b: usize| eight(blocks.row(f), b);
         let zero = _mm512_setzero_si512();
         let ones = _mm512_set1_epi64(-1);
         // The last step's fields: its top lane is the block before this step's first.
@@ -414,7 +435,7 @@ pub(crate) mod simd {
             // Cards: 13 digits joined by single separators, with those before.
             let joined = or(digit, and(numsep, _mm512_shldi_epi64::<1>(digit, p_digit)));
             let joined_prev = or(p_digit, and(p_numsep, _mm512_slli_epi64::<1>(p_digit)));
-            let joined_before = _mm512_lzcnt_epi64(andnot(joined_prev, ones));
+            let joined_before = leading_ones(joined_prev);
             let mut runs = and(joined, _mm512_slli_epi64::<1>(joined));
             runs = and(runs, _mm512_slli_epi64::<2>(runs));
             runs = and(runs, _mm512_slli_epi64::<4>(runs));
@@ -462,7 +483,7 @@ pub(crate) mod simd {
         let n = blocks.len();
         out.reserve(n.saturating_sub(1));
         // SAFETY (of the loads): steps read blocks `b..b + 9`, with `b + 8 < n`.
-        let row = |f: usize, b: usize| _mm512_loadu_si512(blocks.row(f).as_ptr().add(b) as *const _);
+        let row = |f: usize, b: usize| eight(blocks.row(f), b);
         let and = |a, b| _mm512_and_si512(a, b);
         let mut last = _mm512_setzero_si512();
         let mut b = 0;
@@ -508,7 +529,7 @@ pub(crate) mod simd {
         use super::{HIGH, TOKEN, WORD};
         let n = blocks.len();
         assert!(triggers.len() + 1 == n && (key_ends.is_empty() || key_ends.len() + 1 == n));
-        let load = |a: &[u64], b: usize| _mm512_loadu_si512(a.as_ptr().add(b) as *const _);
+        let load = |a: &[u64], b: usize| eight(a, b);
         let ones = _mm512_set1_epi64(-1);
         // A run of 16 (or 32) set bits somewhere in each lane.
         let run16 = |x: __m512i| {
@@ -517,7 +538,6 @@ pub(crate) mod simd {
             let x = _mm512_and_si512(x, _mm512_srli_epi64::<4>(x));
             _mm512_and_si512(x, _mm512_srli_epi64::<8>(x))
         };
-        let leading_ones = |x: __m512i| _mm512_lzcnt_epi64(_mm512_andnot_si512(x, ones));
         let trailing_ones = |x: __m512i| _mm512_popcnt_epi64(_mm512_and_si512(x, _mm512_add_epi64(_mm512_andnot_si512(x, ones), ones)));
         let (mut last_token, mut last_word, mut last_trigger) = (_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512());
         let mut b = 0;
@@ -1048,15 +1068,16 @@ fn all_key_word_ends(blocks: &Blocks) -> Vec<u64> {
             unsafe { simd::key_word_ends_avx512(blocks, &mut out) };
         }
     }
-    key_word_ends_from(blocks, &mut out);
+    one_block_tests_from(blocks, &mut out, key_word_ends);
     out
 }
 
-/// Appends [`key_word_ends`] of blocks `out.len()..` to all but the last block.
-fn key_word_ends_from(blocks: &Blocks, out: &mut Vec<u64>) {
+/// Appends `test(before, block, after)` of blocks `out.len()..` to all but the last block:
+/// the one-block form of a test the passes of eight blocks also make ([`trigger_ends`],
+/// [`key_word_ends`]), for the blocks they leave and where AVX-512 is missing.
+fn one_block_tests_from(blocks: &Blocks, out: &mut Vec<u64>, test: impl Fn(&Masks, &Masks, &Masks) -> u64) {
     for b in out.len()..blocks.len() - 1 {
-        let prev = if b == 0 { Masks::default() } else { blocks.at(b - 1) };
-        out.push(key_word_ends(&prev, &blocks.at(b), &blocks.at(b + 1)));
+        out.push(test(&blocks.before(b), &blocks.at(b), &blocks.at(b + 1)));
     }
 }
 
@@ -1097,7 +1118,7 @@ impl TokenStream {
     #[inline(never)]
     fn after_quiet(&mut self, blocks: &Blocks, b: usize) -> Masks {
         let m = blocks.at(b);
-        let carry = if b >= 1 { blocks.at(b - 1).token.leading_ones().min(63) } else { 0 };
+        let carry = blocks.before(b).token.leading_ones().min(63);
         if m.token == u64::MAX && carry == 63 {
             (self.carry, self.long_before) = (63, u64::MAX);
         } else {
@@ -1308,16 +1329,8 @@ fn masks_and_triggers(hay: &[u8]) -> (Blocks, Vec<u64>) {
             unsafe { simd::trigger_ends_avx512(&blocks, &mut triggers) };
         }
     }
-    trigger_ends_from(&blocks, &mut triggers);
+    one_block_tests_from(&blocks, &mut triggers, trigger_ends);
     (blocks, triggers)
-}
-
-/// Appends [`trigger_ends`] of blocks `triggers.len()..` to all but the last block.
-fn trigger_ends_from(blocks: &Blocks, triggers: &mut Vec<u64>) {
-    for b in triggers.len()..blocks.len() - 1 {
-        let prev = if b == 0 { Masks::default() } else { blocks.at(b - 1) };
-        triggers.push(trigger_ends(&prev, &blocks.at(b), &blocks.at(b + 1)));
-    }
 }
 
 /// Bit `b % 64` of word `b / 64` is set for each block the walk must go through; the others
@@ -1364,9 +1377,8 @@ fn next_busy(busy: &[u64], b: usize) -> usize {
 /// trigger ends in it (see [`trigger_ends`]).
 fn worth_consuming(blocks: &Blocks, r: Range<usize>) -> bool {
     (r.start / 64..r.end.div_ceil(64)).any(|b| {
-        let prev = if b == 0 { Masks::default() } else { blocks.at(b - 1) };
         let p = b * 64;
-        trigger_ends(&prev, &blocks.at(b), &blocks.at(b + 1)) & !low_bits(r.start.saturating_sub(p)) & low_bits(r.end - p) != 0
+        trigger_ends(&blocks.before(b), &blocks.at(b), &blocks.at(b + 1)) & !low_bits(r.start.saturating_sub(p)) & low_bits(r.end - p) != 0
     })
 }
 
@@ -2367,9 +2379,9 @@ mod tests {
                 let mut fast = Vec::new();
                 // SAFETY: the features were checked above.
                 unsafe { simd::key_word_ends_avx512(&blocks, &mut fast) };
-                key_word_ends_from(&blocks, &mut fast);
+                one_block_tests_from(&blocks, &mut fast, key_word_ends);
                 let mut slow = Vec::new();
-                key_word_ends_from(&blocks, &mut slow);
+                one_block_tests_from(&blocks, &mut slow, key_word_ends);
                 assert_eq!(fast, slow, "round {round}");
                 found += slow.iter().map(|e| e.count_ones() as usize).sum::<usize>();
             }
@@ -2514,15 +2526,15 @@ mod tests {
                 let mut fast = Vec::new();
                 // SAFETY: the features were checked above.
                 unsafe { simd::trigger_ends_avx512(&blocks, &mut fast) };
-                trigger_ends_from(&blocks, &mut fast);
+                one_block_tests_from(&blocks, &mut fast, trigger_ends);
                 let mut slow = Vec::new();
-                trigger_ends_from(&blocks, &mut slow);
+                one_block_tests_from(&blocks, &mut slow, trigger_ends);
                 assert_eq!(fast, slow, "round {round}");
                 nonzero += slow.iter().filter(|&&t| t != 0).count();
                 // Blocks where separators add ends (joined card digits, chains of hex pairs).
                 with_separators += (0..blocks.len() - 1)
                     .filter(|&b| {
-                        let prev = if b == 0 { Masks::default() } else { blocks.at(b - 1) };
+                        let prev = blocks.before(b);
                         let no_pairs = |m: Masks| Masks { numsep: m.numsep & m.digit, ..m };
                         let without = trigger_ends(&no_pairs(prev), &no_pairs(blocks.at(b)), &blocks.at(b + 1));
                         slow[b] & !without != 0
