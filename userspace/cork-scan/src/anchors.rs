@@ -17,8 +17,9 @@ pub(crate) struct AnchorSet {
     lits: Vec<Box<[u8]>>,
     /// Anchor indices by first byte, in catalog order, each with its first four bytes (little
     /// endian, zero-padded) and the mask of those it has: most candidates fail that one
-    /// compare.
-    by_first: Vec<Vec<(u16, u32, u32)>>,
+    /// compare, and for an anchor of at most four bytes (`://`, the commonest in traffic) it
+    /// is the whole compare. The last field is the anchor's length.
+    by_first: Vec<Vec<(u16, u32, u32, usize)>>,
     /// Bit `b0 << 8 | b1` says some anchor starts with those two bytes (or is the one byte
     /// `b0`): one lookup drops most of the fingerprint's false candidates.
     pairs: Vec<u64>,
@@ -46,7 +47,7 @@ impl AnchorSet {
                 pairs[bit / 64] |= 1 << (bit % 64);
             }
             let (head, mask) = head_of(l);
-            by_first[b0 as usize].push((i as u16, head, mask));
+            by_first[b0 as usize].push((i as u16, head, mask, l.len()));
         }
         let mut keys: Vec<&[u8]> = lits.iter().filter(|l| !l.is_empty()).map(|l| &l[..l.len().min(WIDTH)]).collect();
         keys.sort_unstable();
@@ -77,10 +78,10 @@ impl AnchorSet {
             let (word, _) = head_of(rest);
             let found = self.by_first[rest[0] as usize]
                 .iter()
-                .find(|&&(a, head, mask)| word & mask == head && rest.starts_with(&self.lits[a as usize]));
-            if let Some(&(a, _, _)) = found {
+                .find(|&&(a, head, mask, len)| word & mask == head && rest.len() >= len && (len <= WIDTH || rest.starts_with(&self.lits[a as usize])));
+            if let Some(&(a, _, _, len)) = found {
                 f(p, a);
-                resume = p + self.lits[a as usize].len();
+                resume = p + len;
             }
         });
     }
