@@ -777,6 +777,13 @@ impl Classes<'_> {
         Splits { row, base, end: r.end, bits }
     }
 
+    /// Whether `r` of `hay` is a UUID (`validate::is_uuid`): 36 bytes, hex digits but for
+    /// the dashes at 8, 13, 18 and 23.
+    pub fn uuid(&self, hay: &[u8], r: Range<usize>) -> bool {
+        const DASHES: u64 = 1 << 8 | 1 << 13 | 1 << 18 | 1 << 23;
+        r.len() == 36 && mask_at(self.0, r.start, |m| m.hex) & low_bits(36) == low_bits(36) & !DASHES && [8, 13, 18, 23].iter().all(|&k| hay[r.start + k] == b'-')
+    }
+
     /// Whether every byte of `r` is a hex digit. Stops at the first that is not (base64
     /// runs: within a few bytes), where a byte loop took several instructions a byte.
     pub fn all_hex(&self, r: Range<usize>) -> bool {
@@ -2044,6 +2051,35 @@ mod tests {
         let mut v = Vec::new();
         walk(s, true, false, |r, _| v.push(r));
         v
+    }
+
+    /// The UUID test from the masks agrees with `validate::is_uuid`: on UUIDs at every
+    /// offset of a block, with a byte changed (a dash moved, a hex digit made a letter past
+    /// `f` or a dash, either case), and on ranges a byte too short or too long.
+    #[test]
+    fn uuid_matches_bytes() {
+        let mut rng = crate::template::Rng::new(9);
+        let mut found = [0usize; 2];
+        for round in 0..4000 {
+            let hex = b"0123456789abcdefABCDEF";
+            let mut uuid: Vec<u8> = (0..36).map(|k| if matches!(k, 8 | 13 | 18 | 23) { b'-' } else { hex[rng.below(hex.len())] }).collect();
+            if round % 2 == 1 {
+                uuid[rng.below(36)] = b"-gGzZ0aF"[rng.below(8)];
+            }
+            let at = rng.below(130);
+            let mut hay: Vec<u8> = (0..at).map(|_| b'x').collect();
+            hay.extend_from_slice(&uuid);
+            hay.extend((0..rng.below(70)).map(|_| hex[rng.below(hex.len())]));
+            let blocks = block_masks(&hay);
+            let c = Classes(&blocks, false);
+            for (start, end) in [(at, at + 36), (at, at + 35), (at, at + 37), (at.saturating_sub(1), at + 35)] {
+                let Some(bytes) = hay.get(start..end) else { continue };
+                let want = crate::validate::is_uuid(bytes);
+                assert_eq!(c.uuid(&hay, start..end), want, "{:?}", String::from_utf8_lossy(bytes));
+                found[usize::from(want)] += 1;
+            }
+        }
+        assert!(found.iter().all(|&f| f > 1000), "{found:?}");
     }
 
     #[test]

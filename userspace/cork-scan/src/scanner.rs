@@ -419,7 +419,12 @@ impl Compiled {
         // which the class masks tell without the `memchr` calls below.
         let mut splits = classes.splits(r.clone());
         let Some(first) = splits.next() else {
-            self.segment(hay, classes, r, dir, None, out, layers);
+            // A UUID, the commonest run of JSON, is no finding and no decoding candidate
+            // (see `segment`: the generic rule passes over UUIDs, and hex with dashes is not
+            // decoded), which its masks tell in a few instructions.
+            if !classes.uuid(hay, r.clone()) {
+                self.segment(hay, classes, r, dir, None, out, layers);
+            }
             return;
         };
         // One pass over the split bytes, from the masks: a run of base64 spans many blocks, and
