@@ -339,16 +339,18 @@ fn grouped(n: usize, step: impl Fn(usize) -> u64, f: &mut impl FnMut(usize)) -> 
     let mut p = 0;
     while p + 64 + WIDTH - 1 <= n {
         let words = ((n - (WIDTH - 1) - p) / 64).min(GROUP);
-        let mut any = 0u64;
+        // Bit `w`: step `w` has a candidate. Most have none, even in a group with some (a
+        // link every 200 bytes of HTML): only those are visited.
+        let mut with = 0u64;
         for (w, slot) in found[..words].iter_mut().enumerate() {
             let bits = step(p + 64 * w);
             *slot = bits;
-            any |= bits;
+            with |= u64::from(bits != 0) << w;
         }
-        if any != 0 {
-            for (w, &bits) in found[..words].iter().enumerate() {
-                emit(bits, p + 64 * w, n, f);
-            }
+        while with != 0 {
+            let w = with.trailing_zeros() as usize;
+            emit(found[w], p + 64 * w, n, f);
+            with &= with - 1;
         }
         p += 64 * words;
     }

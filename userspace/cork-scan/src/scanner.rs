@@ -89,6 +89,9 @@ pub(crate) struct Compiled {
     anchor_lens: Vec<usize>,
     /// Rules whose match holds `scheme://user:pass@`: cheap to rule out before the regex.
     userinfo_rules: Vec<RuleIdx>,
+    /// Per anchor: every rule it is confirmed for needs a userinfo (`://`, the schemes), so
+    /// an anchor without one is passed over before its rules are looked up (most links).
+    userinfo_only: Vec<bool>,
     canaries: Option<AhoCorasick>,
     allow: Vec<Vec<u8>>,
     injection: InjectionDetector,
@@ -192,6 +195,8 @@ impl Compiled {
         let min_tail = 256
             .max(anchor_reach.iter().zip(&anchor_lits).map(|((l, _), a)| l + a.len() + 1).max().unwrap_or(0))
             .max(canary_list.iter().map(|c| c.len() + 1).max().unwrap_or(0));
+        let userinfo_rules: Vec<RuleIdx> = ["url.basic_auth", "database_url"].iter().filter_map(|id| crate::catalog::index_of(id)).collect();
+        let userinfo_only = anchor_rules.iter().map(|rs| rs.iter().all(|r| userinfo_rules.contains(r))).collect();
         let discord = Regex::new(r"(?-u)^[MNO][A-Za-z0-9_\-]{23,25}\.[A-Za-z0-9_\-]{6}\.[A-Za-z0-9_\-]{27,38}$").expect("static regex");
         Ok(Compiled {
             enabled,
@@ -199,7 +204,8 @@ impl Compiled {
             anchors,
             anchor_lens: anchor_lits.iter().map(|a| a.len()).collect(),
             anchor_rules,
-            userinfo_rules: ["url.basic_auth", "database_url"].iter().filter_map(|id| crate::catalog::index_of(id)).collect(),
+            userinfo_only,
+            userinfo_rules,
             canaries,
             allow,
             injection: InjectionDetector::new(),
@@ -350,6 +356,9 @@ impl Compiled {
                 if start + reach > hay.len() {
                     t.open_from = t.open_from.min(start.saturating_sub(lookbehind));
                 }
+            }
+            if self.userinfo_only[a as usize] && !userinfo_possible(hay, start) {
+                return;
             }
             let end = start + self.anchor_lens[a as usize];
             for &ri in &self.anchor_rules[a as usize] {
