@@ -550,8 +550,9 @@ pub(crate) mod simd {
             last_token = token;
             let carry = _mm512_min_epu64(leading_ones(token_before), _mm512_set1_epi64(63));
             let inside_long = _mm512_cmpeq_epi64_mask(token, ones) & _mm512_cmpeq_epi64_mask(carry, _mm512_set1_epi64(63));
+            let token_run16 = run16(token);
             let no_long = _mm512_cmplt_epu64_mask(_mm512_add_epi64(carry, trailing_ones(token)), _mm512_set1_epi64(super::MIN_TOKEN as i64))
-                & _mm512_testn_epi64_mask(run16(token), run16(token));
+                & _mm512_testn_epi64_mask(token_run16, token_run16);
             let trigger = load(triggers, b);
             let trigger_after = load(triggers, b + 1);
             let near = _mm512_or_si512(_mm512_or_si512(trigger, trigger_after), _mm512_alignr_epi64::<7>(trigger, last_trigger));

@@ -89,9 +89,8 @@ pub(crate) struct Compiled {
     anchor_lens: Vec<usize>,
     /// Rules whose match holds `scheme://user:pass@`: cheap to rule out before the regex.
     userinfo_rules: Vec<RuleIdx>,
-    /// Per anchor: every rule it is confirmed for needs a userinfo (`://`, the schemes), so
-    /// an anchor without one is passed over before its rules are looked up (most links).
-    userinfo_only: Vec<bool>,
+    /// Per anchor: how many of the rules it is confirmed for are userinfo rules.
+    anchor_userinfo: Vec<UserinfoRules>,
     canaries: Option<AhoCorasick>,
     allow: Vec<Vec<u8>>,
     injection: InjectionDetector,
@@ -106,6 +105,14 @@ pub(crate) struct Compiled {
     /// Bytes at the end of a window that are always scanned again: a canary, or an anchor
     /// with its lookbehind, cut by the window's end lies inside them.
     pub min_tail: usize,
+}
+
+/// How many of an anchor's rules need a userinfo (`scheme://user:pass@`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UserinfoRules {
+    None,
+    Some,
+    All,
 }
 
 struct BuiltinIdx {
@@ -196,7 +203,14 @@ impl Compiled {
             .max(anchor_reach.iter().zip(&anchor_lits).map(|((l, _), a)| l + a.len() + 1).max().unwrap_or(0))
             .max(canary_list.iter().map(|c| c.len() + 1).max().unwrap_or(0));
         let userinfo_rules: Vec<RuleIdx> = ["url.basic_auth", "database_url"].iter().filter_map(|id| crate::catalog::index_of(id)).collect();
-        let userinfo_only = anchor_rules.iter().map(|rs| rs.iter().all(|r| userinfo_rules.contains(r))).collect();
+        let anchor_userinfo = anchor_rules
+            .iter()
+            .map(|rs| match rs.iter().filter(|r| userinfo_rules.contains(r)).count() {
+                0 => UserinfoRules::None,
+                k if k == rs.len() => UserinfoRules::All,
+                _ => UserinfoRules::Some,
+            })
+            .collect();
         let discord = Regex::new(r"(?-u)^[MNO][A-Za-z0-9_\-]{23,25}\.[A-Za-z0-9_\-]{6}\.[A-Za-z0-9_\-]{27,38}$").expect("static regex");
         Ok(Compiled {
             enabled,
@@ -204,7 +218,7 @@ impl Compiled {
             anchors,
             anchor_lens: anchor_lits.iter().map(|a| a.len()).collect(),
             anchor_rules,
-            userinfo_only,
+            anchor_userinfo,
             userinfo_rules,
             canaries,
             allow,
@@ -357,11 +371,18 @@ impl Compiled {
                     t.open_from = t.open_from.min(start.saturating_sub(lookbehind));
                 }
             }
-            if self.userinfo_only[a as usize] && !userinfo_possible(hay, start) {
+            // The userinfo test, once per anchor and before any rule is looked up: most links
+            // have none, and then their userinfo rules are skipped (all the rules of `://`).
+            let userinfo = self.anchor_userinfo[a as usize];
+            let no_userinfo = userinfo != UserinfoRules::None && !userinfo_possible(hay, start);
+            if no_userinfo && userinfo == UserinfoRules::All {
                 return;
             }
             let end = start + self.anchor_lens[a as usize];
             for &ri in &self.anchor_rules[a as usize] {
+                if no_userinfo && self.userinfo_rules.contains(&ri) {
+                    continue;
+                }
                 if let Some(span) = self.confirm_at(hay, ri, start, end) {
                     out.push(Hit { rule: ri, span, layers: Vec::new() });
                 }
@@ -370,11 +391,8 @@ impl Compiled {
     }
 
     /// Confirms rule `ri` around an anchor at `a_start..a_end`; returns the span to report.
+    /// A userinfo rule's anchor has passed `userinfo_possible` (see `scan_anchors`).
     fn confirm_at(&self, hay: &[u8], ri: RuleIdx, a_start: usize, a_end: usize) -> Option<Range<usize>> {
-        // First, as it needs neither the rule nor its regex: most links end here.
-        if self.userinfo_rules.contains(&ri) && !userinfo_possible(hay, a_start) {
-            return None;
-        }
         let rule = &RULES[ri as usize];
         let Detector::Anchored { lookbehind, max_len, bound_left, bound_right, validator, .. } = rule.detector else { return None };
         let confirm = self.confirm[ri as usize].as_ref()?;
