@@ -242,6 +242,31 @@ fn a_rapid_reset_flood_is_stopped_with_goaway_and_audited() {
     assert_eq!(body_and_version(&out).1, "2", "{}", text(&out));
 }
 
+/// A refusal sent while the client is still uploading is followed by reading (and dropping) the
+/// rest of the upload, not by an instant RST_STREAM, which some clients take as a failed
+/// transfer before they read the 403; a client that never finishes is cut off, with NO_ERROR.
+#[test]
+fn a_refused_h2_upload_is_drained_then_reset_if_it_never_ends() {
+    let (origin, cork) = setup();
+    const TOKEN: &str = "ghp_Zx8Kq2Lm9Vb4Nc7Rt1Yp5Wd3Gf6Hj0Sa2QeX";
+    let target = format!("origin.test:{}", origin.https.port());
+    let out = run(python().arg(clients_dir().join("h2_refused_upload.py")).args([&cork.listen.to_string(), &target, cork.ca_pem().to_str().unwrap(), "/upload", TOKEN]));
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    let finished = &report["streams"]["1"];
+    assert_eq!(finished["status"], 403, "{report}");
+    assert!(finished["body"].as_str().unwrap().contains("github.pat_classic"), "{report}");
+    assert_eq!(finished["end_taken"], true, "the client could still end its upload: {report}");
+    assert_eq!(finished["resets"], serde_json::json!([]), "no RST_STREAM before the client's END_STREAM and PING: {report}");
+    assert_eq!(report["pong"], true, "{report}");
+    let endless = &report["streams"]["3"];
+    assert_eq!(endless["status"], 403, "{report}");
+    assert_eq!(endless["resets"], serde_json::json!([0]), "the upload that never ends is reset with NO_ERROR: {report}");
+    let refused: Vec<_> = cork.audit().into_iter().filter(|r| r["kind"] == "request" && r["path"] == "/upload").collect();
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    assert!(refused.iter().all(|r| r["status"] == 403 && r["findings"][0]["rule"] == "github.pat_classic"), "{refused:#?}");
+}
+
 /// A token deep inside an h2 upload larger than the buffered first part: cork resets the
 /// upstream stream before the token leaves. The origin logs how much of the cut upload it got.
 #[test]

@@ -49,6 +49,10 @@ const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// Smallest piece written onward once a body is committed, so frames are not tiny.
 const MIN_RELEASE: usize = 16 * 1024;
+/// How much of a refused upload's rest is read and dropped, and for how long, before the
+/// stream is reset instead (see [`drain_refused_upload`]).
+const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 /// Why one direction of a stream's body relay stopped.
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +188,25 @@ fn refuse_stream(mut respond: h2::server::SendResponse<Bytes>, status: u16, erro
     }
 }
 
+/// Reads and drops what is left of a refused request's body, within [`DRAIN_LIMIT`] and
+/// [`DRAIN_TIME`], once the refusal is queued. Resetting the stream at once (RST_STREAM with
+/// NO_ERROR, which `h2` sends when the stream is dropped) is what RFC 9113 §8.1 allows, but a
+/// client still uploading may then fail the transfer without reading the answer (curl 7.88 does,
+/// now and then, with error 92), so the refusal would be lost. Nothing read here goes anywhere.
+async fn drain_refused_upload(body: &mut RecvStream) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut dropped = 0u64;
+    while !body.is_end_stream() && dropped <= DRAIN_LIMIT {
+        match tokio::time::timeout_at(deadline, body.data()).await {
+            Ok(Some(Ok(chunk))) => {
+                dropped += chunk.len() as u64;
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            _ => return,
+        }
+    }
+}
+
 /// One client stream: checked, scanned, relayed to one upstream stream and back.
 async fn relay_stream(conn: &Conn, request: Request<RecvStream>, respond: h2::server::SendResponse<Bytes>, upstream: h2::client::SendRequest<Bytes>) {
     let started = Instant::now();
@@ -206,6 +229,7 @@ async fn relay_stream(conn: &Conn, request: Request<RecvStream>, respond: h2::se
             record.status = Some($status);
             let down = refuse_stream(respond, $status, $error, $rule, &reason, &record.request_id);
             ex.finish(record, started, 0, down);
+            drain_refused_upload(&mut body).await;
             return;
         }};
     }
@@ -237,6 +261,7 @@ async fn relay_stream(conn: &Conn, request: Request<RecvStream>, respond: h2::se
         record.status = Some(403);
         let down = refuse_stream(respond, 403, "blocked", &finding.rule, &reason, &record.request_id);
         ex.finish(record, started, 0, down);
+        drain_refused_upload(&mut body).await;
         return;
     }
     let mcp = crate::mcp::McpExchange::start_h2(&conn.state.mcp, &snap.engine, mode, conn.client.ip(), &conn.dest.host, parts.method.as_str(), &target, &mut headers);
@@ -288,6 +313,7 @@ async fn relay_stream(conn: &Conn, request: Request<RecvStream>, respond: h2::se
             record.status = Some(403);
             let down = refuse_stream(respond, 403, "blocked", &rule, &reason, &record.request_id);
             ex.finish(record, started, 0, down);
+            drain_refused_upload(&mut body).await;
             return;
         }
         Err(BodyError::Write(e)) => refuse!(502, "upstream", "upstream.bad_response", format!("sending the request upstream failed: {e}"), cork_policy::Mode::Enforce),
