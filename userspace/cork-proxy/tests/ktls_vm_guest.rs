@@ -538,16 +538,25 @@ fn main() {
     // An unscanned body is spliced between the kTLS sockets; a KeyUpdate in the middle of the
     // splice hands back to the kTLS stream, which ends the connection the same way.
     checks.check("an unscanned video/mp4 body is spliced between the kTLS sockets", media_spliced());
-    checks.check(
-        "an upstream KeyUpdate in the middle of a splice is followed or ends the connection cleanly",
-        key_update("/keyupdate-media", "/tmp/cork-keyupdate-media").and_then(|cork| match metric(&cork, "cork_body_bytes_spliced_total ") {
+    // The splice starts once the relay has no body bytes of its own left; on a loaded host the
+    // relay can read all 512 KiB before the KeyUpdate itself, so nothing is spliced and the
+    // case is not exercised (seen once in CI, the connection still ending cleanly). Up to three
+    // tries, each checked in full, and one must have spliced.
+    let mut media = Err("not run".to_string());
+    for attempt in 0..3 {
+        media = key_update("/keyupdate-media", &format!("/tmp/cork-keyupdate-media-{attempt}")).and_then(|cork| match metric(&cork, "cork_body_bytes_spliced_total ") {
             0 => Err("nothing was spliced before the KeyUpdate".into()),
             n => {
                 println!("[guest]   {n} body bytes spliced before the KeyUpdate");
                 Ok(())
             }
-        }),
-    );
+        });
+        match &media {
+            Err(e) if e.starts_with("nothing was spliced") => println!("[guest]   try {}: {e}", attempt + 1),
+            _ => break,
+        }
+    }
+    checks.check("an upstream KeyUpdate in the middle of a splice is followed or ends the connection cleanly", media);
 
     // HTTP/2 runs on kTLS legs too.
     checks.check("an h2 connection runs on two kTLS legs, 600 KB down and 400 KB up intact", h2_on_ktls());
