@@ -517,14 +517,14 @@ pub(crate) mod simd {
         }
     }
 
-    /// Clears the bits of `busy` (see [`super::busy_blocks`]) of the quiet blocks among those
+    /// Clears the bits of `busy` (see [`super::Busy`]) of the quiet blocks among those
     /// it can test eight at a time: steps read the trigger ends of the block after the step.
     ///
     /// # Safety
     /// Requires the features of [`has_eight_block_features`]; `triggers` (and `key_ends`, when not
     /// empty) hold a word for every block but the last, and `busy` a bit for every block.
     #[target_feature(enable = "avx512f,avx512bw,avx512cd,avx512vpopcntdq,avx512vbmi2")]
-    pub(super) unsafe fn busy_blocks_avx512(blocks: &Blocks, triggers: &[u64], key_ends: &[u64], words: bool, busy: &mut [u64]) {
+    pub(super) unsafe fn busy_blocks_avx512(blocks: &Blocks, triggers: &[u64], key_ends: &[u64], words: bool, busy: &mut super::Busy) {
         use super::{ALPHA, HIGH, TOKEN, WORD};
         let n = blocks.len();
         assert!(triggers.len() + 1 == n && (key_ends.is_empty() || key_ends.len() + 1 == n));
@@ -557,7 +557,8 @@ pub(crate) mod simd {
             let trigger_after = load(triggers, b + 1);
             let near = _mm512_or_si512(_mm512_or_si512(trigger, trigger_after), _mm512_alignr_epi64::<7>(trigger, last_trigger));
             last_trigger = trigger;
-            let mut quiet = (inside_long | no_long) & _mm512_testn_epi64_mask(near, near);
+            let token_quiet = inside_long | no_long;
+            let mut quiet = _mm512_testn_epi64_mask(near, near);
             if !key_ends.is_empty() {
                 let k = load(key_ends, b);
                 quiet &= _mm512_testn_epi64_mask(k, k);
@@ -603,7 +604,8 @@ pub(crate) mod simd {
             }
             let high = load(blocks.row(HIGH), b);
             quiet &= _mm512_testn_epi64_mask(high, high);
-            busy[b / 64] &= !(u64::from(quiet) << (b % 64));
+            busy.tokens[b / 64] &= !(u64::from(token_quiet) << (b % 64));
+            busy.others[b / 64] &= !(u64::from(quiet) << (b % 64));
             b += 8;
         }
     }
@@ -681,17 +683,33 @@ fn walk_with<const PEXT: bool>(hay: &[u8], words: bool, key_words: bool, mut f: 
     let busy = busy_blocks(n, &blocks, &triggers, &key_ends, words);
     let classes = Classes(&blocks, PEXT);
     let mut f = |r: Region| f(r, &classes);
+    // The token pass, on its own. Past quiet blocks its state comes from the block before
+    // the next busy one (the test of skipping compares it with the state carried).
+    let count = n.div_ceil(64);
+    let mut b = 0;
+    while b < count {
+        if skip_quiet() {
+            let next = next_busy(&busy.tokens, b);
+            if next != b {
+                tokens.resume(&blocks, next);
+                b = next;
+            }
+        }
+        let block_start = b * 64;
+        tokens.block(&blocks, n, block_start, blocks.at(b).token & low_bits(n - block_start), &mut f);
+        b += 1;
+    }
     let mut prev = Masks::default();
     let mut block_start = 0;
     let mut words_before = false;
     let (mut ends_before, mut ends_here) = (0, triggers[0]);
     while block_start < n {
         let b = block_start / 64;
-        if busy[b / 64] >> (b % 64) & 1 == 0 && !numeric.carries() && skip_quiet() {
+        if busy.others[b / 64] >> (b % 64) & 1 == 0 && !numeric.carries() && skip_quiet() {
             // Quiet blocks change nothing but the streams' carried state, which the last of
-            // them gives (see `busy_blocks`): on to the next block with work.
-            let next = next_busy(&busy, b);
-            prev = tokens.after_quiet(&blocks, next - 1);
+            // them gives (see `Busy`): on to the next block with work.
+            let next = next_busy(&busy.others, b);
+            prev = blocks.at(next - 1);
             numeric.live = false;
             (ends_before, ends_here) = (triggers[next - 1], triggers[next]);
             words_before = false;
@@ -701,7 +719,6 @@ fn walk_with<const PEXT: bool>(hay: &[u8], words: bool, key_words: bool, mut f: 
         let end = (block_start + 64).min(n);
         let m = blocks.at(b);
         let valid = low_bits(end - block_start);
-        tokens.block(&blocks, n, block_start, m.token & valid, &mut f);
         if key_words && key_ends[block_start / 64] != 0 {
             key_words_ending(&blocks, block_start, key_ends[block_start / 64], &mut f);
         }
@@ -1160,18 +1177,13 @@ struct TokenStream {
 }
 
 impl TokenStream {
-    /// Sets the state after the quiet block `b` (see `busy_blocks`): inside a long run, or no
-    /// long run there. Returns the block's masks. Out of line: the walk's loop is smaller.
-    #[inline(never)]
-    fn after_quiet(&mut self, blocks: &Blocks, b: usize) -> Masks {
-        let m = blocks.at(b);
-        let carry = blocks.before(b).token.leading_ones().min(63);
-        if m.token == u64::MAX && carry == 63 {
-            (self.carry, self.long_before) = (63, u64::MAX);
-        } else {
-            (self.carry, self.long_before) = (m.token.leading_ones().min(63), 0);
-        }
-        m
+    /// Sets the state before block `b` from the block before it, as the stream would have
+    /// carried it there: how many token bytes end that block, and whether they reach
+    /// [`MIN_TOKEN`] (a run of 64 reaches it whatever came before).
+    #[inline(always)]
+    fn resume(&mut self, blocks: &Blocks, b: usize) {
+        let ones = blocks.before(b).token.leading_ones();
+        (self.carry, self.long_before) = (ones.min(63), if ones >= MIN_TOKEN as u32 { u64::MAX } else { 0 });
     }
 
     #[inline(always)]
@@ -1380,11 +1392,16 @@ fn masks_and_triggers(hay: &[u8]) -> (Blocks, Vec<u64>) {
     (blocks, triggers)
 }
 
-/// Bit `b % 64` of word `b / 64` is set for each block the walk must go through; the others
-/// are quiet, and the walk skips them (most blocks of base64 and many of prose). A block is
-/// quiet when:
-/// - the token stream only carries its state through it: it lies inside a long run (all
-///   token bytes, 63 or more before), or no run of [`MIN_TOKEN`] ends in it;
+/// The blocks the walk must go through, a bit per block (bit `b % 64` of word `b / 64`);
+/// the others are quiet, and the walk skips them (most blocks of base64 and many of prose).
+/// The token stream and the other streams have a map each: the token pass goes through the
+/// blocks of `tokens` on its own, and the rest of the walk through those of `others`, so a
+/// block of JSON or HTML whose only work is a token run (a UUID, a link's path) costs no test
+/// of the other streams, and one with other work no test of the token stream.
+///
+/// A block is quiet for the token stream when the stream only carries its state through it:
+/// it lies inside a long run (all token bytes, 63 or more before), or no run of [`MIN_TOKEN`]
+/// ends in it. It is quiet for the others when:
 /// - no trigger ends in it or in the blocks next to it, so the numeric stream does not run
 ///   there unless a stretch is open (the walk checks that);
 /// - no key-sized word ends in it (when asked for), and it has no byte of 0x80 or above;
@@ -1397,10 +1414,23 @@ fn masks_and_triggers(hay: &[u8]) -> (Blocks, Vec<u64>) {
 ///   run test.
 ///
 /// With AVX-512 the test runs on eight blocks at a time; elsewhere, and for the last few
-/// blocks, every block is busy. The last block of the slice always is.
-fn busy_blocks(n: usize, blocks: &Blocks, triggers: &[u64], key_ends: &[u64], words: bool) -> Vec<u64> {
+/// blocks, every block is busy. The last block of the slice always is, in both maps.
+struct Busy {
+    tokens: Vec<u64>,
+    others: Vec<u64>,
+}
+
+impl Busy {
+    #[cfg(test)]
+    fn is_quiet(&self, b: usize) -> bool {
+        (self.tokens[b / 64] | self.others[b / 64]) >> (b % 64) & 1 == 0
+    }
+}
+
+fn busy_blocks(n: usize, blocks: &Blocks, triggers: &[u64], key_ends: &[u64], words: bool) -> Busy {
     let count = n.div_ceil(64);
-    let mut busy = vec![u64::MAX; count.div_ceil(64).max(1)];
+    let all = vec![u64::MAX; count.div_ceil(64).max(1)];
+    let mut busy = Busy { tokens: all.clone(), others: all };
     #[cfg(target_arch = "x86_64")]
     {
         if simd::has_eight_block_features() {
@@ -1409,7 +1439,8 @@ fn busy_blocks(n: usize, blocks: &Blocks, triggers: &[u64], key_ends: &[u64], wo
         }
     }
     if count > 0 {
-        busy[(count - 1) / 64] |= 1 << ((count - 1) % 64);
+        busy.tokens[(count - 1) / 64] |= 1 << ((count - 1) % 64);
+        busy.others[(count - 1) / 64] |= 1 << ((count - 1) % 64);
     }
     busy
 }
@@ -2450,7 +2481,7 @@ mod tests {
             let key_ends = all_key_word_ends(&blocks);
             let busy = busy_blocks(s.len(), &blocks, &triggers, &key_ends, true);
             let count = s.len().div_ceil(64);
-            quiet += (0..count).filter(|&b| busy[b / 64] >> (b % 64) & 1 == 0).count();
+            quiet += (0..count).filter(|&b| busy.is_quiet(b)).count();
             blocks_seen += count;
         }
         #[cfg(target_arch = "x86_64")]
@@ -2464,8 +2495,19 @@ mod tests {
             let key_ends = all_key_word_ends(&blocks);
             let busy = busy_blocks(prose.len(), &blocks, &triggers, &key_ends, true);
             let count = prose.len().div_ceil(64);
-            let quiet = (0..count).filter(|&b| busy[b / 64] >> (b % 64) & 1 == 0).count();
+            let quiet = (0..count).filter(|&b| busy.is_quiet(b)).count();
             assert!(quiet * 4 > count * 3, "{quiet} of {count} prose blocks quiet");
+            // Markup with a link per line: the blocks with a path's run are busy for the token
+            // pass alone, most of them.
+            let html = "<div class=\"card\"><a href=\"https://www.example.com/articles/123\">Read more</a><p style=\"color:#333\">Text here.</p></div>\n".repeat(40);
+            let (blocks, triggers) = masks_and_triggers(html.as_bytes());
+            let key_ends = all_key_word_ends(&blocks);
+            let busy = busy_blocks(html.len(), &blocks, &triggers, &key_ends, true);
+            let bit = |map: &[u64], b: usize| map[b / 64] >> (b % 64) & 1 == 1;
+            let count = html.len().div_ceil(64);
+            let tokens = (0..count).filter(|&b| bit(&busy.tokens, b)).count();
+            let tokens_only = (0..count).filter(|&b| bit(&busy.tokens, b) && !bit(&busy.others, b)).count();
+            assert!(tokens * 2 > count && tokens_only * 4 > tokens * 3, "{tokens_only} of {tokens} token blocks ({count} in all) busy for tokens only");
         }
     }
 
