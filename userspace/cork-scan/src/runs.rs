@@ -675,7 +675,7 @@ pub(crate) mod simd {
     /// Requires the features of [`has_eight_block_features`]; `triggers` (and `key_ends`, when not
     /// empty) hold a word for every block but the last, and `busy` a bit for every block.
     #[target_feature(enable = "avx512f,avx512bw,avx512cd,avx512vpopcntdq,avx512vbmi2")]
-    pub(super) unsafe fn busy_blocks_avx512(blocks: &Blocks, triggers: &[u64], key_ends: &[u64], words: bool, busy: &mut super::Busy) {
+    pub(super) unsafe fn busy_blocks_avx512(blocks: &Blocks, triggers: &[u64], key_ends: &[u64], words: bool, busy: &mut super::Busy) -> usize {
         use super::{ALPHA, HIGH, TOKEN, WORD};
         let n = blocks.len();
         assert!(triggers.len() + 1 == n && (key_ends.is_empty() || key_ends.len() + 1 == n));
@@ -700,15 +700,26 @@ pub(crate) mod simd {
             let token_before = _mm512_alignr_epi64::<7>(token, last_token);
             last_token = token;
             let carry = _mm512_min_epu64(leading_ones(token_before), _mm512_set1_epi64(63));
-            let inside_long = _mm512_cmpeq_epi64_mask(token, ones) & _mm512_cmpeq_epi64_mask(carry, _mm512_set1_epi64(63));
-            let token_run16 = run16(token);
-            let no_long = _mm512_cmplt_epu64_mask(_mm512_add_epi64(carry, trailing_ones(token)), _mm512_set1_epi64(super::MIN_TOKEN as i64))
-                & _mm512_testn_epi64_mask(token_run16, token_run16);
+            // Where a long run first reaches `MIN_TOKEN` bytes (`super::token_firsts`, per lane).
+            let min = super::MIN_TOKEN as i64;
+            let within = {
+                let x = _mm512_and_si512(token, _mm512_slli_epi64::<1>(token));
+                let x = _mm512_and_si512(x, _mm512_slli_epi64::<2>(x));
+                let x = _mm512_and_si512(x, _mm512_slli_epi64::<4>(x));
+                _mm512_and_si512(x, _mm512_slli_epi64::<8>(x))
+            };
+            let carried = _mm512_andnot_si512(
+                _mm512_sllv_epi64(ones, trailing_ones(token)),
+                _mm512_sllv_epi64(ones, _mm512_max_epi64(_mm512_sub_epi64(_mm512_set1_epi64(min - 1), carry), _mm512_setzero_si512())),
+            );
+            let long = _mm512_or_si512(within, carried);
+            let long_before = _mm512_maskz_set1_epi64(_mm512_cmpge_epu64_mask(carry, _mm512_set1_epi64(min)), 1);
+            let firsts = _mm512_andnot_si512(_mm512_or_si512(_mm512_slli_epi64::<1>(long), long_before), long);
+            _mm512_storeu_si512(busy.firsts.as_mut_ptr().add(b) as *mut _, firsts);
             let trigger = load(triggers, b);
             let trigger_after = load(triggers, b + 1);
             let near = _mm512_or_si512(_mm512_or_si512(trigger, trigger_after), _mm512_alignr_epi64::<7>(trigger, last_trigger));
             last_trigger = trigger;
-            let token_quiet = inside_long | no_long;
             let mut quiet = _mm512_testn_epi64_mask(near, near);
             if !key_ends.is_empty() {
                 let k = load(key_ends, b);
@@ -755,10 +766,11 @@ pub(crate) mod simd {
             }
             let high = load(blocks.row(HIGH), b);
             quiet &= _mm512_testn_epi64_mask(high, high);
-            busy.tokens[b / 64] &= !(u64::from(token_quiet) << (b % 64));
+            busy.tokens[b / 64] |= u64::from(_mm512_test_epi64_mask(firsts, firsts)) << (b % 64);
             busy.others[b / 64] &= !(u64::from(quiet) << (b % 64));
             b += 8;
         }
+        b
     }
 }
 
@@ -823,7 +835,6 @@ fn fast_pext() -> bool {
 #[inline(always)]
 fn walk_with<const PEXT: bool>(hay: &[u8], words: bool, key_words: bool, mut f: impl FnMut(Region, &Classes)) {
     let n = hay.len();
-    let mut tokens = TokenStream::default();
     let mut words_done = 0;
     let mut high_done = 0;
     let mut high_floor = 0; // where the last non-ASCII region ended
@@ -834,21 +845,29 @@ fn walk_with<const PEXT: bool>(hay: &[u8], words: bool, key_words: bool, mut f: 
     let busy = busy_blocks(n, &blocks, &triggers, &key_ends, words);
     let classes = Classes(&blocks, PEXT);
     let mut f = |r: Region| f(r, &classes);
-    // The token pass, on its own. Past quiet blocks its state comes from the block before
-    // the next busy one (the test of skipping compares it with the state carried).
+    // The token pass, on its own, from where its long runs begin (`Busy::firsts`). The
+    // streamed pass, block by block with its state carried, is the reference the test of
+    // skipping compares it with.
     let count = n.div_ceil(64);
-    let mut b = 0;
-    while b < count {
-        if skip_quiet() {
-            let next = next_busy(&busy.tokens, b);
-            if next != b {
-                tokens.resume(&blocks, next);
-                b = next;
+    if skip_quiet() {
+        for (w, &word) in busy.tokens.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let b = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let mut firsts = busy.firsts[b];
+                while firsts != 0 {
+                    let k = b * 64 + firsts.trailing_zeros() as usize;
+                    firsts &= firsts - 1;
+                    f(Region::Token(k + 1 - MIN_TOKEN..run_end(&blocks, n, k, |m| m.token)));
+                }
             }
         }
-        let block_start = b * 64;
-        tokens.block(&blocks, n, block_start, blocks.at(b).token & low_bits(n - block_start), &mut f);
-        b += 1;
+    } else {
+        let mut tokens = TokenStream::default();
+        for b in 0..count {
+            tokens.block(&blocks, n, b * 64, blocks.at(b).token & low_bits(n - b * 64), &mut f);
+        }
     }
     let mut prev = Masks::default();
     let mut block_start = 0;
@@ -1328,15 +1347,6 @@ struct TokenStream {
 }
 
 impl TokenStream {
-    /// Sets the state before block `b` from the block before it, as the stream would have
-    /// carried it there: how many token bytes end that block, and whether they reach
-    /// [`MIN_TOKEN`] (a run of 64 reaches it whatever came before).
-    #[inline(always)]
-    fn resume(&mut self, blocks: &Blocks, b: usize) {
-        let ones = blocks.before(b).token.leading_ones();
-        (self.carry, self.long_before) = (ones.min(63), if ones >= MIN_TOKEN as u32 { u64::MAX } else { 0 });
-    }
-
     #[inline(always)]
     fn block(&mut self, blocks: &Blocks, n: usize, base: usize, token: u64, f: &mut impl FnMut(Region)) {
         if token == u64::MAX && self.carry == 63 {
@@ -1545,14 +1555,15 @@ fn masks_and_triggers(hay: &[u8]) -> (Blocks, Vec<u64>) {
 
 /// The blocks the walk must go through, a bit per block (bit `b % 64` of word `b / 64`);
 /// the others are quiet, and the walk skips them (most blocks of base64 and many of prose).
-/// The token stream and the other streams have a map each: the token pass goes through the
+/// The token pass and the other streams have a map each: the token pass goes through the
 /// blocks of `tokens` on its own, and the rest of the walk through those of `others`, so a
 /// block of JSON or HTML whose only work is a token run (a UUID, a link's path) costs no test
 /// of the other streams, and one with other work no test of the token stream.
 ///
-/// A block is quiet for the token stream when the stream only carries its state through it:
-/// it lies inside a long run (all token bytes, 63 or more before), or no run of [`MIN_TOKEN`]
-/// ends in it. It is quiet for the others when:
+/// The token pass needs no state: where a long run begins in a block follows from its token
+/// mask and the one before ([`token_firsts`], computed here for every block, eight at a time
+/// with AVX-512), and `tokens` marks the blocks where one does. A block is quiet for the
+/// others when:
 /// - no trigger ends in it or in the blocks next to it, so the numeric stream does not run
 ///   there unless a stretch is open (the walk checks that);
 /// - no key-sized word ends in it (when asked for), and it has no byte of 0x80 or above;
@@ -1568,6 +1579,9 @@ fn masks_and_triggers(hay: &[u8]) -> (Blocks, Vec<u64>) {
 /// blocks, every block is busy. The last block of the slice always is, in both maps.
 struct Busy {
     tokens: Vec<u64>,
+    /// Per block, where a long token run first reaches [`MIN_TOKEN`] bytes
+    /// ([`token_firsts`]); `tokens` marks the blocks where it is not zero.
+    firsts: Vec<u64>,
     others: Vec<u64>,
 }
 
@@ -1580,20 +1594,37 @@ impl Busy {
 
 fn busy_blocks(n: usize, blocks: &Blocks, triggers: &[u64], key_ends: &[u64], words: bool) -> Busy {
     let count = n.div_ceil(64);
-    let all = vec![u64::MAX; count.div_ceil(64).max(1)];
-    let mut busy = Busy { tokens: all.clone(), others: all };
+    let words_of_bits = count.div_ceil(64).max(1);
+    let mut busy = Busy { tokens: vec![0; words_of_bits], firsts: vec![0; blocks.len()], others: vec![u64::MAX; words_of_bits] };
+    let mut covered = 0;
     #[cfg(target_arch = "x86_64")]
     {
         if simd::has_eight_block_features() {
             // SAFETY: the features were just checked.
-            unsafe { simd::busy_blocks_avx512(blocks, triggers, key_ends, words, &mut busy) };
+            covered = unsafe { simd::busy_blocks_avx512(blocks, triggers, key_ends, words, &mut busy) };
         }
     }
+    for b in covered.min(count)..count {
+        let firsts = token_firsts(blocks.before(b).token, blocks.at(b).token);
+        busy.firsts[b] = firsts;
+        busy.tokens[b / 64] |= u64::from(firsts != 0) << (b % 64);
+    }
     if count > 0 {
-        busy.tokens[(count - 1) / 64] |= 1 << ((count - 1) % 64);
         busy.others[(count - 1) / 64] |= 1 << ((count - 1) % 64);
     }
     busy
+}
+
+/// Where in a block whose token mask is `token` a run first reaches [`MIN_TOKEN`] bytes (bit
+/// `k`: the run's `MIN_TOKEN` bytes end at `k`), with `prev` the token mask of the block
+/// before: the bits [`TokenStream::block`] finds with the state it carries into the block
+/// (its carry is the token bytes that end `prev`, and a run of 64 there is long).
+#[inline]
+fn token_firsts(prev: u64, token: u64) -> u64 {
+    let before = prev.leading_ones();
+    let min = MIN_TOKEN as u32;
+    let long = runs_ending(token, 0, min) | carried_runs(token, before.min(63), min);
+    long & !(long << 1 | u64::from(before >= min))
 }
 
 /// The first busy block at or after `b` (the slice's last block is busy).
