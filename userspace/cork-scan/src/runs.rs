@@ -174,18 +174,21 @@ fn block_masks(hay: &[u8]) -> Blocks {
 /// caller, whose features `masks` needs.
 #[inline(always)]
 fn fill_with(hay: &[u8], masks: impl Fn(&[u8]) -> Masks) -> Blocks {
-    let full = hay.len() / 64;
-    Blocks::build(hay.len().div_ceil(64) + 2, |b| {
-        if b < full {
-            masks(&hay[b * 64..b * 64 + 64])
-        } else if b * 64 < hay.len() {
-            let mut buf = [0u8; 64];
-            buf[..hay.len() - b * 64].copy_from_slice(&hay[b * 64..]);
-            masks(&buf)
-        } else {
-            Masks::default()
-        }
-    })
+    Blocks::build(hay.len().div_ceil(64) + 2, |b| block_of(hay, b, &masks))
+}
+
+/// The masks of block `b` of `hay` from `masks`: the last block zero-padded, none past it.
+#[inline(always)]
+fn block_of(hay: &[u8], b: usize, masks: &impl Fn(&[u8]) -> Masks) -> Masks {
+    if b < hay.len() / 64 {
+        masks(&hay[b * 64..b * 64 + 64])
+    } else if b * 64 < hay.len() {
+        let mut buf = [0u8; 64];
+        buf[..hay.len() - b * 64].copy_from_slice(&hay[b * 64..]);
+        masks(&buf)
+    } else {
+        Masks::default()
+    }
 }
 
 /// The class bits `pick` selects for the 64 bytes from `p`; bytes past the end have none.
@@ -431,15 +434,7 @@ pub(crate) mod simd {
             }
         }
         for b in 8 * groups..n {
-            let m = if b < full {
-                masks_avx512_vbmi(&hay[b * 64..b * 64 + 64])
-            } else if b * 64 < hay.len() {
-                let mut buf = [0u8; 64];
-                buf[..hay.len() - b * 64].copy_from_slice(&hay[b * 64..]);
-                masks_avx512_vbmi(&buf)
-            } else {
-                Masks::default()
-            };
+            let m = super::block_of(hay, b, &|block: &[u8]| masks_avx512_vbmi(block));
             for (f, v) in [m.token, m.digit, m.word, m.high, m.alpha, m.numsep, m.split, m.hex].into_iter().enumerate() {
                 out.add(f * n + b).write(v);
             }
