@@ -1,8 +1,9 @@
 //! Throughput per kind of input and direction, to find slow paths:
-//! `cargo run --release -p cork-scan --features corpus --example parts [prose|json|html|base64|corpus|pattern]`.
+//! `cargo run --release -p cork-scan --features corpus --example parts [prose|json|html|base64|corpus|corpus-KIND|pattern]`.
 //! "request" scans as an upload (DLP and encodings), "response" as a download (prompt injection).
 use std::time::Instant;
 use base64::Engine as _;
+use cork_scan::corpus::Piece;
 use cork_scan::{BodyMeta, BodyScan, Engine, ScanConfig};
 
 /// Best of five (or of `PARTS_RUNS`, more for a sampling profiler): single runs of a few
@@ -34,6 +35,11 @@ fn main() {
         ("base64", base64::engine::general_purpose::STANDARD.encode(&rand).into_bytes()),
         // The bench's own mix, and the bench origin's `/bytes/N` body (one endless token run).
         ("corpus", cork_scan::corpus::generate(8 << 20, 256 << 10, 42).bytes),
+        // The bench mix's pieces one kind at a time (the kinds above are one piece repeated).
+        ("corpus-prose", cork_scan::corpus::generate_only(8 << 20, 256 << 10, 42, Some(Piece::Prose)).bytes),
+        ("corpus-json", cork_scan::corpus::generate_only(8 << 20, 256 << 10, 42, Some(Piece::Json)).bytes),
+        ("corpus-html", cork_scan::corpus::generate_only(8 << 20, 256 << 10, 42, Some(Piece::Html)).bytes),
+        ("corpus-base64", cork_scan::corpus::generate_only(8 << 20, 256 << 10, 42, Some(Piece::Base64)).bytes),
         ("pattern", b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_".repeat(120_000)),
     ];
     // Optional arguments pick one part and one direction (for profiling).

@@ -41,9 +41,24 @@ fn base64_blob(rng: &mut Rng) -> String {
     format!("\"attachment\":\"{}\"\n", base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
+/// The kinds of piece a corpus mixes, for a corpus of one kind ([`generate_only`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    Prose,
+    Json,
+    Html,
+    Base64,
+}
+
 /// Builds about `size` bytes; plants one secret every `every` bytes on average from the rule
 /// examples (expanded with the generator), skipping rules without examples.
 pub fn generate(size: usize, every: usize, seed: u64) -> Corpus {
+    generate_only(size, every, seed, None)
+}
+
+/// [`generate`] with every piece of the kind `only`, if given (the same draws otherwise: a
+/// piece's text and the planted secrets come out as in the mix), to see what one kind costs.
+pub fn generate_only(size: usize, every: usize, seed: u64, only: Option<Piece>) -> Corpus {
     let mut rng = Rng::new(seed);
     let examples: Vec<(&'static str, &'static str)> = crate::rules()
         .filter(|r| !r.optional)
@@ -54,11 +69,17 @@ pub fn generate(size: usize, every: usize, seed: u64) -> Corpus {
     let mut next_plant = every / 2;
     let mut i = 0;
     while bytes.len() < size {
-        let piece = match rng.below(10) {
-            0..=2 => PROSE[rng.below(PROSE.len())].to_string(),
-            3..=5 => json_record(&mut rng, i),
-            6..=8 => html_block(&mut rng),
-            _ => base64_blob(&mut rng),
+        let drawn = match rng.below(10) {
+            0..=2 => Piece::Prose,
+            3..=5 => Piece::Json,
+            6..=8 => Piece::Html,
+            _ => Piece::Base64,
+        };
+        let piece = match only.unwrap_or(drawn) {
+            Piece::Prose => PROSE[rng.below(PROSE.len())].to_string(),
+            Piece::Json => json_record(&mut rng, i),
+            Piece::Html => html_block(&mut rng),
+            Piece::Base64 => base64_blob(&mut rng),
         };
         bytes.extend_from_slice(piece.as_bytes());
         i += 1;
