@@ -88,6 +88,14 @@ const SPLIT: usize = 6;
 const HEX: usize = 7;
 const FIELDS: usize = 8;
 
+impl Masks {
+    /// The fields in the order of [`Blocks`]' rows (the numbers above).
+    #[inline(always)]
+    fn by_row(&self) -> [u64; FIELDS] {
+        [self.token, self.digit, self.word, self.high, self.alpha, self.numsep, self.split, self.hex]
+    }
+}
+
 /// The masks of every block, stored field by field: one array of `n` words per field of
 /// [`Masks`]. A block's masks are read back whole ([`Blocks::at`]; the loads of fields a
 /// caller does not use are dropped by the compiler), and one field of eight blocks is one
@@ -107,7 +115,7 @@ impl Blocks {
         let out = fields.spare_capacity_mut().as_mut_ptr() as *mut u64;
         for b in 0..n {
             let m = masks_of(b);
-            for (f, v) in [m.token, m.digit, m.word, m.high, m.alpha, m.numsep, m.split, m.hex].into_iter().enumerate() {
+            for (f, v) in m.by_row().into_iter().enumerate() {
                 // SAFETY: `f * n + b < FIELDS * n`, within the capacity.
                 unsafe { out.add(f * n + b).write(v) };
             }
@@ -153,14 +161,15 @@ impl Blocks {
 fn block_masks(hay: &[u8]) -> Blocks {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512vbmi") && std::is_x86_feature_detected!("gfni") {
-            // SAFETY: AVX-512 BW and VBMI and GFNI presence was just checked (F comes with BW).
-            return unsafe { simd::fill_avx512_gfni(hay) };
-        } else if std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512vbmi") {
-            // SAFETY: AVX-512 BW and VBMI presence was just checked (F comes with BW).
-            return unsafe { simd::fill_avx512_vbmi(hay) };
-        } else if std::is_x86_feature_detected!("avx512bw") {
-            // SAFETY: AVX-512 BW presence was just checked.
+        if std::is_x86_feature_detected!("avx512bw") {
+            // SAFETY (all three): AVX-512 BW presence was just checked (F comes with it), and
+            // VBMI and GFNI where they are used.
+            if std::is_x86_feature_detected!("avx512vbmi") {
+                if std::is_x86_feature_detected!("gfni") {
+                    return unsafe { simd::fill_avx512_gfni(hay) };
+                }
+                return unsafe { simd::fill_avx512_vbmi(hay) };
+            }
             return unsafe { simd::fill_avx512(hay) };
         } else if std::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 presence was just checked.
@@ -360,7 +369,7 @@ pub(crate) mod simd {
             let mut t = [0u8; 128];
             for (b, slot) in t.iter_mut().enumerate() {
                 let m = super::masks_scalar(&[b as u8]);
-                for (f, v) in [m.token, m.digit, m.word, m.high, m.alpha, m.numsep, m.split, m.hex].into_iter().enumerate() {
+                for (f, v) in m.by_row().into_iter().enumerate() {
                     *slot |= (v as u8 & 1) << f;
                 }
             }
@@ -435,7 +444,7 @@ pub(crate) mod simd {
         }
         for b in 8 * groups..n {
             let m = super::block_of(hay, b, &|block: &[u8]| masks_avx512_vbmi(block));
-            for (f, v) in [m.token, m.digit, m.word, m.high, m.alpha, m.numsep, m.split, m.hex].into_iter().enumerate() {
+            for (f, v) in m.by_row().into_iter().enumerate() {
                 out.add(f * n + b).write(v);
             }
         }
@@ -663,8 +672,9 @@ pub(crate) mod simd {
         }
     }
 
-    /// Clears the bits of `busy` (see [`super::Busy`]) of the quiet blocks among those
-    /// it can test eight at a time: steps read the trigger ends of the block after the step.
+    /// Fills `busy` (see [`super::Busy`]) for the blocks it can test eight at a time, and
+    /// returns how many those are: their `firsts` and `tokens` bits, and clears the `others`
+    /// bits of the quiet ones. Steps read the trigger ends of the block after the step.
     ///
     /// # Safety
     /// Requires the features of [`has_eight_block_features`]; `triggers` (and `key_ends`, when not
@@ -1570,8 +1580,9 @@ fn masks_and_triggers(hay: &[u8]) -> (Blocks, Vec<u64>) {
 ///   quiet by this (its short words and punctuation), where every one of them failed the
 ///   run test.
 ///
-/// With AVX-512 the test runs on eight blocks at a time; elsewhere, and for the last few
-/// blocks, every block is busy. The last block of the slice always is, in both maps.
+/// With AVX-512 both run on eight blocks at a time. Elsewhere, and for the last few blocks,
+/// `firsts` and `tokens` come from [`token_firsts`] one block at a time and every block is
+/// busy for the others. The last block of the slice always is busy for the others.
 struct Busy {
     tokens: Vec<u64>,
     /// Per block, where a long token run first reaches [`MIN_TOKEN`] bytes
